@@ -1,0 +1,31 @@
+// CPU sign-sketch kernels: y = x S^T (projection) and x_hat = scale * y S (reconstruction),
+// with S = S[t0:t0+k, j0:j0+n] of spec stabkern-sign-v1 generated on the fly.
+#pragma once
+
+#include <cstdint>
+
+namespace stabkern::cpu {
+
+struct SketchArgs {
+  int64_t rows;     // leading rows of x / y (GEMM form when > 1)
+  int64_t n;        // columns of S (length of x rows)
+  int64_t k;        // rows of S (length of y rows)
+  uint64_t seed;
+  uint32_t stream;
+  uint64_t t0;      // first row of S
+  uint64_t j0;      // first column of S, a multiple of 128
+  int num_threads;  // 0: OpenMP's default
+};
+
+// x: (rows, n) contiguous; y: (rows, k) contiguous, overwritten.
+void project(const float* x, float* y, const SketchArgs& a);
+void project(const double* x, double* y, const SketchArgs& a);
+
+// y: (rows, k) contiguous; out: (rows, n) contiguous, overwritten.
+void reconstruct(const float* y, float* out, double scale, const SketchArgs& a);
+void reconstruct(const double* y, double* out, double scale, const SketchArgs& a);
+
+// Which instruction-set path the kernels take on this machine: "avx2" or "generic".
+const char* isa();
+
+}  // namespace stabkern::cpu
