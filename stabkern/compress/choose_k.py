@@ -190,6 +190,8 @@ def layer_cushions(model: nn.Module, data, *, mode: str = "filter", layers=None,
         fold_batchnorm(dense)
     found = [(i, name, m) for i, name, m in sketchable_layers(dense) if isinstance(m, (nn.Conv2d, nn.Linear))]
     if layers is not None:
+        if isinstance(layers, str):
+            raise TypeError("layers must be an iterable of layer names, got a single str (wrap it in a list)")
         names = {name for _, name, _ in found}
         unknown = [n for n in layers if n not in names]
         if unknown:
