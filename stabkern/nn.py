@@ -127,8 +127,9 @@ class _SketchedLayer(nn.Module):
         coeff_shape = (self.k,) if mode == "tensor" else (self.weight_shape[0], self.k)
         self.coefficients = nn.Parameter(torch.zeros(coeff_shape, **factory), requires_grad=False)
         # Seeds span [0, 2^64) but int64 tops out at 2^63 - 1: keep the two 32-bit halves.
-        self.register_buffer("seed", torch.tensor([seed & _MASK32, seed >> 32], dtype=torch.int64))
-        self.register_buffer("stream", torch.tensor(stream, dtype=torch.int64))
+        device = factory["device"]
+        self.register_buffer("seed", torch.tensor([seed & _MASK32, seed >> 32], dtype=torch.int64, device=device))
+        self.register_buffer("stream", torch.tensor(stream, dtype=torch.int64, device=device))
         self._weight_cache: dict = {}
 
     @property

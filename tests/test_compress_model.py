@@ -214,3 +214,21 @@ def test_resnet_every_layer_both_modes():
         assert len(report.layers) == len(sketchable_layers(model))
         assert comp(x).shape == (2, 10)
         assert all(r.output_error is not None and r.output_error.samples == 2 for r in report.layers)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu():
+    from stabkern.compress import choose_k
+
+    m = _model()
+    x = torch.randn(20, 2, 6, 6)
+    comp_cpu, rep_cpu = compress_model(m, 11, mode="filter", seed=8, data=x)
+    comp_gpu, rep_gpu = compress_model(m.cuda(), 11, mode="filter", seed=8, data=x.cuda())
+    for name in ("conv", "head.1", "out"):
+        a, b = dict(comp_cpu.named_modules())[name], dict(comp_gpu.named_modules())[name]
+        torch.testing.assert_close(b.weight.cpu(), a.weight, rtol=1e-4, atol=1e-5)
+    for a, b in zip(rep_cpu.layers, rep_gpu.layers):
+        assert b.output_error.mean == pytest.approx(a.output_error.mean, rel=1e-3)
+    torch.testing.assert_close(comp_gpu(x.cuda()).cpu(), comp_cpu(x), rtol=1e-3, atol=1e-4)
+    choice = choose_k(m.cuda(), x.cuda(), 1.0, C=0.1)  # cushions on the GPU
+    assert [r.name for r in choice.layers] == ["conv", "head.1", "out"]

@@ -78,7 +78,7 @@ def conv_operator_fro_norm(conv: nn.Conv2d, input_hw: tuple[int, int]) -> float:
             raise ValueError(f"input {tuple(input_hw)} is too small for this conv (no output position)")
         pos = torch.arange(out)[:, None] * stride - pad0 + torch.arange(kernel)[None, :] * dil
         counts.append(((pos >= 0) & (pos < size)).sum(0).double())  # (kernel,)
-    tap_energy = conv.weight.detach().double().pow(2).sum(dim=(0, 1))  # (kh, kw)
+    tap_energy = conv.weight.detach().double().pow(2).sum(dim=(0, 1)).cpu()  # (kh, kw)
     return math.sqrt(float((counts[0][:, None] * counts[1][None, :] * tap_energy).sum()))
 
 
