@@ -44,8 +44,13 @@ def draws(mode: str, shape: tuple, k: int, seeds: int, data_seed: int = 0, align
         A = torch.outer(*fixed_uv(*shape, data_seed))
     else:
         A = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(data_seed))
-    out = torch.stack([reconstruct_weight(project_weight(A, k, mode=mode, seed=s, stream=5), shape, mode=mode, seed=s,
-                                          stream=5) for s in range(seeds)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of tiny sketches: one thread spares a parallel region per call
+    try:
+        out = torch.stack([reconstruct_weight(project_weight(A, k, mode=mode, seed=s, stream=5), shape, mode=mode,
+                                              seed=s, stream=5) for s in range(seeds)])
+    finally:
+        torch.set_num_threads(threads)
     return A, out
 
 
