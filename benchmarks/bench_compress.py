@@ -1,0 +1,157 @@
+"""Compressing whole models and VGG layers with Algorithm 1: stabkern against materialized signs.
+
+Baseline (what users get without stabkern): materialize the signs with `torch.randint` in row
+chunks and use matmuls (coefficients = S a, A_hat = S^T c / k), same shapes and k, timed in the
+same run. Ceiling: the sign ops alone (`sign_project` then `sign_reconstruct` on the same
+shapes, no model handling): compress_model cannot beat the kernels it calls. Rates are
+sign-MACs per second, 2 k m per sketched vector (projection plus reconstruction); times are
+medians.
+
+    PYTHONPATH=. python -m pytest benchmarks/bench_compress.py -s   (GPU cases skip without CUDA)
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+
+import pytest
+import torch
+
+import stabkern
+from stabkern.compress import compress_model, sketchable_layers
+from stabkern.digits import trained_digits_net
+from stabkern.models import vgg19_cifar
+from stabkern.nn import NoCompressionWarning
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(fn, device, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def materialized_sketch(rows: torch.Tensor, k: int, chunk_elems: int = 1 << 26) -> torch.Tensor:
+    """Baseline Algorithm 1 on rows (r, m): +-1 chunks from torch.randint, then matmuls.
+
+    Without a counter-based RNG the signs cannot be regenerated piecewise, so they are drawn
+    twice from the same generator state: once to project, once to reconstruct.
+    """
+    r, m = rows.shape
+    step = max(1, chunk_elems // m)
+
+    def sign_chunks():
+        gen = torch.Generator(device=rows.device).manual_seed(0)
+        for t0 in range(0, k, step):
+            S = torch.randint(0, 2, (min(step, k - t0), m), generator=gen, device=rows.device, dtype=torch.int8)
+            yield S.to(rows.dtype).mul_(2).sub_(1)
+
+    coeffs = torch.cat([rows @ S.T for S in sign_chunks()], dim=1)  # (r, k)
+    out = torch.zeros_like(rows)
+    t0 = 0
+    for S in sign_chunks():
+        out.addmm_(coeffs[:, t0:t0 + len(S)], S)
+        t0 += len(S)
+    return out / k
+
+
+def sign_ops_only(rows: torch.Tensor, k: int, stream: int, backend: str) -> torch.Tensor:
+    c = stabkern.sign_project(rows, k, seed=0, stream=stream, backend=backend)
+    return stabkern.sign_reconstruct(c, rows.shape[1], seed=0, stream=stream, backend=backend)
+
+
+def report(benchmark, label: str, sign_macs: float, t_stabkern: float, t_ceiling: float, t_baseline: float | None):
+    rate = sign_macs / t_stabkern
+    info = {"case": label, "sign_macs": sign_macs, "stabkern_s": t_stabkern, "stabkern_G_per_s": rate / 1e9,
+            "ops_only_s": t_ceiling, "fraction_of_ops_only": t_ceiling / t_stabkern}
+    line = (f"\n{label}: {sign_macs / 1e9:.2f} G sign-MAC, compress_model {t_stabkern * 1e3:.1f} ms "
+            f"({rate / 1e9:.2f} G/s), sign ops alone (ceiling) {t_ceiling * 1e3:.1f} ms "
+            f"(compressor at {t_ceiling / t_stabkern:.0%} of the ops-only rate)")
+    if t_baseline is not None:
+        info.update({"baseline_s": t_baseline, "speedup_vs_baseline": t_baseline / t_stabkern})
+        line += f", materialized baseline {t_baseline * 1e3:.1f} ms: speed-up {t_baseline / t_stabkern:.2f}x"
+    benchmark.extra_info.update(info)
+    print(line)
+
+
+def _layer_rows(model, ks, mode):
+    """(stream, rows (r, m), k) of each layer compressed, as compress_model sketches them."""
+    out = []
+    for stream, name, m in sketchable_layers(model):
+        if name in ks:
+            w = m.weight.detach()
+            out.append((stream, w.reshape(1 if mode == "tensor" else w.shape[0], -1), ks[name]))
+    return out
+
+
+def _model_case(benchmark, label, model, ks, mode, device, backend, rounds, baseline_layers=None):
+    model = model.to(device)
+    layers = _layer_rows(model, ks, mode)
+    sign_macs = sum(2.0 * rows.shape[0] * rows.shape[1] * k for _, rows, k in layers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoCompressionWarning)  # k > n on the smallest layers, by design
+        compress_model(model, ks, mode=mode, seed=0, backend=backend)  # warm-up
+        benchmark.pedantic(lambda: compress_model(model, ks, mode=mode, seed=0, backend=backend), rounds=rounds,
+                           iterations=1)
+    t_stabkern = benchmark.stats.stats.median
+    t_ceiling = median_seconds(lambda: [sign_ops_only(r, k, s, backend) for s, r, k in layers], device, rounds)
+    base = layers if baseline_layers is None else [layers[i] for i in baseline_layers]
+    t_base = median_seconds(lambda: [materialized_sketch(r, k) for _, r, k in base], device, rounds)
+    if baseline_layers is not None:  # the baseline ran on a subset: compare per sign-MAC
+        base_macs = sum(2.0 * r.shape[0] * r.shape[1] * k for _, r, k in base)
+        t_base = t_base * sign_macs / base_macs
+        label += f" (baseline timed on layers {baseline_layers}, scaled by sign-MACs)"
+    report(benchmark, label, sign_macs, t_stabkern, t_ceiling, t_base)
+
+
+# --------------------------------------------------------------------------- CPU
+
+
+@pytest.mark.parametrize("mode,fraction", [("tensor", 0.25), ("filter", 0.25)])
+def test_cpu_digits_net(benchmark, mode, fraction):
+    """Every layer of the trained digits net, k = f * m per layer (about 4x fewer numbers)."""
+    model = trained_digits_net()
+    ks = {name: max(1, round(fraction * (m.weight.numel() if mode == "tensor" else m.weight[0].numel())))
+          for _, name, m in sketchable_layers(model)}
+    _model_case(benchmark, f"cpu digits net {mode} f={fraction}", model, ks, mode, torch.device("cpu"), "auto", 3)
+
+
+@pytest.mark.parametrize("mode,k", [("tensor", 1024), ("filter", 256)])
+def test_cpu_vgg_layer(benchmark, mode, k):
+    """One VGG-19 conv (256 -> 128 channels, 3x3; n = 294,912) from a seeded random init."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(128, 256, 3, padding=1))
+    _model_case(benchmark, f"cpu VGG conv 128->256 {mode} k={k}", model, {"0": k}, mode, torch.device("cpu"),
+                "auto", 3)
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_vgg19_tensor_k1e5(benchmark, backend):
+    """Every conv and Linear of VGG-19 (CIFAR shape, 20.0 M weights), tensor mode, k = 10^5 per layer."""
+    device = torch.device("cuda")
+    try:
+        stabkern.sign_project(torch.ones(1, 128, device=device), 1, seed=0, backend=backend)
+    except stabkern.BackendUnavailableError as err:
+        pytest.skip(str(err))
+    torch.manual_seed(0)
+    model = vgg19_cifar().eval()
+    ks = {name: 100_000 for _, name, _ in sketchable_layers(model)}
+    # the materialized baseline on one 512 x 512 x 3 x 3 layer (the whole net would take minutes)
+    last_conv = [i for i, (_, name, m) in enumerate(sketchable_layers(model)) if isinstance(m, torch.nn.Conv2d)][-1]
+    _model_case(benchmark, f"gpu {torch.cuda.get_device_name()} VGG-19 tensor k=1e5 [{backend}]", model, ks,
+                "tensor", device, backend, 3, baseline_layers=[last_conv])
