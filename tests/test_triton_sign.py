@@ -39,8 +39,6 @@ from stabkern import reference  # noqa: E402
 INTERPRETED = not ON_GPU and type(triton.language.cdiv).__name__ == "InterpretedFunction"
 RUNNABLE = ON_GPU or INTERPRETED
 DEVICE = "cuda" if ON_GPU else "cpu"
-pytestmark = pytest.mark.skipif(not RUNNABLE, reason="triton was imported in compiled mode before this module "
-                                "and there is no GPU: test_rerun_in_subprocess runs these tests")
 
 SEED = (1 << 63) + 0x1234_5678_9ABC  # both key words non-zero, top bit set
 DELTA = {1: 2.0**-8, 2: 2.0**-16, 3: 2.0**-24}
@@ -52,6 +50,9 @@ U64 = 2.0**-52
 @pytest.fixture(scope="module")
 def ts():
     """stabkern.triton_sign with its kernels interpreted (CPU) or compiled (GPU); env restored after."""
+    if not RUNNABLE:
+        pytest.skip("triton was imported in compiled mode before this module and there is no GPU: "
+                    "test_rerun_in_subprocess runs these tests")
     import stabkern.triton_sign as module
 
     if module._INTERPRET != INTERPRETED:
