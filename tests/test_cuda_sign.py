@@ -64,9 +64,12 @@ def _rel_fro(delta, precision):
 
 
 @pytest.mark.parametrize("precision", ["highest", "high", "medium"])
-@pytest.mark.parametrize("rows,n,k", [(1, 130, 9), (20, 600, 70), (17, 1100, 41)])
+@pytest.mark.parametrize("rows,n,k", [(1, 130, 9), (5, 300, 33), (6, 520, 40), (20, 600, 70), (17, 1100, 41)])
 def test_emulated_mma_matches_reference(precision, rows, n, k):
-    """The tensor-core kernels' fragment mapping, split and accumulation order, run on the host."""
+    """The tensor-core kernels' fragment mapping, split and accumulation order, run on the host.
+
+    rows * terms <= 16 takes the stacked-rows path (1 and 5 rows; 6 rows with 3 terms does not).
+    """
     terms = TERMS[precision]
     t0, j0, stream = 2**32 - k - 5, 128 * 9, 7
     x = _randn((rows, n), torch.float32, seed=rows + n)

@@ -17,11 +17,15 @@ size_t out_elem_bytes(const SignParams& p) { return p.dtype == DType::kF64 ? 8 :
 
 size_t align16(size_t v) { return (v + 15) / 16 * 16; }
 
-// Partial results live at the start of the workspace (when splits > 1), the packed operand after.
-size_t partial_bytes(bool project, const SignParams& p) {
-  if (p.splits == 1) return 0;
+int stack_of(Form form, const SignParams& p) { return form == Form::kGemm ? detail::stacked_rows(p) : 1; }
+
+// Partial results (when split, or with stacked rows) live at the start of the workspace, the packed
+// operand after.
+size_t partial_bytes(bool project, Form form, const SignParams& p) {
+  const int stack = stack_of(form, p);
+  if (p.splits == 1 && stack == 1) return 0;
   const size_t cols = size_t(project ? p.k : p.n);
-  return align16(size_t(p.splits) * size_t(p.rows) * cols * out_elem_bytes(p));
+  return align16(size_t(p.splits) * size_t(p.rows) * size_t(stack) * cols * out_elem_bytes(p));
 }
 
 void set_device(int device) {
@@ -36,19 +40,19 @@ void run(bool project, Form form, const SignParams& p, cudaStream_t stream) {
   check_workspace(project, form, p);
   set_device(p.device);
   char* work = static_cast<char*>(p.work);
-  void* part = p.splits == 1 ? p.out : work;
+  const int stack = stack_of(form, p);
+  void* part = (p.splits == 1 && stack == 1) ? p.out : work;
   if (form == Form::kGemv) {
     if (project) detail::project_gemv(p, part, stream);
     else detail::reconstruct_gemv(p, part, stream);
   } else {
-    void* packed = work + partial_bytes(project, p);
+    void* packed = work + partial_bytes(project, form, p);
     float* fpart = static_cast<float*>(part);
     if (project) detail::project_gemm(p, packed, fpart, stream);
     else detail::reconstruct_gemm(p, packed, fpart, stream);
   }
-  if (p.splits > 1) {
-    const int64_t size = p.rows * (project ? p.k : p.n);
-    detail::sum_splits(part, p.out, size, p.splits, p.dtype == DType::kF64, stream);
+  if (part != p.out) {
+    detail::sum_splits(part, p.out, p.rows, project ? p.k : p.n, p.splits, stack, p.dtype == DType::kF64, stream);
   }
 }
 
@@ -66,7 +70,7 @@ void check_launch(const char* what) {
 size_t workspace_bytes(bool project, Form form, const SignParams& p) {
   validate(project, form, p);
   const size_t packed = form == Form::kGemm ? detail::packed_bytes(project, p) : 0;
-  return partial_bytes(project, p) + packed;
+  return partial_bytes(project, form, p) + packed;
 }
 
 void validate(bool project, Form form, const SignParams& p) {

@@ -45,14 +45,41 @@ void mma(std::array<Acc, 32>& d, const std::array<U32x4, 32>& a, const std::arra
   }
 }
 
+// The kernels' view of the operand: stacked rows when few (frag::stack_of), as pack_kernel packs it.
+struct Stacked {
+  const float* in;
+  int64_t rows, cols;
+  int stack;
+  float operator()(int64_t r, int64_t c) const {
+    const int64_t row = r / stack;
+    if (row >= rows || c >= cols) return 0.0f;
+    return stack == 1 ? in[row * cols + c] : frag::term_value(in[row * cols + c], int(r % stack));
+  }
+};
+
+// out[r][c] = sum over the stacked rows of part (in order), as sum_splits_kernel does.
+void unstack(const std::vector<float>& part, float* out, int64_t rows, int64_t cols, int stack) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      float s = 0;
+      for (int i = 0; i < stack; ++i) s += part[(r * stack + i) * cols + c];
+      out[r * cols + c] = s;
+    }
+  }
+}
+
 }  // namespace
 
 void project_mma(const float* x, float* y, int64_t rows, int64_t n, int64_t k, uint64_t seed, uint32_t stream,
                  uint32_t t0, uint64_t j0, int terms) {
-  const auto load = [&](int64_t r, int64_t c) { return (r < rows && c < n) ? x[r * n + c] : 0.0f; };
+  const int stack = frag::stack_of(rows, terms);
+  const Stacked load{x, rows, n, stack};
+  const int64_t vrows = rows * stack;
+  if (stack > 1) terms = 1;
   const auto col_of = [](int64_t S, int q, int e) { return frag::project_col(S, q, e); };
-  const int64_t mtiles = (rows + 15) / 16, ntiles = (k + 7) / 8, superblocks = (n + 511) / 512;
+  const int64_t mtiles = (vrows + 15) / 16, ntiles = (k + 7) / 8, superblocks = (n + 511) / 512;
   const uint32_t group0 = uint32_t(j0 >> 7);
+  std::vector<float> part(size_t(vrows * k));
   for (int64_t mt = 0; mt < mtiles; ++mt) {
     for (int64_t nt = 0; nt < ntiles; ++nt) {
       std::array<Acc, 32> acc{};
@@ -76,18 +103,23 @@ void project_mma(const float* x, float* y, int64_t rows, int64_t n, int64_t k, u
       for (int lane = 0; lane < 32; ++lane) {
         for (int c = 0; c < 4; ++c) {
           const int64_t row = 16 * mt + (lane >> 2) + 8 * (c >> 1), t = 8 * nt + 2 * (lane & 3) + (c & 1);
-          if (row < rows && t < k) y[row * k + t] = acc[lane][c];
+          if (row < vrows && t < k) part[row * k + t] = acc[lane][c];
         }
       }
     }
   }
+  unstack(part, y, rows, k, stack);
 }
 
 void reconstruct_mma(const float* y, float* out, int64_t rows, int64_t n, int64_t k, double scale, uint64_t seed,
                      uint32_t stream, uint32_t t0, uint64_t j0, int terms) {
-  const auto load = [&](int64_t r, int64_t c) { return (r < rows && c < k) ? y[r * k + c] : 0.0f; };
+  const int stack = frag::stack_of(rows, terms);
+  const Stacked load{y, rows, k, stack};
+  const int64_t vrows = rows * stack;
+  if (stack > 1) terms = 1;
   const auto col_of = [](int64_t S, int q, int e) { return 16 * S + frag::k_of_slot(q, e); };
-  const int64_t mtiles = (rows + 15) / 16, groups = (n + 127) / 128, chunks = (k + 31) / 32;
+  const int64_t mtiles = (vrows + 15) / 16, groups = (n + 127) / 128, chunks = (k + 31) / 32;
+  std::vector<float> part(size_t(vrows * n));
   for (int64_t mt = 0; mt < mtiles; ++mt) {
     for (int64_t group = 0; group < groups; ++group) {
       std::vector<std::array<Acc, 32>> acc(16);  // per n-tile
@@ -125,12 +157,13 @@ void reconstruct_mma(const float* y, float* out, int64_t rows, int64_t n, int64_
           const int64_t row = 16 * mt + (lane >> 2) + 8 * (c >> 1);
           for (int nt = 0; nt < 16; ++nt) {
             const int64_t col = 128 * group + frag::recon_out_col(lane & 3, nt, c);
-            if (row < rows && col < n) out[row * n + col] = acc[nt][lane][c] * float(scale);
+            if (row < vrows && col < n) part[row * n + col] = acc[nt][lane][c] * float(scale);
           }
         }
       }
     }
   }
+  unstack(part, out, rows, n, stack);
 }
 
 }  // namespace stabkern::cuda::emulate

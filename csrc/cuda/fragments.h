@@ -30,8 +30,17 @@ struct U32x4 {
 STABKERN_HD int k_of_slot(int q, int e) { return 2 * q + (e & 1) + 8 * (e >> 1); }
 
 // A bf16 pair of +-1: bit i of `word` in the low half, bit i + 16 in the high half (i in 0..15);
-// a set bit is +1 (0x3F80), a clear one -1 (0xBF80).
-STABKERN_HD uint32_t sign_pair(uint32_t word, int i) { return ((~word << (15 - i)) & 0x80008000u) | 0x3F803F80u; }
+// a set bit is +1 (0x3F80), a clear one -1 (0xBF80). On the GPU the and-not/or is one LOP3 (lut
+// 0xAE = (~a & b) | c); written in C++, the compiler emits two because both constants are immediates.
+STABKERN_HD uint32_t sign_pair(uint32_t word, int i) {
+#if defined(__CUDA_ARCH__)
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xAE;" : "=r"(r) : "r"(word << (15 - i)), "r"(0x80008000u), "r"(0x3F803F80u));
+  return r;
+#else
+  return ((~word << (15 - i)) & 0x80008000u) | 0x3F803F80u;
+#endif
+}
 
 // ---------------------------------------------------------------- projection: y = x S^T
 // M = rows of x, N = t (rows of S), K = j (columns of S). B = S^T is generated in registers.
@@ -130,6 +139,14 @@ STABKERN_HD uint32_t bf16_term(float v, int term) {
   if (term == 1) return mid >> 16;
   return bf16_round_bits(float_bits(rest - bits_float(mid))) >> 16;
 }
+
+// Term `term` of v as a float32 value (exactly a bf16): the operand entry of a "stacked" row. With
+// few rows, the kernels stack the terms as rows of the 16-row tile (row r * terms + term) instead
+// of running one mma per term, and the sum over the stacked rows happens after the kernel.
+STABKERN_HD float term_value(float v, int term) { return bits_float(bf16_term(v, term) << 16); }
+
+// Input pieces stacked as rows of the packed operand: `terms` when rows * terms fits one m-tile.
+STABKERN_HD int stack_of(int64_t rows, int terms) { return (terms > 1 && rows * terms <= 16) ? terms : 1; }
 
 // The A fragment (a0..a3) of term `term` for m-tile mt, global step S and lane, read from a
 // (rows x cols) row-major matrix through `load(row, col)` (which returns 0 outside it); `col_of(S,

@@ -10,6 +10,9 @@
 // B fragment for all the m-tiles and terms of the warp. Precision modes are the number of terms;
 // all products are exact, so "highest" differs from float32 only by the order of the additions.
 //
+// With few rows (rows * terms <= 16) the terms are stacked as rows of the one m-tile instead, so a
+// B fragment costs one mma whatever the precision; the stacked rows are summed after the kernel.
+//
 // Projection: warp tile MT m-tiles x NT n-tiles (16 MT rows of x, 8 NT rows t of S); per 512
 // columns a thread makes NT Philox calls (its rows t, its group 4 sb + q). Reconstruction: a warp owns
 // the 128 columns of one group and MT m-tiles; per chunk of 32 rows t each lane makes one Philox
@@ -53,12 +56,16 @@ struct ReconstructCols {
 };
 
 // Packed A = the (rows x cols) input split into `terms` bf16 pieces, in fragment order
-// [m-tile][step][term][lane] (frag::packed_index); zeros outside the input.
+// [m-tile][step][term][lane] (frag::packed_index); zeros outside the input. With stack > 1 the
+// pieces are rows instead: packed row r * stack + i holds piece i of input row r (terms is then 1).
 template <typename T, typename ColOf>
 __global__ void pack_kernel(const T* __restrict__ in, uint4* __restrict__ packed, int64_t rows, int64_t cols,
-                            int64_t steps, int terms, int64_t total) {
+                            int64_t steps, int terms, int stack, int64_t total) {
   const auto load = [&](int64_t r, int64_t c) -> float {
-    return (r < rows && c < cols) ? to_float(__ldg(in + r * cols + c)) : 0.0f;
+    const int64_t row = r / stack;
+    if (row >= rows || c >= cols) return 0.0f;
+    const float v = to_float(__ldg(in + row * cols + c));
+    return stack == 1 ? v : frag::term_value(v, int(r % stack));
   };
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
@@ -93,6 +100,11 @@ __global__ __launch_bounds__(32 * WM * WN) void project_mma_kernel(const MmaArgs
   const int64_t sb_begin = int64_t(blockIdx.z) * a.per_split;
   const int64_t sb_end = min(sb_begin + a.per_split, a.units);
   float acc[MT][NT][4] = {};
+  // Fragments of a superblock are contiguous per m-tile: 32 steps x TERMS x 32 lanes.
+  constexpr int64_t kSuperblock = 32 * TERMS * 32;
+  const uint4* a_tile[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) a_tile[mt] = a.packed + frag::packed_index(mt0 + mt, 0, 0, lane, a.steps, TERMS);
   for (int64_t sb = sb_begin; sb < sb_end; ++sb) {
     uint32_t words[NT][4];
     const uint32_t group = a.group0 + uint32_t(4 * sb + q);
@@ -108,9 +120,7 @@ __global__ __launch_bounds__(32 * WM * WN) void project_mma_kernel(const MmaArgs
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-        for (int term = 0; term < TERMS; ++term) {
-          av[mt][term] = __ldg(a.packed + frag::packed_index(mt0 + mt, 32 * sb + s, term, lane, a.steps, TERMS));
-        }
+        for (int term = 0; term < TERMS; ++term) av[mt][term] = __ldg(a_tile[mt] + sb * kSuperblock + (s * TERMS + term) * 32);
       }
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
@@ -139,8 +149,10 @@ __global__ __launch_bounds__(32 * WM * WN) void project_mma_kernel(const MmaArgs
   }
 }
 
+// At least 3 (MT = 1) or 2 (MT = 2) blocks per SM: ptxas's own choice for <1, 2> was a 128-register
+// cap that spilled a pointer inside the loop.
 template <int MT, int TERMS>
-__global__ __launch_bounds__(32 * kReconWarps) void reconstruct_mma_kernel(const MmaArgs a) {
+__global__ __launch_bounds__(32 * kReconWarps, MT == 1 ? 3 : 2) void reconstruct_mma_kernel(const MmaArgs a) {
   __shared__ __align__(16) uint32_t xch[kReconWarps][4 * kXchStride];  // [q][word][slot]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int64_t group = int64_t(blockIdx.x) * kReconWarps + warp;
@@ -153,6 +165,11 @@ __global__ __launch_bounds__(32 * kReconWarps) void reconstruct_mma_kernel(const
   uint32_t* mine = xch[warp] + q * kXchStride;
   const uint4* theirs = reinterpret_cast<const uint4*>(mine + 8 * (g >> 1));  // word g >> 1, slots 0..7
   float acc[MT][16][4] = {};
+  // Fragments of a chunk are contiguous per m-tile: 2 steps x TERMS x 32 lanes.
+  constexpr int64_t kChunk = 2 * TERMS * 32;
+  const uint4* a_tile[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) a_tile[mt] = a.packed + frag::packed_index(mt0 + mt, 0, 0, lane, a.steps, TERMS);
   for (int64_t c = c_begin; c < c_end; ++c) {
     const Philox4 w = sign_bits(a.seed, a.stream, a.t0 + uint32_t(32 * c + slot_t), ctr_group);
     __syncwarp();  // the previous chunk's reads are done
@@ -168,9 +185,7 @@ __global__ __launch_bounds__(32 * kReconWarps) void reconstruct_mma_kernel(const
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-        for (int term = 0; term < TERMS; ++term) {
-          av[mt][term] = __ldg(a.packed + frag::packed_index(mt0 + mt, 2 * c + s, term, lane, a.steps, TERMS));
-        }
+        for (int term = 0; term < TERMS; ++term) av[mt][term] = __ldg(a_tile[mt] + c * kChunk + (s * TERMS + term) * 32);
       }
 #pragma unroll
       for (int nt = 0; nt < 16; ++nt) {
@@ -214,24 +229,36 @@ int reconstruct_mt(int64_t rows, int terms) { return (rows <= 16 || terms == 3) 
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// The shape the kernels see: with stacked terms, rows * terms rows of one term.
+struct Operand {
+  int64_t rows;  // rows of the packed operand (stacked rows included)
+  int terms;     // terms per packed entry
+  int stack;     // input pieces stacked as rows (1: none)
+};
+
+Operand operand(const SignParams& p) {
+  const int stack = frag::stack_of(p.rows, p.terms);
+  return stack > 1 ? Operand{p.rows * stack, 1, stack} : Operand{p.rows, p.terms, 1};
+}
+
 template <typename ColOf>
-void launch_pack(const SignParams& p, int64_t cols, int64_t mtiles, int64_t steps, uint4* packed,
+void launch_pack(const SignParams& p, const Operand& op, int64_t cols, int64_t mtiles, int64_t steps, uint4* packed,
                  cudaStream_t stream) {
-  const int64_t total = mtiles * steps * p.terms * 32;
+  const int64_t total = mtiles * steps * op.terms * 32;
   const int threads = 256;
   const unsigned blocks = unsigned(std::min<int64_t>((total + threads - 1) / threads, 1 << 20));
   switch (p.dtype) {
     case DType::kF32:
       pack_kernel<float, ColOf><<<blocks, threads, 0, stream>>>(static_cast<const float*>(p.in), packed, p.rows,
-                                                                cols, steps, p.terms, total);
+                                                                cols, steps, op.terms, op.stack, total);
       break;
     case DType::kF16:
       pack_kernel<__half, ColOf><<<blocks, threads, 0, stream>>>(static_cast<const __half*>(p.in), packed, p.rows,
-                                                                 cols, steps, p.terms, total);
+                                                                 cols, steps, op.terms, op.stack, total);
       break;
     case DType::kBF16:
       pack_kernel<__nv_bfloat16, ColOf><<<blocks, threads, 0, stream>>>(
-          static_cast<const __nv_bfloat16*>(p.in), packed, p.rows, cols, steps, p.terms, total);
+          static_cast<const __nv_bfloat16*>(p.in), packed, p.rows, cols, steps, op.terms, op.stack, total);
       break;
     case DType::kF64:
       throw std::invalid_argument("the GEMM form takes float32, float16 or bfloat16 input");
@@ -253,57 +280,62 @@ void launch_project_shape(const MmaArgs& args, dim3 grid, int terms, cudaStream_
 
 namespace detail {
 
+int stacked_rows(const SignParams& p) { return int(operand(p).stack); }
+
 // Projection: steps = 32 per 512 columns; reconstruction: 2 per 32 rows t.
 size_t packed_bytes(bool project, const SignParams& p) {
-  const int64_t mtiles = (p.rows + 15) / 16;
+  const Operand op = operand(p);
+  const int64_t mtiles = (op.rows + 15) / 16;
   int64_t mtiles_pad, steps;
   if (project) {
-    const ProjectShape sh = project_shape(p.rows, p.terms);
+    const ProjectShape sh = project_shape(op.rows, op.terms);
     mtiles_pad = round_up(mtiles, sh.mt * sh.wm);
     steps = 32 * ((p.n + 511) / 512);
   } else {
-    mtiles_pad = round_up(mtiles, reconstruct_mt(p.rows, p.terms));
+    mtiles_pad = round_up(mtiles, reconstruct_mt(op.rows, op.terms));
     steps = 2 * ((p.k + 31) / 32);
   }
-  return size_t(mtiles_pad) * size_t(steps) * size_t(p.terms) * 32 * sizeof(uint4);
+  return size_t(mtiles_pad) * size_t(steps) * size_t(op.terms) * 32 * sizeof(uint4);
 }
 
 void project_gemm(const SignParams& p, void* packed_v, float* part, cudaStream_t stream) {
-  const ProjectShape sh = project_shape(p.rows, p.terms);
-  const int64_t mtiles_pad = round_up((p.rows + 15) / 16, sh.mt * sh.wm);
+  const Operand op = operand(p);
+  const ProjectShape sh = project_shape(op.rows, op.terms);
+  const int64_t mtiles_pad = round_up((op.rows + 15) / 16, sh.mt * sh.wm);
   const int64_t superblocks = (p.n + 511) / 512;
   auto* packed = static_cast<uint4*>(packed_v);
-  launch_pack<ProjectCols>(p, p.n, mtiles_pad, 32 * superblocks, packed, stream);
-  MmaArgs args{packed, part, p.rows, p.k, 32 * superblocks, (superblocks + p.splits - 1) / p.splits, superblocks,
+  launch_pack<ProjectCols>(p, op, p.n, mtiles_pad, 32 * superblocks, packed, stream);
+  MmaArgs args{packed, part, op.rows, p.k, 32 * superblocks, (superblocks + p.splits - 1) / p.splits, superblocks,
                p.seed, p.stream, p.t0, uint32_t(p.j0 >> 7), 1.0f};
   const int64_t block_t = 8 * sh.nt * sh.wn;
   const dim3 grid(unsigned((p.k + block_t - 1) / block_t), unsigned(mtiles_pad / (sh.mt * sh.wm)), unsigned(p.splits));
   if (sh.mt == 1) {
-    launch_project_shape<1, 8, 1, 4>(args, grid, p.terms, stream);
+    launch_project_shape<1, 8, 1, 4>(args, grid, op.terms, stream);
   } else if (sh.mt == 2) {
-    launch_project_shape<2, 4, 2, 2>(args, grid, p.terms, stream);
+    launch_project_shape<2, 4, 2, 2>(args, grid, op.terms, stream);
   } else {
-    launch_project_shape<4, 4, 2, 2>(args, grid, p.terms, stream);
+    launch_project_shape<4, 4, 2, 2>(args, grid, op.terms, stream);
   }
   check_launch("project_mma_kernel");
 }
 
 void reconstruct_gemm(const SignParams& p, void* packed_v, float* part, cudaStream_t stream) {
-  const int mt = reconstruct_mt(p.rows, p.terms);
-  const int64_t mtiles_pad = round_up((p.rows + 15) / 16, mt);
+  const Operand op = operand(p);
+  const int mt = reconstruct_mt(op.rows, op.terms);
+  const int64_t mtiles_pad = round_up((op.rows + 15) / 16, mt);
   const int64_t chunks = (p.k + 31) / 32;
   auto* packed = static_cast<uint4*>(packed_v);
-  launch_pack<ReconstructCols>(p, p.k, mtiles_pad, 2 * chunks, packed, stream);
-  MmaArgs args{packed, part, p.rows, p.n, 2 * chunks, (chunks + p.splits - 1) / p.splits, chunks,
+  launch_pack<ReconstructCols>(p, op, p.k, mtiles_pad, 2 * chunks, packed, stream);
+  MmaArgs args{packed, part, op.rows, p.n, 2 * chunks, (chunks + p.splits - 1) / p.splits, chunks,
                p.seed, p.stream, p.t0, uint32_t(p.j0 >> 7), float(p.scale)};
   const int64_t groups = (p.n + 127) / 128;
   const dim3 grid(unsigned((groups + kReconWarps - 1) / kReconWarps), unsigned(mtiles_pad / mt), unsigned(p.splits));
   constexpr int threads = 32 * kReconWarps;
   if (mt == 2) {
-    if (p.terms == 1) reconstruct_mma_kernel<2, 1><<<grid, threads, 0, stream>>>(args);
+    if (op.terms == 1) reconstruct_mma_kernel<2, 1><<<grid, threads, 0, stream>>>(args);
     else reconstruct_mma_kernel<2, 2><<<grid, threads, 0, stream>>>(args);
   } else {
-    switch (p.terms) {
+    switch (op.terms) {
       case 1: reconstruct_mma_kernel<1, 1><<<grid, threads, 0, stream>>>(args); break;
       case 2: reconstruct_mma_kernel<1, 2><<<grid, threads, 0, stream>>>(args); break;
       default: reconstruct_mma_kernel<1, 3><<<grid, threads, 0, stream>>>(args); break;

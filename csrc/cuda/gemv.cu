@@ -6,17 +6,18 @@
 // x ^ ((~word << (31 - b)) & 0x80000000): one shift, one LOP3 (and + xor) and one FADD per sign,
 // the budget of the ~10 T sign-MAC/s ALU estimate on an H100 (DESIGN.md s6).
 //
-// Projection (y[t] = sum_j x[j] S[t, j]): a thread owns 4 rows t (4 Philox calls per group of 128
-// columns) and every thread of a block walks the same columns, so its x loads are warp-uniform
-// 16-byte loads that the L1 serves to all. A block covers 512 rows t; blocks along y split the
-// columns into `splits` ranges, each writing a partial result.
+// Projection (y[t] = sum_j x[j] S[t, j]): a thread owns 4 rows t (2 for float64; one Philox call
+// each per group of 128 columns) and every thread of a block walks the same columns, so its x loads
+// are warp-uniform 16-byte loads that the L1 serves to all. A block covers 512 rows t; blocks along
+// y split the columns into `splits` ranges, each writing a partial result.
 //
 // Reconstruction (out[j] = scale sum_t y[t] S[t, j]): a warp owns one group of 128 columns, 4
 // columns per lane, and walks t in chunks of 32: lane l makes the Philox call of row t = chunk + l
 // and the words pass through shared memory (one 16-byte read gives a lane its 4 bits of 4 rows),
 // so each call is made once and all 128 bits are used. Blocks along y split t into ranges.
 //
-// Partial results are summed by sum_splits_kernel in split order: deterministic, no atomics.
+// Partial results are summed by sum_splits_kernel in split order: deterministic, no atomics (it
+// also sums the rows that gemm.cu stacks).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -31,9 +32,7 @@ namespace stabkern::cuda {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kRowsPerThread = 4;                          // projection: rows t per thread
-constexpr int kProjectBlockT = kThreads * kRowsPerThread;  // rows t per projection block
-constexpr int kWarps = kThreads / 32;                      // reconstruction: groups per block
+constexpr int kWarps = kThreads / 32;  // reconstruction: groups per block
 constexpr int kMaxGridZ = 65535;
 
 template <typename T>
@@ -46,6 +45,13 @@ struct AccOf<double> {
 };
 template <typename T>
 using Acc = typename AccOf<T>::type;
+
+// Projection: rows t per thread (Philox calls per group of 128 columns); 2 for float64, whose 32
+// loaded values take twice the registers.
+template <typename T>
+constexpr int kRowsPerThread = sizeof(Acc<T>) == 8 ? 2 : 4;
+template <typename T>
+constexpr int kProjectBlockT = kThreads * kRowsPerThread<T>;
 
 __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
@@ -81,11 +87,11 @@ __device__ __forceinline__ void load32(const T* __restrict__ x, int64_t col, int
 // acc[i][b & 1] += S[t_i, j] x[j] over the 128 columns j of group g (one Philox call per row t_i).
 template <typename T, bool kFull, bool kVec>
 __device__ __forceinline__ void project_group(const T* __restrict__ x, int64_t g, int64_t n,
-                                              const uint32_t (&ctr)[kRowsPerThread], uint32_t group0,
-                                              const SignParams& p, Acc<T> (&acc)[kRowsPerThread][2]) {
-  uint32_t words[kRowsPerThread][4];
+                                              const uint32_t (&ctr)[kRowsPerThread<T>], uint32_t group0,
+                                              const SignParams& p, Acc<T> (&acc)[kRowsPerThread<T>][2]) {
+  uint32_t words[kRowsPerThread<T>][4];
 #pragma unroll
-  for (int i = 0; i < kRowsPerThread; ++i) {
+  for (int i = 0; i < kRowsPerThread<T>; ++i) {
     const Philox4 w = sign_bits(p.seed, p.stream, ctr[i], group0 + uint32_t(g));
 #pragma unroll
     for (int c = 0; c < 4; ++c) words[i][c] = w.w[c];
@@ -97,7 +103,7 @@ __device__ __forceinline__ void project_group(const T* __restrict__ x, int64_t g
 #pragma unroll
     for (int b = 0; b < 32; ++b) {
 #pragma unroll
-      for (int i = 0; i < kRowsPerThread; ++i) acc[i][b & 1] += flip_sign(v[b], (~words[i][w] << (31 - b)) & 0x80000000u);
+      for (int i = 0; i < kRowsPerThread<T>; ++i) acc[i][b & 1] += flip_sign(v[b], (~words[i][w] << (31 - b)) & 0x80000000u);
     }
   }
 }
@@ -111,19 +117,20 @@ __global__ __launch_bounds__(kThreads) void project_gemv_kernel(const SignParams
   const int64_t g_end = min(g_begin + groups_per_split, groups);
   const int64_t g_full_end = max(g_begin, min(g_end, full_groups));
   const uint32_t group0 = uint32_t(p.j0 >> 7);
-  const int64_t t_first = int64_t(blockIdx.x) * kProjectBlockT + threadIdx.x;
-  uint32_t ctr[kRowsPerThread];
+  constexpr int R = kRowsPerThread<T>;
+  const int64_t t_first = int64_t(blockIdx.x) * kProjectBlockT<T> + threadIdx.x;
+  uint32_t ctr[R];
 #pragma unroll
-  for (int i = 0; i < kRowsPerThread; ++i) ctr[i] = p.t0 + uint32_t(t_first + i * kThreads);
+  for (int i = 0; i < R; ++i) ctr[i] = p.t0 + uint32_t(t_first + i * kThreads);
 
   for (int64_t row = blockIdx.z; row < p.rows; row += gridDim.z) {
     const T* x = static_cast<const T*>(p.in) + row * p.n;
-    Acc<T> acc[kRowsPerThread][2] = {};
+    Acc<T> acc[R][2] = {};
     for (int64_t g = g_begin; g < g_full_end; ++g) project_group<T, true, kVec>(x, g, p.n, ctr, group0, p, acc);
     for (int64_t g = g_full_end; g < g_end; ++g) project_group<T, false, kVec>(x, g, p.n, ctr, group0, p, acc);
     Acc<T>* out = part + (int64_t(blockIdx.y) * p.rows + row) * p.k;
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) {
+    for (int i = 0; i < R; ++i) {
       const int64_t t = t_first + i * kThreads;
       if (t < p.k) out[t] = acc[i][0] + acc[i][1];
     }
@@ -181,10 +188,16 @@ __global__ __launch_bounds__(kThreads) void reconstruct_gemv_kernel(const SignPa
 }
 
 template <typename Acc>
-__global__ void sum_splits_kernel(const Acc* __restrict__ part, Acc* __restrict__ out, int64_t size, int splits) {
+__global__ void sum_splits_kernel(const Acc* __restrict__ part, Acc* __restrict__ out, int64_t rows, int64_t cols,
+                                  int splits, int stack) {
+  const int64_t size = rows * cols;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < size; i += int64_t(gridDim.x) * blockDim.x) {
-    Acc s = part[i];
-    for (int r = 1; r < splits; ++r) s += part[int64_t(r) * size + i];
+    const int64_t r = i / cols, c = i % cols;
+    Acc s = 0;
+    for (int split = 0; split < splits; ++split) {
+      const Acc* src = part + ((int64_t(split) * rows + r) * stack) * cols + c;
+      for (int piece = 0; piece < stack; ++piece) s += src[int64_t(piece) * cols];
+    }
     out[i] = s;
   }
 }
@@ -193,7 +206,7 @@ template <typename T>
 void launch_project(const SignParams& p, void* part, cudaStream_t stream) {
   const int64_t groups = (p.n + 127) / 128;
   const int64_t per_split = (groups + p.splits - 1) / p.splits;
-  const dim3 grid(unsigned((p.k + kProjectBlockT - 1) / kProjectBlockT), unsigned(p.splits),
+  const dim3 grid(unsigned((p.k + kProjectBlockT<T> - 1) / kProjectBlockT<T>), unsigned(p.splits),
                   unsigned(std::min<int64_t>(p.rows, kMaxGridZ)));
   const bool vec = reinterpret_cast<uintptr_t>(p.in) % 16 == 0 && (p.n * int64_t(sizeof(T))) % 16 == 0;
   if (vec) {
@@ -237,15 +250,16 @@ void reconstruct_gemv(const SignParams& p, void* part, cudaStream_t stream) {
   }
 }
 
-void sum_splits(const void* part, void* out, int64_t size, int splits, bool f64, cudaStream_t stream) {
+void sum_splits(const void* part, void* out, int64_t rows, int64_t cols, int splits, int stack, bool f64,
+                cudaStream_t stream) {
   const int threads = 256;
-  const unsigned blocks = unsigned(std::min<int64_t>((size + threads - 1) / threads, 1 << 20));
+  const unsigned blocks = unsigned(std::min<int64_t>((rows * cols + threads - 1) / threads, 1 << 20));
   if (f64) {
     sum_splits_kernel<double><<<blocks, threads, 0, stream>>>(static_cast<const double*>(part),
-                                                              static_cast<double*>(out), size, splits);
+                                                              static_cast<double*>(out), rows, cols, splits, stack);
   } else {
     sum_splits_kernel<float><<<blocks, threads, 0, stream>>>(static_cast<const float*>(part),
-                                                             static_cast<float*>(out), size, splits);
+                                                             static_cast<float*>(out), rows, cols, splits, stack);
   }
   check_launch("sum_splits_kernel");
 }

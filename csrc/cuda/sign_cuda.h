@@ -54,7 +54,12 @@ void reconstruct(Form form, const SignParams& p, cudaStream_t stream);
 namespace detail {
 void project_gemv(const SignParams& p, void* part, cudaStream_t stream);
 void reconstruct_gemv(const SignParams& p, void* part, cudaStream_t stream);
-void sum_splits(const void* part, void* out, int64_t size, int splits, bool f64, cudaStream_t stream);
+// out[r][c] = sum over split s, then stacked row i, of part[s][r * stack + i][c], in that order.
+void sum_splits(const void* part, void* out, int64_t rows, int64_t cols, int splits, int stack, bool f64,
+                cudaStream_t stream);
+// kGemm: rows of the packed operand per input row (the bf16 terms stacked as rows when rows * terms
+// <= 16; 1 otherwise).
+int stacked_rows(const SignParams& p);
 size_t packed_bytes(bool project, const SignParams& p);
 void project_gemm(const SignParams& p, void* packed, float* part, cudaStream_t stream);
 void reconstruct_gemm(const SignParams& p, void* packed, float* part, cudaStream_t stream);
