@@ -8,10 +8,12 @@ with torch on x's device, and passes raw pointers, x's device index and the curr
 handle; the kernels run asynchronously on that stream. Forms (csrc/cuda/sign_cuda.h):
 
 - "gemv" (CUDA cores): exact float32 sums (float64 for float64 input) whatever the precision mode;
-  taken for float64 and for up to GEMV_MAX_ROWS rows.
+  taken for float64, and for "highest" with up to GEMV_MAX_ROWS rows.
 - "gemm" (tensor cores, mma.sync bf16): the operand is split into bf16 terms, 3 / 2 / 1 for
   "highest" / "high" / "medium" (bf16 input needs 1, float16 input 2): per-entry errors of at
-  most 2^-24 (exact for float32), 2^-16 and 2^-8 relative, float32 accumulation.
+  most 2^-24 (exact for float32), 2^-16 and 2^-8 relative, float32 accumulation. With few rows
+  (rows * terms <= 16) the terms ride as extra rows of the 16-row tile, so one vector costs the
+  same in every mode: the GEMV shape of "high" and "medium" runs here too.
 """
 
 from __future__ import annotations
@@ -54,20 +56,22 @@ def _splits(units: int, steps: int, sms: int, min_steps: int) -> int:
     return max(1, min(_cdiv(4 * sms, max(1, units)), steps // min_steps))
 
 
-def _form(rows: int, dtype: torch.dtype) -> str:
-    return "gemv" if dtype == torch.float64 or rows <= GEMV_MAX_ROWS else "gemm"
+def _form(rows: int, dtype: torch.dtype, precision: str) -> str:
+    if dtype == torch.float64 or (precision == "highest" and rows <= GEMV_MAX_ROWS):
+        return "gemv"
+    return "gemm"
 
 
-def plan_project(rows: int, n: int, k: int, dtype: torch.dtype, device: torch.device) -> Plan:
-    form, sms = _form(rows, dtype), _num_sms(device)
+def plan_project(rows: int, n: int, k: int, dtype: torch.dtype, precision: str, device: torch.device) -> Plan:
+    form, sms = _form(rows, dtype, precision), _num_sms(device)
     if form == "gemv":  # blocks of 512 rows t; steps are groups of 128 columns
         return Plan(form, _splits(_cdiv(k, 512) * rows, _cdiv(n, 128), sms, 8))
     units = _cdiv(k, 64) * _cdiv(rows, 64)  # blocks of about 64 x 64; steps are 512 columns
     return Plan(form, 1 if 2 * units >= sms else _splits(units, _cdiv(n, 512), sms // 4, 2))
 
 
-def plan_reconstruct(rows: int, n: int, k: int, dtype: torch.dtype, device: torch.device) -> Plan:
-    form, sms = _form(rows, dtype), _num_sms(device)
+def plan_reconstruct(rows: int, n: int, k: int, dtype: torch.dtype, precision: str, device: torch.device) -> Plan:
+    form, sms = _form(rows, dtype, precision), _num_sms(device)
     units = _cdiv(n, 512) * (rows if form == "gemv" else _cdiv(rows, 32))  # blocks own 4 groups of 128
     if form == "gemv":
         return Plan(form, _splits(units, _cdiv(k, 32), sms, 4))
@@ -110,7 +114,7 @@ def project(module, x: torch.Tensor, k: int, seed: int, stream: int, t0: int, j0
     """y = x @ S[t0:t0+k, j0:j0+n].T (`reference.project`); float32 (float64 for float64 x)."""
     _check_input(x, "x")
     rows, n = x.shape
-    plan = plan or plan_project(rows, n, k, x.dtype, x.device)
+    plan = plan or plan_project(rows, n, k, x.dtype, precision, x.device)
     return _launch(module, True, x, k, n, k, 1.0, seed, stream, t0, j0, precision, plan)
 
 
@@ -119,5 +123,5 @@ def reconstruct(module, y: torch.Tensor, n: int, scale: float, seed: int, stream
     """x_hat = scale * y @ S[t0:t0+k, j0:j0+n] (`reference.reconstruct`); float32 (float64 for float64 y)."""
     _check_input(y, "y")
     rows, k = y.shape
-    plan = plan or plan_reconstruct(rows, n, k, y.dtype, y.device)
+    plan = plan or plan_reconstruct(rows, n, k, y.dtype, precision, y.device)
     return _launch(module, False, y, n, n, k, scale, seed, stream, t0, j0, precision, plan)
