@@ -11,7 +11,9 @@ handle; the kernels run asynchronously on that stream. Forms (csrc/cuda/sign_cud
   taken for float64, and for "highest" with up to GEMV_MAX_ROWS rows.
 - "gemm" (tensor cores, mma.sync bf16): the operand is split into bf16 terms, 3 / 2 / 1 for
   "highest" / "high" / "medium" (bf16 input needs 1, float16 input 2): per-entry errors of at
-  most 2^-24 (exact for float32), 2^-16 and 2^-8 relative, float32 accumulation. With few rows
+  most 2^-24 (exact for float32), 2^-16 and 2^-8 relative, float32 accumulation. Relative
+  Frobenius error against float64 on Gaussian data (21 x 1000, k = 300, the kernels' data flow
+  emulated on the host): 2.2e-7, 2.4e-6 and 1.7e-3; the GPU tests bound them by 1e-5, 3e-5, 4e-3. With few rows
   (rows * terms <= 16) the terms ride as extra rows of the 16-row tile, so one vector costs the
   same in every mode: the GEMV shape of "high" and "medium" runs here too.
 """

@@ -18,18 +18,19 @@ Design note (why the kernels look the way they do).
   conversion and are never recomputed by two threads (checked in the TTGIR: the words stay in the
   1-D blocked layout). A sign is applied by flipping the float's sign bit: three instructions per
   sign (shift, LOP3 and+xor, FADD), the shape of the ~10 T sign-MAC/s ALU estimate on an H100.
-- GEMM form (many rows): the +-1 tile (128 columns x BLOCK_N rows of S for projection, BLOCK_T x 128
-  for reconstruction) is built in registers from Philox, converted to bf16 (exact) and fed to
-  `tl.dot` with float32 accumulation. The other operand is split into bf16 terms, so the
-  precision modes are exact splits rather than tf32:
+- GEMM form (many rows): the +-1 tile (64 columns x BLOCK_N rows t of S for projection, BLOCK_T
+  rows t x 64 columns for reconstruction; two halves per Philox call) is built in registers, its
+  sign bit from the Philox word on 1.0f, converted to bf16 (exact) and fed to `tl.dot` with float32
+  accumulation. The other operand is split into bf16 terms, so the precision modes are exact
+  splits rather than tf32:
     "highest": x = hi + mid + lo, three bf16 dots. The split is exact for float32 (8 + 8 + 8
                significand bits), so the only error is float32 accumulation.
     "high":    x ~ hi + mid, two dots: each x loses at most 2^-16 of itself (round to nearest).
     "medium":  x ~ hi (x rounded to bf16), one dot: each x loses at most 2^-8 of itself.
   bf16 inputs need one term and float16 inputs two for exactness, so they never take more.
-  Measured under the interpreter (tests/test_triton_sign.py, n = 1000, k = 96, Gaussian x):
-  relative Frobenius error against float64 about 1e-7 (highest), 2e-6 (high), 1.5e-3 (medium);
-  the tests bound them by 1e-5, 3e-5 and 4e-3. The GEMV form is exact float32 in every mode.
+  Measured under the interpreter (21 x 1000 Gaussian x, k = 300): relative Frobenius error against
+  float64 1.2e-7 (highest), 2.4e-6 (high), 1.7e-3 (medium), the same for reconstruction; the tests
+  bound them by 1e-5, 3e-5 and 4e-3. The GEMV form is exact float32 in every mode (1.5e-7).
 - The bf16 rounding of the split is done with integer operations (round to nearest even on the
   bit pattern) rather than `.to(tl.bfloat16)`: Triton 3.9's interpreter truncates in that cast and
   multiplies raw bf16 bit patterns in `tl.dot`, so the interpreter runs the same split with an
@@ -40,6 +41,9 @@ Design note (why the kernels look the way they do).
   are bitwise reproducible, no atomics.
 - Scalars that are uint32 (key words, stream, t0, j0 >> 7) travel as int64 with bit 32 set, so
   Triton compiles one variant for every value; kernels keep the low 32 bits.
+- The reduction axis (x's columns, y's columns) is padded with zeros to a multiple of 16 when it is
+  not one (or the data is not 16-element aligned): Triton then vectorizes the tile loads, where the
+  unaligned tiles needed a 64-bit pointer per element and spilled (sm_90 compile, Triton 3.9).
 """
 
 from __future__ import annotations
@@ -66,8 +70,11 @@ GEMV_MAX_ROWS = 4
 _GEMV_PROJECT_BLOCK_T = 256
 _GEMV_RECONSTRUCT_BLOCK_T = 128
 _GEMM_BLOCK_N = 128  # rows t of S per projection program
-_GEMM_BLOCK_T = 32  # rows t of S per reconstruction step (the dot's K)
 _REDUCE_BLOCK = 1024
+# Reduction lengths are padded with zeros to this multiple (and operands to this alignment in
+# bytes) so that Triton sees divisible strides and vectorizes the loads: unaligned 2-D tiles need a
+# 64-bit pointer per element and spill (seen in the sm_90 compile of Triton 3.9).
+_PAD = 16
 
 
 # --------------------------------------------------------------------------- device functions
@@ -274,8 +281,8 @@ def _project_gemm_kernel(x_ptr, out_ptr, rows, n, k, key0, key1, stream, t0, gro
                          INTERPRET: tl.constexpr):
     """out[split, m, t] = sum over the split's columns j of x[m, j] * S[t, j], on tensor cores.
 
-    Grid: n_mblocks * n_tblocks * n_splits programs; one (BLOCK_M, 128) x (128, BLOCK_N) dot per
-    term and group of 128 columns.
+    Grid: n_mblocks * n_tblocks * n_splits programs; two (BLOCK_M, 64) x (64, BLOCK_N) dots per term
+    and group of 128 columns.
     """
     pid = tl.program_id(0)
     mb = pid % n_mblocks
@@ -320,7 +327,7 @@ def _reconstruct_gemm_kernel(y_ptr, out_ptr, rows, n, k, scale, key0, key1, stre
     """out[split, m, j] = scale * sum over the split's rows t of y[m, t] * S[t, j], on tensor cores.
 
     Grid: n_mblocks * n_groups * n_splits programs; a program owns 128 columns (one group) and
-    runs (BLOCK_M, BLOCK_T) x (BLOCK_T, 128) dots over its rows t.
+    runs two (BLOCK_M, BLOCK_T) x (BLOCK_T, 64) dots per term over each block of its rows t.
     """
     pid = tl.program_id(0)
     mb = pid % n_mblocks
@@ -421,11 +428,26 @@ def plan_reconstruct(rows: int, n: int, k: int, dtype: torch.dtype, device: torc
     if form == "gemv":
         return Plan(form, _splits(groups * rows, triton.cdiv(k, _GEMV_RECONSTRUCT_BLOCK_T), sms, 4))
     units = triton.cdiv(rows, _gemm_block_m(rows)) * groups
-    return Plan(form, 1 if 2 * units >= sms else _splits(units, triton.cdiv(k, _GEMM_BLOCK_T), sms // 4, 4))
+    return Plan(form, 1 if 2 * units >= sms else _splits(units, triton.cdiv(k, _gemm_block_t(rows)), sms // 4, 4))
 
 
 def _gemm_block_m(rows: int) -> int:
     return min(128, max(16, triton.next_power_of_2(rows)))
+
+
+def _gemm_block_t(rows: int) -> int:
+    """Rows t of S per reconstruction step (the dot's K): 64 for a 16-row tile, 32 above (registers)."""
+    return 64 if _gemm_block_m(rows) <= 16 else 32
+
+
+def _padded(a: torch.Tensor) -> torch.Tensor:
+    """a itself if its rows are aligned and a multiple of _PAD long, else a copy padded with zeros.
+
+    Zero columns add +-0 to every sum, whatever signs their (otherwise unused) counters give.
+    """
+    if a.shape[1] % _PAD == 0 and a.data_ptr() % (_PAD * a.element_size()) == 0:
+        return a
+    return torch.nn.functional.pad(a, (0, -a.shape[1] % _PAD))
 
 
 def _u32_arg(value: int) -> int:
@@ -469,6 +491,8 @@ def project(x: torch.Tensor, k: int, seed: int, stream: int, t0: int, j0: int, p
     plan = plan or plan_project(rows, n, k, x.dtype, x.device)
     f64 = x.dtype == torch.float64
     out, part = _buffers(rows, k, plan.splits, torch.float64 if f64 else torch.float32, x.device)
+    x = _padded(x)
+    n = x.shape[1]
     groups = triton.cdiv(n, 128)
     per_split = triton.cdiv(groups, plan.splits)
     keys = (_u32_arg(seed), _u32_arg(seed >> 32), _u32_arg(stream), _u32_arg(t0), _u32_arg(j0 >> 7))
@@ -485,7 +509,7 @@ def project(x: torch.Tensor, k: int, seed: int, stream: int, t0: int, j0: int, p
         grid = (n_mblocks * n_tblocks * plan.splits,)
         _project_gemm_kernel[grid](x, part, rows, n, k, *keys, per_split, n_mblocks, n_tblocks, plan.splits,
                                    BLOCK_M=block_m, BLOCK_N=_GEMM_BLOCK_N, TERMS=terms, INTERPRET=_INTERPRET,
-                                   num_warps=8 if block_m >= 128 else 4, num_stages=3)
+                                   num_warps=8 if block_m >= 128 else 4, num_stages=3 if block_m > 16 else 2)
     else:
         raise ValueError(f"plan.form must be 'gemv' or 'gemm', got {plan.form!r}")
     return _finish(part, out, plan.splits)
@@ -503,6 +527,8 @@ def reconstruct(y: torch.Tensor, n: int, scale: float, seed: int, stream: int, t
     plan = plan or plan_reconstruct(rows, n, k, y.dtype, y.device)
     f64 = y.dtype == torch.float64
     out, part = _buffers(rows, n, plan.splits, torch.float64 if f64 else torch.float32, y.device)
+    y = _padded(y)
+    k = y.shape[1]
     groups = triton.cdiv(n, 128)
     keys = (_u32_arg(seed), _u32_arg(seed >> 32), _u32_arg(stream), _u32_arg(t0), _u32_arg(j0 >> 7))
     kernel_scale = 1.0 if f64 else float(scale)  # Triton passes floats as float32
@@ -515,12 +541,12 @@ def reconstruct(y: torch.Tensor, n: int, scale: float, seed: int, stream: int, t
     elif plan.form == "gemm":
         if f64:
             raise ValueError("the GEMM form takes float32/float16/bfloat16 input; float64 runs in the GEMV form")
-        block_m = _gemm_block_m(rows)
+        block_m, block_t = _gemm_block_m(rows), _gemm_block_t(rows)
         n_mblocks = triton.cdiv(rows, block_m)
-        per_split = triton.cdiv(triton.cdiv(k, _GEMM_BLOCK_T), plan.splits) * _GEMM_BLOCK_T
+        per_split = triton.cdiv(triton.cdiv(k, block_t), plan.splits) * block_t
         grid = (n_mblocks * groups * plan.splits,)
         _reconstruct_gemm_kernel[grid](y, part, rows, n, k, kernel_scale, *keys, per_split, n_mblocks, groups,
-                                       plan.splits, BLOCK_M=block_m, BLOCK_T=_GEMM_BLOCK_T, TERMS=terms,
+                                       plan.splits, BLOCK_M=block_m, BLOCK_T=block_t, TERMS=terms,
                                        INTERPRET=_INTERPRET, num_warps=8 if block_m >= 128 else 4, num_stages=2)
     else:
         raise ValueError(f"plan.form must be 'gemv' or 'gemm', got {plan.form!r}")
