@@ -84,8 +84,9 @@ void validate(bool project, Form form, const SignParams& p) {
   if (p.j0 + uint64_t(p.n) > kMaxCols) bad("j0 + n must be <= 2^38");
   if (p.terms < 1 || p.terms > 3) bad("terms must be 1, 2 or 3");
   if (p.splits < 1 || p.splits > 65535) bad("splits must be in [1, 65535]");
-  // The m-tiles of the GEMM form run along grid.y (at most 65535); grid.x always fits (k < 2^32, n < 2^38).
-  if (form == Form::kGemm && (p.rows + 15) / 16 > 65535) bad("the GEMM form takes at most 16 * 65535 rows");
+  // The m-tiles of the GEMM form, padded to a multiple of 8, run along grid.y (at most 65535); grid.x
+  // always fits (k < 2^32, n < 2^38).
+  if (form == Form::kGemm && (p.rows + 15) / 16 > 65528) bad("the GEMM form takes at most 16 * 65528 rows");
   if (reinterpret_cast<uintptr_t>(p.work) % 16 != 0) bad("the workspace must be 16-byte aligned");
 }
 

@@ -95,7 +95,11 @@ void project_mma(const float* x, float* y, int64_t rows, int64_t n, int64_t k, u
           for (int lane = 0; lane < 32; ++lane) frag::project_b(words[lane], s, b[lane][0], b[lane][1]);
           for (int term = 0; term < terms; ++term) {
             std::array<U32x4, 32> a;
-            for (int lane = 0; lane < 32; ++lane) a[lane] = frag::pack_a(load, col_of, mt, 32 * sb + s, lane, term);
+            for (int lane = 0; lane < 32; ++lane) {
+              U32x4 all[3];
+              frag::pack_a(load, col_of, mt, 32 * sb + s, lane, terms, all);
+              a[lane] = all[term];
+            }
             mma(acc, a, b);
           }
         }
@@ -139,8 +143,10 @@ void reconstruct_mma(const float* y, float* out, int64_t rows, int64_t n, int64_
         }
         for (int s = 0; s < 2; ++s) {
           std::vector<std::array<U32x4, 32>> a(terms);
-          for (int term = 0; term < terms; ++term) {
-            for (int lane = 0; lane < 32; ++lane) a[term][lane] = frag::pack_a(load, col_of, mt, 2 * c + s, lane, term);
+          for (int lane = 0; lane < 32; ++lane) {
+            U32x4 all[3];
+            frag::pack_a(load, col_of, mt, 2 * c + s, lane, terms, all);
+            for (int term = 0; term < terms; ++term) a[term][lane] = all[term];
           }
           for (int nt = 0; nt < 16; ++nt) {
             std::array<std::array<uint32_t, 2>, 32> b;

@@ -128,43 +128,49 @@ STABKERN_HD float bits_float(uint32_t b) {
 #endif
 }
 
-// The bf16 bit pattern (low 16 bits) of term `term` (0 = hi, 1 = mid, 2 = lo) of v: v = hi + mid + lo
-// exactly for float32 v; with fewer terms the rest is dropped.
-STABKERN_HD uint32_t bf16_term(float v, int term) {
-  uint32_t hi = bf16_round_bits(float_bits(v));
-  if (term == 0) return hi >> 16;
+// The bf16 bit patterns (low 16 bits) of the three terms of v: v = hi + mid + lo exactly for float32
+// v; with fewer terms the rest is dropped.
+STABKERN_HD void bf16_terms(float v, uint32_t (&t)[3]) {
+  const uint32_t hi = bf16_round_bits(float_bits(v));
   const float hv = bits_float(hi);
   const float rest = (hv == v) ? 0.0f : v - hv;  // exact; Inf - Inf would make a NaN
   const uint32_t mid = bf16_round_bits(float_bits(rest));
-  if (term == 1) return mid >> 16;
-  return bf16_round_bits(float_bits(rest - bits_float(mid))) >> 16;
+  t[0] = hi >> 16;
+  t[1] = mid >> 16;
+  t[2] = bf16_round_bits(float_bits(rest - bits_float(mid))) >> 16;
 }
 
 // Term `term` of v as a float32 value (exactly a bf16): the operand entry of a "stacked" row. With
 // few rows, the kernels stack the terms as rows of the 16-row tile (row r * terms + term) instead
 // of running one mma per term, and the sum over the stacked rows happens after the kernel.
-STABKERN_HD float term_value(float v, int term) { return bits_float(bf16_term(v, term) << 16); }
+STABKERN_HD float term_value(float v, int term) {
+  uint32_t t[3];
+  bf16_terms(v, t);
+  return bits_float((term == 0 ? t[0] : term == 1 ? t[1] : t[2]) << 16);  // no run-time array index
+}
 
 // Input pieces stacked as rows of the packed operand: `terms` when rows * terms fits one m-tile.
 STABKERN_HD int stack_of(int64_t rows, int terms) { return (terms > 1 && rows * terms <= 16) ? terms : 1; }
 
-// The A fragment (a0..a3) of term `term` for m-tile mt, global step S and lane, read from a
-// (rows x cols) row-major matrix through `load(row, col)` (which returns 0 outside it); `col_of(S,
-// q, e)` is the slot-to-column map of the operation (project_col, or 16 S + k_of_slot for
-// reconstruction).
+// The A fragments (a0..a3) of terms 0 .. terms-1 for m-tile mt, global step S and lane, read from
+// a (rows x cols) row-major matrix through `load(row, col)` (which returns 0 outside it);
+// `col_of(S, q, e)` is the slot-to-column map of the operation (project_col, or 16 S + k_of_slot
+// for reconstruction).
 template <typename Load, typename ColOf>
-STABKERN_HD U32x4 pack_a(const Load& load, const ColOf& col_of, int64_t mt, int64_t S, int lane, int term) {
+STABKERN_HD void pack_a(const Load& load, const ColOf& col_of, int64_t mt, int64_t S, int lane, int terms,
+                        U32x4 (&a)[3]) {
   const int g = lane >> 2, q = lane & 3;
-  U32x4 a;
   for (int half = 0; half < 2; ++half) {    // a0/a1: slots 0, 1; a2/a3: slots 2, 3
     for (int up = 0; up < 2; ++up) {        // a0/a2: row g; a1/a3: row g + 8
       const int64_t row = 16 * mt + g + 8 * up;
-      const uint32_t lo = bf16_term(load(row, col_of(S, q, 2 * half)), term);
-      const uint32_t hi = bf16_term(load(row, col_of(S, q, 2 * half + 1)), term);
-      a.r[2 * half + up] = lo | (hi << 16);
+      uint32_t lo[3], hi[3];
+      bf16_terms(load(row, col_of(S, q, 2 * half)), lo);
+      bf16_terms(load(row, col_of(S, q, 2 * half + 1)), hi);
+      for (int term = 0; term < 3; ++term) {  // constant trip count: registers, not local memory
+        if (term < terms) a[term].r[2 * half + up] = lo[term] | (hi[term] << 16);
+      }
     }
   }
-  return a;
 }
 
 // Index (in U32x4 units) of the packed A fragment: [mt][S][term][lane].

@@ -58,24 +58,27 @@ struct ReconstructCols {
 // Packed A = the (rows x cols) input split into `terms` bf16 pieces, in fragment order
 // [m-tile][step][term][lane] (frag::packed_index); zeros outside the input. With stack > 1 the
 // pieces are rows instead: packed row r * stack + i holds piece i of input row r (terms is then 1).
+// Grid: x over (step, lane), one thread per lane and step writing all its terms; y over m-tiles.
 template <typename T, typename ColOf>
 __global__ void pack_kernel(const T* __restrict__ in, uint4* __restrict__ packed, int64_t rows, int64_t cols,
-                            int64_t steps, int terms, int stack, int64_t total) {
+                            int64_t steps, int terms, int stack) {
+  const int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t S = idx >> 5, mt = blockIdx.y;
+  const int lane = int(idx & 31);
+  if (S >= steps) return;
   const auto load = [&](int64_t r, int64_t c) -> float {
-    const int64_t row = r / stack;
-    if (row >= rows || c >= cols) return 0.0f;
-    const float v = to_float(__ldg(in + row * cols + c));
-    return stack == 1 ? v : frag::term_value(v, int(r % stack));
+    if (stack == 1) return (r < rows && c < cols) ? to_float(__ldg(in + r * cols + c)) : 0.0f;
+    const int row = int(r) / stack, piece = int(r) - row * stack;  // stacked: at most 16 rows
+    return (row < rows && c < cols) ? frag::term_value(to_float(__ldg(in + row * cols + c)), piece) : 0.0f;
   };
-  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int lane = int(idx & 31);
-    int64_t rest = idx >> 5;
-    const int term = int(rest % terms);
-    rest /= terms;
-    const int64_t S = rest % steps, mt = rest / steps;
-    const U32x4 a = frag::pack_a(load, ColOf(), mt, S, lane, term);
-    packed[idx] = make_uint4(a.r[0], a.r[1], a.r[2], a.r[3]);
+  U32x4 a[3];
+  frag::pack_a(load, ColOf(), mt, S, lane, terms, a);
+#pragma unroll
+  for (int term = 0; term < 3; ++term) {  // constant trip count: `a` stays in registers
+    if (term < terms) {
+      packed[frag::packed_index(mt, S, term, lane, steps, terms)] = make_uint4(a[term].r[0], a[term].r[1],
+                                                                               a[term].r[2], a[term].r[3]);
+    }
   }
 }
 
@@ -244,21 +247,20 @@ Operand operand(const SignParams& p) {
 template <typename ColOf>
 void launch_pack(const SignParams& p, const Operand& op, int64_t cols, int64_t mtiles, int64_t steps, uint4* packed,
                  cudaStream_t stream) {
-  const int64_t total = mtiles * steps * op.terms * 32;
   const int threads = 256;
-  const unsigned blocks = unsigned(std::min<int64_t>((total + threads - 1) / threads, 1 << 20));
+  const dim3 grid(unsigned((steps * 32 + threads - 1) / threads), unsigned(mtiles));
   switch (p.dtype) {
     case DType::kF32:
-      pack_kernel<float, ColOf><<<blocks, threads, 0, stream>>>(static_cast<const float*>(p.in), packed, p.rows,
-                                                                cols, steps, op.terms, op.stack, total);
+      pack_kernel<float, ColOf><<<grid, threads, 0, stream>>>(static_cast<const float*>(p.in), packed, p.rows, cols,
+                                                              steps, op.terms, op.stack);
       break;
     case DType::kF16:
-      pack_kernel<__half, ColOf><<<blocks, threads, 0, stream>>>(static_cast<const __half*>(p.in), packed, p.rows,
-                                                                 cols, steps, op.terms, op.stack, total);
+      pack_kernel<__half, ColOf><<<grid, threads, 0, stream>>>(static_cast<const __half*>(p.in), packed, p.rows,
+                                                               cols, steps, op.terms, op.stack);
       break;
     case DType::kBF16:
-      pack_kernel<__nv_bfloat16, ColOf><<<blocks, threads, 0, stream>>>(
-          static_cast<const __nv_bfloat16*>(p.in), packed, p.rows, cols, steps, op.terms, op.stack, total);
+      pack_kernel<__nv_bfloat16, ColOf><<<grid, threads, 0, stream>>>(static_cast<const __nv_bfloat16*>(p.in),
+                                                                      packed, p.rows, cols, steps, op.terms, op.stack);
       break;
     case DType::kF64:
       throw std::invalid_argument("the GEMM form takes float32, float16 or bfloat16 input");
@@ -266,13 +268,20 @@ void launch_pack(const SignParams& p, const Operand& op, int64_t cols, int64_t m
   detail::check_launch("pack_kernel");
 }
 
-template <int MT, int NT, int WM, int WN>
-void launch_project_shape(const MmaArgs& args, dim3 grid, int terms, cudaStream_t stream) {
-  constexpr int threads = 32 * WM * WN;
-  switch (terms) {
-    case 1: project_mma_kernel<MT, NT, WM, WN, 1><<<grid, threads, 0, stream>>>(args); break;
-    case 2: project_mma_kernel<MT, NT, WM, WN, 2><<<grid, threads, 0, stream>>>(args); break;
-    default: project_mma_kernel<MT, NT, WM, WN, 3><<<grid, threads, 0, stream>>>(args); break;
+// The instantiations project_shape() can pick: one m-tile with any terms; MT = 2 for 3 terms;
+// MT = 4 for 1 or 2.
+void launch_project_mma(const ProjectShape& sh, int terms, const MmaArgs& args, dim3 grid, cudaStream_t stream) {
+  const int threads = 32 * sh.wm * sh.wn;
+  if (sh.mt == 1) {
+    if (terms == 1) project_mma_kernel<1, 8, 1, 4, 1><<<grid, threads, 0, stream>>>(args);
+    else if (terms == 2) project_mma_kernel<1, 8, 1, 4, 2><<<grid, threads, 0, stream>>>(args);
+    else project_mma_kernel<1, 8, 1, 4, 3><<<grid, threads, 0, stream>>>(args);
+  } else if (sh.mt == 2) {
+    project_mma_kernel<2, 4, 2, 2, 3><<<grid, threads, 0, stream>>>(args);
+  } else if (terms == 1) {
+    project_mma_kernel<4, 4, 2, 2, 1><<<grid, threads, 0, stream>>>(args);
+  } else {
+    project_mma_kernel<4, 4, 2, 2, 2><<<grid, threads, 0, stream>>>(args);
   }
 }
 
@@ -309,13 +318,7 @@ void project_gemm(const SignParams& p, void* packed_v, float* part, cudaStream_t
                p.seed, p.stream, p.t0, uint32_t(p.j0 >> 7), 1.0f};
   const int64_t block_t = 8 * sh.nt * sh.wn;
   const dim3 grid(unsigned((p.k + block_t - 1) / block_t), unsigned(mtiles_pad / (sh.mt * sh.wm)), unsigned(p.splits));
-  if (sh.mt == 1) {
-    launch_project_shape<1, 8, 1, 4>(args, grid, op.terms, stream);
-  } else if (sh.mt == 2) {
-    launch_project_shape<2, 4, 2, 2>(args, grid, op.terms, stream);
-  } else {
-    launch_project_shape<4, 4, 2, 2>(args, grid, op.terms, stream);
-  }
+  launch_project_mma(sh, op.terms, args, grid, stream);
   check_launch("project_mma_kernel");
 }
 
