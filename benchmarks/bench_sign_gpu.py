@@ -185,8 +185,7 @@ def _write_results():
     doc = dict(meta=_meta(), baselines_tmacs={k: v / 1e12 for k, v in _BASELINES.items()}, cases=_CASES,
                auto_rule=_auto_rule(_CASES))
     (out / "bench_sign_gpu.json").write_text(json.dumps(doc, indent=1))
-    print("\n" + "\n".join(_line(c) for c in _CASES), flush=True)
-    print(f"auto rule: {json.dumps(doc['auto_rule'])}\nwrote {out / 'bench_sign_gpu.json'}", flush=True)
+    print(f"\nauto rule: {json.dumps(doc['auto_rule'])}\nwrote {out / 'bench_sign_gpu.json'}", flush=True)
 
 
 # --------------------------------------------------------------------------- baselines (same run)

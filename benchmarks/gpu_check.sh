@@ -79,8 +79,18 @@ if bench.exists():
     summary["bench"] = json.loads(bench.read_text())
 (out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
 print("gpu_check summary:", json.dumps({k: v for k, v in summary.items() if k != "bench"}, indent=1))
-if "bench" in summary:
-    print("auto rule:", json.dumps(summary["bench"].get("auto_rule")))
+if "bench" in summary:  # a compact table last, where the tail of the output shows it
+    b = summary["bench"]
+    print("meta:", json.dumps(b.get("meta")))
+    print(f"{'kind':5} {'op':11} {'backend':7} {'precision':14} {'k':>7} {'ms':>9} {'T/s':>7} {'base T/s':>8} "
+          f"{'x base':>7} {'%ceil':>6} ceiling")
+    fmt = lambda v, f: format(v, f) if v is not None else "-".rjust(int(f.split(".")[0]))
+    for c in b.get("cases", []):
+        form = f" [{c['forced_form']}]" if c.get("forced_form") else ""
+        print(f"{c['kind']:5} {c['op']:11} {c['backend']:7} {c['precision'] + form:14} {c['shape'][2]:>7} "
+              f"{c['time_ms']:9.3f} {c['rate_tmacs']:7.2f} {fmt(c['baseline_tmacs'], '8.3f')} "
+              f"{fmt(c['speedup'], '7.1f')} {fmt(c['pct_of_ceiling'], '6.1f')} {c['ceiling'] or '-'}")
+    print("auto rule:", json.dumps(b.get("auto_rule")))
 print("wrote", out / "gpu_check.json")
 EOF
 echo "total $(( $(date +%s) - START ))s"
