@@ -15,9 +15,11 @@
 //       part[r * ldp + t] += sum_j S[t, j] x[r, j] over the group's 128 columns, for r < R <= 8 (tab
 //       rows kTable apart) and t < ntg * kLanes. Each (r, t) is ONE chain: part + e_0 + e_1 + ...
 //       with e_i the table entry of the i-th column pattern, in column order.
-//   reconstruct(y, ldy, R, words, kt, part, ldp)
-//       part[r * ldp + j] += sum_t S[t, j] y[r * ldy + t] for j < 128, t < kt <= kMaxChunkRows,
-//       r < R <= 8. Each (r, j) is ONE chain over t in increasing order, adding +-y exactly.
+//   reconstruct(y, ldy, R, words, ng, kt, part, ldp)
+//       part[r * ldp + 128 * i + j] += sum_t S[t, j] y[r * ldy + t] for the ng groups i (their words
+//       kMaxChunkRows * 4 apart), j < 128, t < kt <= kMaxChunkRows, r < R <= 8. Each (r, j) is ONE
+//       chain in increasing t, adding either +-y[t] (exact) or, in kernels that tabulate y, the
+//       signed sum of 4 consecutive rows ((+-y0 +-y1) +-y2) +-y3; each kernel always does the same.
 #pragma once
 
 #include <cstddef>

@@ -228,11 +228,10 @@ void reconstruct_run(const typename K::T* y, typename K::T* out, double scale, c
         const int kt = int(std::min<int64_t>(kMaxChunkRows, a.k - t));
         const int ntg = int(ceil_div(kt, L));
         std::fill(part.data(), part.data() + R * ld, T(0));
-        for (int gi = 0; gi < ng; ++gi) {
-          uint32_t* w = words.data() + size_t(gi) * kMaxChunkRows * 4;
-          K::words(key, uint32_t(a.t0 + uint64_t(t)), ntg, uint32_t(a.j0 / kGroupCols + g0 + gi), w);
-          K::reconstruct(y + r0 * a.k + t, a.k, R, w, kt, part.data() + gi * kGroupCols, ld);
-        }
+        for (int gi = 0; gi < ng; ++gi)
+          K::words(key, uint32_t(a.t0 + uint64_t(t)), ntg, uint32_t(a.j0 / kGroupCols + g0 + gi),
+                   words.data() + size_t(gi) * kMaxChunkRows * 4);
+        K::reconstruct(y + r0 * a.k + t, a.k, R, words.data(), ng, kt, part.data(), ld);
         for (int r = 0; r < R; ++r)
           for (int64_t j = 0; j < ng * kGroupCols; ++j) {
             const int64_t i = r * ld + j;

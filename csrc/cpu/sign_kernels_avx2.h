@@ -100,13 +100,17 @@ struct Avx2Kernel {
     if (R & 1) project_rows<1, 4>(tab + r * kTable, words, ntg, part + r * ldp, ldp);
   }
 
-  STABKERN_AVX2 static void reconstruct(const float* y, int64_t ldy, int R, const uint32_t* words, int kt,
+  STABKERN_AVX2 static void reconstruct(const float* y, int64_t ldy, int R, const uint32_t* words, int ng, int kt,
                                         float* part, int64_t ldp) {
-    int r = 0;
-    if (R & 8) reconstruct_rows<8, 1>(y, ldy, words, kt, part, ldp), r += 8;
-    if (R & 4) reconstruct_rows<4, 2>(y + r * ldy, ldy, words, kt, part + r * ldp, ldp), r += 4;
-    if (R & 2) reconstruct_rows<2, 4>(y + r * ldy, ldy, words, kt, part + r * ldp, ldp), r += 2;
-    if (R & 1) reconstruct_rows<1, 4>(y + r * ldy, ldy, words, kt, part + r * ldp, ldp);
+    for (int i = 0; i < ng; ++i) {
+      const uint32_t* w = words + i * kMaxChunkRows * 4;
+      float* p = part + i * kGroupCols;
+      int r = 0;
+      if (R & 8) reconstruct_rows<8, 1>(y, ldy, w, kt, p, ldp), r += 8;
+      if (R & 4) reconstruct_rows<4, 2>(y + r * ldy, ldy, w, kt, p + r * ldp, ldp), r += 4;
+      if (R & 2) reconstruct_rows<2, 4>(y + r * ldy, ldy, w, kt, p + r * ldp, ldp), r += 2;
+      if (R & 1) reconstruct_rows<1, 4>(y + r * ldy, ldy, w, kt, p + r * ldp, ldp);
+    }
   }
 
  private:
@@ -140,7 +144,7 @@ struct Avx2Kernel {
       __m256i idx[TG];
       for (int g = 0; g < TG; ++g)
         idx[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(words + (g * 4 + q) * kLanes));
-#pragma GCC unroll 11
+#pragma GCC unroll 1
       for (int i = 0; i < kLookups; ++i) {
         for (int r = 0; r < R; ++r) {
           const __m256 e = _mm256_load_ps(tab + r * kTable + (q * kLookups + i) * 8);

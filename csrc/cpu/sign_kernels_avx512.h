@@ -12,8 +12,10 @@
 // reused by every row of S. Several rows of x share each shifted index (the GEMM form), or, for
 // one row, several groups of 16 rows of S are interleaved so the adds form independent chains.
 //
-// Reconstruction: lanes are 16 columns; 16 sign bits of a row of S load straight into a mask
-// register and one masked blend picks +y or -y per lane before the add.
+// Reconstruction turns the lookup around: lanes are 16 columns, the table holds the 16 signed sums
+// of 4 consecutive y[t], and each lane's index is its column's sign bit in those 4 rows of S.
+// Building the index costs 7 ops per 16 columns x 4 rows, shared by every row of y (GEMM form);
+// each row of y then needs one vpermps and one add per 64 sign-MACs.
 #pragma once
 
 #if defined(__x86_64__)
@@ -106,13 +108,13 @@ struct Avx512Kernel {
     if (R & 1) project_rows<1, 4>(tab + r * kTable, words, ntg, part + r * ldp, ldp);
   }
 
-  STABKERN_AVX512 static void reconstruct(const float* y, int64_t ldy, int R, const uint32_t* words, int kt,
-                                          float* part, int64_t ldp) {
+  STABKERN_AVX512 static void reconstruct(const float* y, int64_t ldy, int R, const uint32_t* words, int ng,
+                                          int kt, float* part, int64_t ldp) {
     int r = 0;
-    if (R & 8) reconstruct_rows<8, 2>(y, ldy, words, kt, part, ldp), r += 8;
-    if (R & 4) reconstruct_rows<4, 4>(y + r * ldy, ldy, words, kt, part + r * ldp, ldp), r += 4;
-    if (R & 2) reconstruct_rows<2, 8>(y + r * ldy, ldy, words, kt, part + r * ldp, ldp), r += 2;
-    if (R & 1) reconstruct_rows<1, 8>(y + r * ldy, ldy, words, kt, part + r * ldp, ldp);
+    if (R & 8) reconstruct_rows<8, 1>(y, ldy, words, ng, kt, part, ldp), r += 8;
+    if (R & 4) reconstruct_rows<4, 1>(y + r * ldy, ldy, words, ng, kt, part + r * ldp, ldp), r += 4;
+    if (R & 2) reconstruct_rows<2, 2>(y + r * ldy, ldy, words, ng, kt, part + r * ldp, ldp), r += 2;
+    if (R & 1) reconstruct_rows<1, 4>(y + r * ldy, ldy, words, ng, kt, part + r * ldp, ldp);
   }
 
  private:
@@ -148,7 +150,7 @@ struct Avx512Kernel {
       __m512i idx[TG];
       for (int g = 0; g < TG; ++g)
         idx[g] = _mm512_load_si512(reinterpret_cast<const __m512i*>(words + (g * 4 + q) * kLanes));
-#pragma GCC unroll 8
+#pragma GCC unroll 1
       for (int i = 0; i < 8; ++i) {
         for (int r = 0; r < R; ++r) {
           const __m512 e = _mm512_load_ps(tab + r * kTable + (8 * q + i) * 16);
@@ -161,38 +163,62 @@ struct Avx512Kernel {
       for (int g = 0; g < TG; ++g) _mm512_storeu_ps(part + r * ldp + g * kLanes, acc[r][g]);
   }
 
-  // R rows of y, V registers of 16 columns at a time (R * V chains); the 8 registers of a group in
-  // steps of V.
+  // R rows of y against V registers of 16 columns at a time (R * V add chains). For every 4 rows
+  // of S (a quad) the 16 signed sums of their y are tabulated once per row of y; a column's index
+  // into that table is its sign bit in each of the 4 rows, gathered into bits 0..3 of its lane by
+  // rotating each row's word so that bit lands at position i (vprorvd) and merging (vpternlogd).
   template <int R, int V>
-  STABKERN_AVX512 static void reconstruct_rows(const float* y, int64_t ldy, const uint32_t* words, int kt,
+  STABKERN_AVX512 static void reconstruct_rows(const float* y, int64_t ldy, const uint32_t* words, int ng, int kt,
                                                float* part, int64_t ldp) {
-    alignas(64) float neg[R][kMaxChunkRows];
-    const __m512i sign_bit = _mm512_set1_epi32(int(0x80000000u));
+    constexpr int kQuads = kMaxChunkRows / 4;
+    alignas(64) float tab[R][kQuads][16];
+    const int nq = (kt + 3) / 4;
+    __m512 sgn[4];
+    for (int b = 0; b < 4; ++b) sgn[b] = sign_pattern(b);
     for (int r = 0; r < R; ++r) {
-      int t = 0;
-      for (; t + 16 <= kt; t += 16) {
-        const __m512i v = _mm512_castps_si512(_mm512_loadu_ps(y + r * ldy + t));
-        _mm512_store_si512(reinterpret_cast<__m512i*>(neg[r] + t), _mm512_xor_si512(v, sign_bit));
+      for (int a = 0; a < nq; ++a) {
+        float v[4];  // rows past kt count as 0 (their sign bits exist but add nothing)
+        for (int i = 0; i < 4; ++i) v[i] = 4 * a + i < kt ? y[r * ldy + 4 * a + i] : 0.0f;
+        __m512 e = _mm512_mul_ps(_mm512_set1_ps(v[0]), sgn[0]);
+        for (int i = 1; i < 4; ++i) e = _mm512_fmadd_ps(_mm512_set1_ps(v[i]), sgn[i], e);
+        _mm512_store_ps(tab[r][a], e);
       }
-      for (; t < kt; ++t) neg[r][t] = -y[r * ldy + t];
     }
-    // Bits 16 h .. 16 h + 15 of word q of row t: 16-bit unit 2 * (word index) + h.
-    const uint16_t* half = reinterpret_cast<const uint16_t*>(words);
-    for (int v0 = 0; v0 < 8; v0 += V) {
-      __m512 acc[R][V];
-      for (int r = 0; r < R; ++r)
-        for (int v = 0; v < V; ++v) acc[r][v] = _mm512_loadu_ps(part + r * ldp + 16 * (v0 + v));
-      for (int t = 0; t < kt; ++t) {
-        const int base = (t / kLanes) * 4 * kLanes + t % kLanes;
-        __mmask16 m[V];
-        for (int v = 0; v < V; ++v) m[v] = half[2 * (base + ((v0 + v) >> 1) * kLanes) + ((v0 + v) & 1)];
-        for (int r = 0; r < R; ++r) {
-          const __m512 pos = _mm512_set1_ps(y[r * ldy + t]), minus = _mm512_set1_ps(neg[r][t]);
-          for (int v = 0; v < V; ++v) acc[r][v] = _mm512_add_ps(acc[r][v], _mm512_mask_blend_ps(m[v], minus, pos));
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    __m512i bit[4];
+    for (int i = 0; i < 4; ++i) bit[i] = _mm512_set1_epi32(1 << i);
+    for (int g = 0; g < ng; ++g) {
+      const uint32_t* wg = words + g * kMaxChunkRows * 4;
+      float* pg = part + g * kGroupCols;
+      for (int v0 = 0; v0 < 8; v0 += V) {
+        // Register v: columns 16 v .. 16 v + 15 = bits 16 (v % 2) + l of word v / 2.
+        __m512i rot[V][4];
+        for (int v = 0; v < V; ++v)
+          for (int i = 0; i < 4; ++i)
+            rot[v][i] = _mm512_and_si512(_mm512_add_epi32(lane, _mm512_set1_epi32(16 * ((v0 + v) & 1) - i + 32)),
+                                         _mm512_set1_epi32(31));
+        __m512 acc[R][V];
+        for (int r = 0; r < R; ++r)
+          for (int v = 0; v < V; ++v) acc[r][v] = _mm512_loadu_ps(pg + r * ldp + 16 * (v0 + v));
+        for (int a = 0; a < nq; ++a) {
+          const uint32_t* wa = wg + (a / 4) * 4 * kLanes + 4 * (a % 4);  // word 0 of row 4 a
+          __m512i idx[V];
+          for (int v = 0; v < V; ++v) {
+            const uint32_t* w = wa + ((v0 + v) >> 1) * kLanes;
+            __m512i x = _mm512_rorv_epi32(_mm512_set1_epi32(int(w[0])), rot[v][0]);
+            for (int i = 1; i < 4; ++i)  // bit i from row i: select(c ? b : a)
+              x = _mm512_ternarylogic_epi32(x, _mm512_rorv_epi32(_mm512_set1_epi32(int(w[i])), rot[v][i]), bit[i],
+                                            0xD8);
+            idx[v] = x;
+          }
+          for (int r = 0; r < R; ++r) {
+            const __m512 e = _mm512_load_ps(tab[r][a]);
+            for (int v = 0; v < V; ++v) acc[r][v] = _mm512_add_ps(acc[r][v], _mm512_permutexvar_ps(idx[v], e));
+          }
         }
+        for (int r = 0; r < R; ++r)
+          for (int v = 0; v < V; ++v) _mm512_storeu_ps(pg + r * ldp + 16 * (v0 + v), acc[r][v]);
       }
-      for (int r = 0; r < R; ++r)
-        for (int v = 0; v < V; ++v) _mm512_storeu_ps(part + r * ldp + 16 * (v0 + v), acc[r][v]);
     }
   }
 };

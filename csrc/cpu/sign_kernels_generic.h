@@ -70,23 +70,27 @@ struct GenericKernel {
 
   // -y is y with its sign bit flipped: xor with kFlip[byte of sign bits] gives +-y for 8 columns
   // at once, a branch-free loop compilers vectorize with any SIMD width.
-  static void reconstruct(const T* y, int64_t ldy, int R, const uint32_t* words, int kt, T* part, int64_t ldp) {
+  static void reconstruct(const T* y, int64_t ldy, int R, const uint32_t* words, int ng, int kt, T* part,
+                          int64_t ldp) {
     const FlipTable& flip = flip_table();
-    for (int r = 0; r < R; ++r) {
-      T* p = part + r * ldp;
-      for (int t = 0; t < kt; ++t) {
-        Bits yb;
-        std::memcpy(&yb, y + r * ldy + t, sizeof(T));
-        const uint32_t* w = words + (t / kLanes) * 4 * kLanes + t % kLanes;
-        for (int q = 0; q < 4; ++q) {
-          for (int byte = 0; byte < 4; ++byte) {
-            const Bits* f = flip[(w[q * kLanes] >> (8 * byte)) & 255u].data();
-            T* pb = p + 32 * q + 8 * byte;
-            for (int i = 0; i < 8; ++i) {
-              const Bits v = yb ^ f[i];
-              T term;
-              std::memcpy(&term, &v, sizeof(T));
-              pb[i] += term;
+    for (int i = 0; i < ng; ++i) {
+      const uint32_t* wg = words + i * kMaxChunkRows * 4;
+      for (int r = 0; r < R; ++r) {
+        T* p = part + r * ldp + i * kGroupCols;
+        for (int t = 0; t < kt; ++t) {
+          Bits yb;
+          std::memcpy(&yb, y + r * ldy + t, sizeof(T));
+          const uint32_t* w = wg + (t / kLanes) * 4 * kLanes + t % kLanes;
+          for (int q = 0; q < 4; ++q) {
+            for (int byte = 0; byte < 4; ++byte) {
+              const Bits* f = flip[(w[q * kLanes] >> (8 * byte)) & 255u].data();
+              T* pb = p + 32 * q + 8 * byte;
+              for (int b = 0; b < 8; ++b) {
+                const Bits v = yb ^ f[b];
+                T term;
+                std::memcpy(&term, &v, sizeof(T));
+                pb[b] += term;
+              }
             }
           }
         }
