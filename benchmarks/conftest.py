@@ -4,8 +4,8 @@
 row per measurement. At the end of the session every report prints as a table and is written, with
 the machine, library versions and git revision, to benchmarks/results/<prefix>-<date>.json.
 
-`cpu_clock_ghz()` (fixture `cpu_clock`) measures the core clock (for ALU ceilings) with a dependent chain of integer adds,
-one per cycle, compiled on the fly; it falls back to /proc/cpuinfo's nominal MHz.
+`cpu_clock_ghz()` (fixture `cpu_clock`) measures the core clock (for ALU ceilings) with a dependent
+chain of integer adds, one per cycle, compiled on the fly; it falls back to /proc/cpuinfo's MHz.
 """
 
 from __future__ import annotations

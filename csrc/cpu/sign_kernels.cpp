@@ -63,38 +63,49 @@ struct Unit {
   int ntg;     // groups of kLanes rows of S
 };
 
-// One thread's scratch for projection: the fp32 partials of one chunk for a panel of rows of x
-// against a block of rows of S.
+// One thread's scratch for projection: sign words, tables and fp32 chunk partials for one unit.
 template <class K>
-class ChunkPartials {
+class SpanSums {
  public:
   using T = typename K::T;
 
-  ChunkPartials(const T* x, const SketchArgs& a, int max_tg)
+  SpanSums(const T* x, const SketchArgs& a, int max_tg)
       : x_(x), a_(a), key_(key_of(a)), max_tg_(max_tg),
         words_(size_t(kChunkGroups) * max_tg * 4 * K::kLanes),
         tab_(size_t(kMaxTileRows) * K::kTable),
         pad_(kGroupCols),
         part_(size_t(kPanelRows) * max_tg * K::kLanes) {}
 
-  // part()[i * ld() + s] = fp32 sum over chunk c of x[r0 + i, j] S[tg0 * kLanes + s, j], i < nr.
-  void compute(int64_t c, int64_t r0, int nr, int64_t tg0, int ntg) {
-    constexpr int L = K::kLanes;
-    ld_ = int64_t(ntg) * L;
+  // d[i * w.ntg * kLanes + t] = the double sum, in chunk order, of the fp32 chunk partials of span s
+  // for row w.r0 + i of x and row w.s0 + t of S.
+  void compute(int64_t s, const Unit& w, double* d) {
+    const int64_t first = s * kSpanChunks, last = std::min(first + kSpanChunks, ceil_div(a_.n, kChunkCols));
+    const int64_t cells = w.nr * int64_t(w.ntg) * K::kLanes;
+    for (int64_t c = first; c < last; ++c) {
+      chunk(c, w);
+      const T* p = part_.data();
+      for (int64_t i = 0; i < cells; ++i) d[i] = c == first ? double(p[i]) : d[i] + double(p[i]);
+    }
+  }
+
+ private:
+  // part_[i * ld + t] = fp32 sum over chunk c of x[w.r0 + i, j] S[w.s0 + t, j], ld = w.ntg * kLanes.
+  void chunk(int64_t c, const Unit& w) {
+    const int64_t ld = int64_t(w.ntg) * K::kLanes;
     T* part = part_.data();
-    std::fill(part, part + nr * ld_, T(0));
+    std::fill(part, part + w.nr * ld, T(0));
     const int64_t g_first = c * kChunkGroups;
     const int ng = int(std::min<int64_t>(kChunkGroups, ceil_div(a_.n, kGroupCols) - g_first));
-    const uint32_t t = uint32_t(a_.t0 + uint64_t(tg0) * L);
     for (int gi = 0; gi < ng; ++gi)
-      K::words(key_, t, ntg, uint32_t((a_.j0 / kGroupCols) + g_first + gi), words(gi));
-    for (int rt = 0; rt < nr; rt += kMaxTileRows) {
-      const int R = std::min(kMaxTileRows, nr - rt);
+      K::words(key_, uint32_t(a_.t0 + uint64_t(w.s0)), w.ntg, uint32_t(a_.j0 / kGroupCols + g_first + gi),
+               words(gi));
+    for (int rt = 0; rt < w.nr; rt += kMaxTileRows) {
+      const int R = std::min(kMaxTileRows, w.nr - rt);
       for (int gi = 0; gi < ng; ++gi) {
         const int64_t j = (g_first + gi) * kGroupCols;
         const int64_t m = std::min<int64_t>(kGroupCols, a_.n - j);
         for (int r = 0; r < R; ++r) {
-          const T* xr = x_ + (r0 + rt + r) * a_.n + j;
+          const T* xr = x_ + (w.r0 + rt + r) * a_.n + j;
           if (m < kGroupCols) {  // last group: zero padded, zeros add nothing
             std::copy(xr, xr + m, pad_.data());
             std::fill(pad_.data() + m, pad_.data() + kGroupCols, T(0));
@@ -102,24 +113,11 @@ class ChunkPartials {
           }
           K::tables(xr, tab_.data() + r * K::kTable);
         }
-        K::project(tab_.data(), R, words(gi), ntg, part + rt * ld_, ld_);
+        K::project(tab_.data(), R, words(gi), w.ntg, part + rt * ld, ld);
       }
     }
   }
 
-  // d[i * ntg * kLanes + t] = sum over the chunks of span s, in order and in double, of compute()'s
-  // partials for unit w.
-  void span_sum(int64_t s, const Unit& w, double* d) {
-    const int64_t first = s * kSpanChunks, last = std::min(first + kSpanChunks, ceil_div(a_.n, kChunkCols));
-    for (int64_t c = first; c < last; ++c) {
-      compute(c, w.r0, w.nr, w.s0 / K::kLanes, w.ntg);
-      const T* p = part_.data();
-      const int64_t cells = w.nr * ld_;
-      for (int64_t i = 0; i < cells; ++i) d[i] = c == first ? double(p[i]) : d[i] + double(p[i]);
-    }
-  }
-
- private:
   uint32_t* words(int gi) const { return words_.data() + size_t(gi) * max_tg_ * 4 * K::kLanes; }
 
   const T* x_;
@@ -128,7 +126,6 @@ class ChunkPartials {
   int max_tg_;
   Scratch<uint32_t> words_;
   Scratch<T> tab_, pad_, part_;
-  int64_t ld_ = 0;
 };
 
 template <class K>
@@ -152,15 +149,16 @@ void project_run(const typename K::T* x, typename K::T* y, const SketchArgs& a) 
     // Enough units (the GEMM form): each thread sweeps all spans of its units.
 #pragma omp parallel num_threads(threads)
     {
-      ChunkPartials<K> chunk(x, a, tb);
+      SpanSums<K> sums(x, a, tb);
       Scratch<double> span(unit_cells), total(unit_cells);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t u = 0; u < units; ++u) {
         const Unit w = unit(u);
         for (int64_t s = 0; s < spans; ++s) {
-          chunk.span_sum(s, w, span.data());
+          sums.compute(s, w, span.data());
           const int64_t cells = w.nr * int64_t(w.ntg) * L;
-          for (int64_t i = 0; i < cells; ++i) total.data()[i] = s == 0 ? span.data()[i] : total.data()[i] + span.data()[i];
+          double* sum = total.data();
+          for (int64_t i = 0; i < cells; ++i) sum[i] = s == 0 ? span.data()[i] : sum[i] + span.data()[i];
         }
         const int64_t ld = int64_t(w.ntg) * L, ns = std::min<int64_t>(ld, a.k - w.s0);
         for (int i = 0; i < w.nr; ++i)
@@ -174,25 +172,25 @@ void project_run(const typename K::T* x, typename K::T* y, const SketchArgs& a) 
   // added in span order.
   const int64_t cells = a.rows * a.k;
   const int64_t wave = std::clamp<int64_t>(kWaveBytes / int64_t(cells * sizeof(double)), 1, spans);
-  Scratch<double> total(cells), sums(size_t(wave * cells));
+  Scratch<double> total(cells), buffered(size_t(wave * cells));
   for (int64_t s0 = 0; s0 < spans; s0 += wave) {
     const int64_t ws = std::min(wave, spans - s0);
 #pragma omp parallel num_threads(threads)
     {
-      ChunkPartials<K> chunk(x, a, tb);
+      SpanSums<K> sums(x, a, tb);
       Scratch<double> span(unit_cells);
 #pragma omp for schedule(dynamic, 1)
       for (int64_t task = 0; task < units * ws; ++task) {
         const Unit w = unit(task / ws);
         const int64_t s = s0 + task % ws;
-        chunk.span_sum(s, w, span.data());
+        sums.compute(s, w, span.data());
         const int64_t ld = int64_t(w.ntg) * L, ns = std::min<int64_t>(ld, a.k - w.s0);
-        for (int i = 0; i < w.nr; ++i)
-          std::copy(span.data() + i * ld, span.data() + i * ld + ns, sums.data() + (s - s0) * cells + (w.r0 + i) * a.k + w.s0);
+        double* out = buffered.data() + (s - s0) * cells + w.r0 * a.k + w.s0;
+        for (int i = 0; i < w.nr; ++i) std::copy(span.data() + i * ld, span.data() + i * ld + ns, out + i * a.k);
       }
     }
     for (int64_t s = 0; s < ws; ++s) {
-      const double* d = sums.data() + s * cells;
+      const double* d = buffered.data() + s * cells;
       for (int64_t i = 0; i < cells; ++i) total.data()[i] = s0 + s == 0 ? d[i] : total.data()[i] + d[i];
     }
   }

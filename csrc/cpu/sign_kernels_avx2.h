@@ -165,9 +165,9 @@ struct Avx2Kernel {
     const __m256 sign_bit = _mm256_set1_ps(-0.0f);
     for (int v0 = 0; v0 < 16; v0 += V) {
       // Register v covers columns 8 v .. 8 v + 7 of word v / 4: shift bit 8 (v % 4) + l to bit 31.
+      const __m256i lane = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
       __m256i shift[V];
-      for (int v = 0; v < V; ++v)
-        shift[v] = _mm256_sub_epi32(_mm256_set1_epi32(31 - 8 * ((v0 + v) & 3)), _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0));
+      for (int v = 0; v < V; ++v) shift[v] = _mm256_sub_epi32(_mm256_set1_epi32(31 - 8 * ((v0 + v) & 3)), lane);
       __m256 acc[R][V];
       for (int r = 0; r < R; ++r)
         for (int v = 0; v < V; ++v) acc[r][v] = _mm256_loadu_ps(part + r * ldp + 8 * (v0 + v));
