@@ -22,7 +22,9 @@
 //   512 columns); each sweeps all rows of S. Philox words are generated per unit, shared by its rows.
 #include "sign_kernels.h"
 
+#if defined(_OPENMP)
 #include <omp.h>
+#endif
 
 #include <algorithm>
 #include <cstdlib>
@@ -51,7 +53,14 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 SignKey key_of(const SketchArgs& a) { return SignKey{uint32_t(a.seed), uint32_t(a.seed >> 32), a.stream}; }
 
-int thread_count(const SketchArgs& a) { return a.num_threads > 0 ? a.num_threads : omp_get_max_threads(); }
+// Built without OpenMP (e.g. Apple clang), the pragmas are ignored and everything runs on one thread.
+int thread_count(const SketchArgs& a) {
+#if defined(_OPENMP)
+  return a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
 
 // ------------------------------------------------------------------------------ projection
 
