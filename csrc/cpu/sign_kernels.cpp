@@ -213,7 +213,7 @@ void reconstruct_run(const typename K::T* y, typename K::T* out, double scale, c
   using T = typename K::T;
   constexpr int L = K::kLanes;
   static_assert(kMaxChunkRows % L == 0, "a chunk of rows of S is whole Philox row groups");
-  const int threads = thread_count(a);
+  [[maybe_unused]] const int threads = thread_count(a);  // unused without OpenMP
   const SignKey key = key_of(a);
   const int64_t groups = ceil_div(a.n, kGroupCols);
   const int64_t cblocks = ceil_div(groups, kRecBlockGroups);
