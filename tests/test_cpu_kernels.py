@@ -252,8 +252,12 @@ def test_memory_stays_linear_in_n_plus_k():
             with open("/proc/self/status") as f:
                 return next(int(l.split()[1]) / 1024 for l in f if l.startswith(key + ":"))
         def reset_peak():  # lowers the high-water mark to the current RSS (Linux >= 4.0)
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                print("no-reset")
+                raise SystemExit(0)
             return status_mib("VmHWM")
         n, k = 1 << 22, 256
         x = torch.randn(n)
@@ -272,6 +276,8 @@ def test_memory_stays_linear_in_n_plus_k():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
+    if res.stdout.strip() == "no-reset":
+        pytest.skip("this kernel does not let a process reset its peak RSS (/proc/self/clear_refs)")
     project_growth, reconstruct_growth, control_growth, finite = res.stdout.split()
     assert float(control_growth) > 60, res.stdout
     assert float(project_growth) < 32, res.stdout
