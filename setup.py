@@ -76,6 +76,7 @@ def extensions():
         Pybind11Extension(
             "stabkern._cpu",
             sources=["csrc/cpu/bindings.cpp", "csrc/cpu/sign_kernels.cpp"],
+            depends=sorted(str(p) for p in Path("csrc").glob("*/*.h")),  # rebuild when a header changes
             include_dirs=["csrc"],
             cxx_std=17,
             extra_compile_args=["-O3", *openmp],

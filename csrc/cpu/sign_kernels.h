@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace stabkern::cpu {
 
@@ -25,7 +27,12 @@ void project(const double* x, double* y, const SketchArgs& a);
 void reconstruct(const float* y, float* out, double scale, const SketchArgs& a);
 void reconstruct(const double* y, double* out, double scale, const SketchArgs& a);
 
-// Which instruction-set path the kernels take on this machine: "avx2" or "generic".
+// The instruction-set path float32 kernels take now: "avx512", "avx2" or "generic" (the best this
+// CPU supports, or a lower one forced by STABKERN_CPU_ISA). float64 always takes "generic".
+// Throws std::invalid_argument if STABKERN_CPU_ISA names an unknown or unsupported path.
 const char* isa();
+
+// Every path this CPU can run, lowest first.
+std::vector<std::string> available_isas();
 
 }  // namespace stabkern::cpu
