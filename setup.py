@@ -92,6 +92,8 @@ def extensions():
             "stabkern._cuda",
             sources=sorted(str(p) for p in Path("csrc/cuda").glob("*.cpp"))
             + sorted(str(p) for p in Path("csrc/cuda").glob("*.cu")),
+            # .cu files leave `sources` before the up-to-date check, so they are listed here too
+            depends=sorted(str(p) for p in Path("csrc").glob("*/*.h")) + sorted(str(p) for p in Path("csrc/cuda").glob("*.cu")),
             include_dirs=["csrc", str(home / "include")],
             cxx_std=17,
             extra_compile_args=["-O3"],

@@ -12,6 +12,7 @@ above them: they get 2-D contiguous tensors and return float32 (float64 for floa
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 
 import torch
@@ -128,8 +129,10 @@ class TritonBackend(Backend):
         return self._module
 
     def missing(self):
+        if importlib.util.find_spec("triton") is None:
+            return "Triton is not installed: `pip install triton`"
         if self.module is None:
-            return f"Triton is not importable ({self._error}); `pip install triton`"
+            return f"stabkern's Triton kernels do not import ({self._error})"
         return None
 
     def refuses(self, device, dtype):

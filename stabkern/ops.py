@@ -8,6 +8,7 @@ Projection and unscaled reconstruction are each other's adjoint, which is their 
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -259,6 +260,8 @@ def sign_reconstruct(y: torch.Tensor, n: int, *, seed: int, stream: int = 0, sca
         scale = 1.0 / k if k > 0 else 1.0
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
     return torch.ops.stabkern.sign_reconstruct(y, n, _seed_to_int64(seed), stream, float(scale), row_offset,
                                                col_offset, backend, precision)
 

@@ -164,12 +164,14 @@ def test_adjoint_identity(device_backend):
 
 def test_gradients_match_finite_differences(device_backend):
     device, backend = device_backend
-    x = torch.randn(2, 140, dtype=torch.float64, device=device, requires_grad=True)
+    n = 20 if interpreted(backend, device) else 140  # finite differences call the op 2n times
+    x = torch.randn(2, n, dtype=torch.float64, device=device, requires_grad=True)
     y = torch.randn(2, 6, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: stabkern.sign_project(t, 6, seed=3, backend=backend), (x,))
     assert torch.autograd.gradcheck(
-        lambda t: stabkern.sign_reconstruct(t, 140, seed=3, scale=0.3, backend=backend), (y,))
-    assert torch.autograd.gradgradcheck(lambda t: stabkern.sign_project(t, 6, seed=3, backend=backend), (x,))
+        lambda t: stabkern.sign_reconstruct(t, n, seed=3, scale=0.3, backend=backend), (y,))
+    if not interpreted(backend, device):
+        assert torch.autograd.gradgradcheck(lambda t: stabkern.sign_project(t, 6, seed=3, backend=backend), (x,))
 
 
 @pytest.mark.parametrize("op", ["project", "reconstruct"])
@@ -228,7 +230,7 @@ def test_unavailable_backend_says_why_and_what_to_do():
 
 def test_backend_on_another_device_is_refused(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(BackendUnavailableError, match="only under the Triton interpreter|Triton is not importable"):
+    with pytest.raises(BackendUnavailableError, match="only under the Triton interpreter|Triton is not installed"):
         stabkern.sign_project(torch.randn(10), 2, seed=0, backend="triton")
 
 
@@ -258,6 +260,7 @@ BAD_CALLS = [
     (lambda: stabkern.sign_project(torch.randn(5), 3, seed=0, backend="gpu"), ValueError, "backend"),
     (lambda: stabkern.sign_project(torch.randn(5), 3, seed=0, precision="low"), ValueError, "precision"),
     (lambda: stabkern.sign_reconstruct(torch.randn(3), 5, seed=0, scale="x"), TypeError, "scale"),
+    (lambda: stabkern.sign_reconstruct(torch.randn(3), 5, seed=0, scale=float("nan")), ValueError, "finite"),
     (lambda: stabkern.sign_compress(torch.zeros(0, 3), 3, seed=0), ValueError, "empty"),
     (lambda: stabkern.sign_matrix(0, 5, seed=0), ValueError, "k"),
     (lambda: stabkern.sign_matrix(3, 5, seed=0, dtype=torch.int32), TypeError, "dtype"),
