@@ -1,0 +1,1 @@
+"""Noise-stability meters of Arora et al. (ICML 2018) for conv nets."""
