@@ -67,10 +67,12 @@ def plot_bounds(bound: dict, ax=None, path=None):
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4))
     keys = [k for k in BOUND_LABELS if k in bound["log10"]]
     values = [bound["log10"][k] for k in keys]
-    bars = ax.bar(range(len(keys)), values, color=["C3", "C7", "C0", "C0", "C0"][:len(keys)])
+    # an infinite capacity (e.g. c = inf: some sample's activation is all zero) is drawn as an empty bar
+    bars = ax.bar(range(len(keys)), [v if math.isfinite(v) else 0.0 for v in values],
+                  color=["C3", "C7", "C0", "C0", "C0"][:len(keys)])
     for bar, v in zip(bars, values):
-        if math.isfinite(v):
-            ax.text(bar.get_x() + bar.get_width() / 2, v, f"10^{v:.1f}", ha="center", va="bottom", fontsize=8)
+        label = f"10^{v:.1f}" if math.isfinite(v) else "infinite"
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), label, ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels([BOUND_LABELS[k] for k in keys], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("log10 effective number of parameters")
