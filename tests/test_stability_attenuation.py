@@ -108,6 +108,18 @@ def test_chunking_does_not_change_results():
     np.testing.assert_allclose(some.per_sample, whole.per_sample, rtol=1e-5, atol=1e-9)
 
 
+def test_plan_chunks_defaults():
+    from stabkern.stability.graph import Layer
+    big = [Layer(0, "a", nn.Identity(), (64, 224, 224), (64, 224, 224))]  # 25.7 MB kept per sample
+    cpu = torch.device("cpu")
+    assert plan_chunks(big, 100, 8, 4, None, cpu) == (1, 8)  # the CPU default never refuses one sample
+    small = [Layer(0, "a", nn.Identity(), (16, 8, 8), (32, 8, 8))]
+    samples, trials = plan_chunks(small, 10_000, 8, 4, None, cpu)
+    assert trials == 8 and 1 < samples < 10_000
+    with pytest.raises(ValueError, match="too small"):
+        plan_chunks(big, 100, 8, 4, 1 << 20, cpu)
+
+
 def _closed_form_case(module: nn.Module, in_shape, alpha: float, trials: int):
     """q_b = E_t r_b^2 / (alpha^2 ||x_b||^2 ||A||_F^2 / (n ||y_b||^2)): mean 1, and its standard error.
 
@@ -247,3 +259,20 @@ def test_bad_input():
     shared = nn.Linear(4, 4)
     with pytest.raises(ValueError, match="called 2 times"):
         noise_attenuation(nn.Sequential(shared, nn.ReLU(), shared), torch.randn(3, 4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["vgg-bn", "resnet-bottleneck"])
+def test_cuda_matches_cpu(name):
+    """Same noise on both devices (Triton kernels on CUDA, C++ on CPU): per-sample means agree to float32
+    rounding through the net (cuDNN and oneDNN sum in different orders), and the bf16 floor is reported."""
+    model, x = make_model(name)
+    cpu = noise_attenuation(model, x, trials=3, seed=6)
+    gpu_model = model.cuda()
+    gpu = noise_attenuation(gpu_model, x, trials=3, seed=6)
+    assert gpu.device.startswith("cuda")
+    upper = np.triu(np.ones(cpu.mean.shape, dtype=bool))
+    np.testing.assert_allclose(gpu.per_sample[:, upper], cpu.per_sample[:, upper], rtol=1e-3, atol=1e-6)
+    bf16 = noise_attenuation(gpu_model, x.cuda(), trials=3, seed=6, precision="bf16")
+    assert np.all(bf16.floor[upper] < 3e-2)
+    np.testing.assert_allclose(bf16.mean[upper], cpu.mean[upper], rtol=0.1, atol=3e-2)

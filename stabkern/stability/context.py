@@ -8,7 +8,8 @@ every relative error is measured against); the noisy passes run in the requested
     "bf16"  torch.autocast(bfloat16)   (CPU or CUDA)
 
 Work is split into chunks of samples (and of trials, if one sample's trials do not fit) so that
-the clean values kept for a chunk plus its noisy activations fit `memory_budget` bytes.
+the clean values kept for a chunk plus its noisy activations fit `memory_budget` bytes (default: half
+the free memory of a CUDA device; on CPU 32 MiB, so each chunk's activations stay in cache).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from torch import nn
 from .graph import Layer, build_propagator, resolve_layers, trace_layers
 
 PRECISIONS = ("fp32", "tf32", "bf16")
-CPU_DEFAULT_BUDGET = 2 << 30  # bytes
+# CPU: chunks small enough that a noisy pass's activations stay in cache (the digits net metered
+# 25% faster in chunks of ~100 samples, ~35 MB, than in one 140 MB chunk of 449 samples).
+CPU_DEFAULT_BUDGET = 32 << 20  # bytes
 CUDA_BUDGET_FRACTION = 0.5  # of the free device memory
 
 
@@ -144,7 +147,7 @@ def prepare(model: nn.Module, data: torch.Tensor, layers=None, method: str = "au
 
 
 def default_budget(device: torch.device) -> int:
-    """Bytes a meter may use: half the free memory of a CUDA device, 2 GiB on CPU."""
+    """Bytes a meter may use: half the free memory of a CUDA device, 32 MiB (cache-sized chunks) on CPU."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * CUDA_BUDGET_FRACTION)
@@ -156,15 +159,20 @@ def plan_chunks(layers: list[Layer], n: int, trials: int, element_size: int, bud
     """(samples per chunk, trials per chunk) so a chunk's memory stays under budget (bytes).
 
     Per sample the clean pass keeps about twice each layer's input and output (the values the noisy
-    passes read); a noisy pass holds about four activations of the largest layer per trial.
+    passes read); a noisy pass holds about four activations of the largest layer per trial. The CPU
+    default never goes below one sample with all its trials.
     """
-    budget = default_budget(device) if budget is None else int(budget)
-    if budget <= 0:
-        raise ValueError(f"memory_budget must be > 0 bytes, got {budget}")
     numel = [math.prod(layer.in_shape) + math.prod(layer.out_shape) for layer in layers]
     largest = max(max(math.prod(layer.in_shape), math.prod(layer.out_shape)) for layer in layers)
     kept = 2 * sum(numel) * element_size
     per_trial = 4 * largest * element_size
+    if budget is None:
+        budget = default_budget(device)
+        if device.type != "cuda":
+            budget = max(budget, kept + trials * per_trial)
+    budget = int(budget)
+    if budget <= 0:
+        raise ValueError(f"memory_budget must be > 0 bytes, got {budget}")
     samples = budget // (kept + trials * per_trial)
     if samples >= 1:
         return int(min(samples, n)), trials

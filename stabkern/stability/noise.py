@@ -130,7 +130,7 @@ def noise_attenuation(model, data, *, alpha: float = 0.1, trials: int = 8, layer
     seed: noise seed in [0, 2^64) (noise of (seed, layer i, sample s, trial t) is fixed, spec
     stabkern-noise-v1); precision: "fp32", "tf32" or "bf16" for the noisy passes (the clean pass is
     always fp32); floor: also measure alpha = 0 (default: on for tf32/bf16); memory_budget: bytes
-    (default: half the free CUDA memory, 2 GiB on CPU); method: "auto", "graph" (torch.fx) or "hooks";
+    per chunk of work (default: half the free CUDA memory; 32 MiB on CPU, cache-sized); method: "auto", "graph" (torch.fx) or "hooks";
     backend: kernels' backend ("auto", "cpu", "triton", "reference").
 
     Returns an `AttenuationReport` with (L, L) arrays [injection, observation]. The hook-loop
