@@ -70,6 +70,9 @@ def attenuation_reference(model: nn.Module, x: torch.Tensor, *, alpha: float, tr
                 else:
                     eta = torch.randn(n, x_in[0].numel(), generator=gen, dtype=torch.float64)
                 eta = eta * (alpha * x_in.flatten(1).double().norm(dim=1) / eta.norm(dim=1))[:, None]
+                if x_in.dim() == 4:  # the spec orders a (C, H, W) sample's elements as (h, w, c)
+                    _, c, h, w = x_in.shape
+                    eta = eta.reshape(n, h, w, c).permute(0, 3, 1, 2)
                 eta = eta.reshape(x_in.shape).to(x_in.dtype)
                 _, noisy_out = _record(model, x, layers, lambda m, a: (a[0] + eta, *a[1:]), target)
                 for j in range(i, num):

@@ -172,13 +172,19 @@ def test_sphere_noise_depends_only_on_counters(device, backend):
 
 
 def test_sphere_noise_channels_last_and_dtypes():
-    x = torch.randn(3, 4, 5, 6).to(memory_format=torch.channels_last)
+    """4-D samples take the noise in (h, w, c) order whatever their memory format; out is channels_last."""
+    x = torch.randn(3, 4, 5, 6)
     radius = torch.rand(3, dtype=torch.float64) + 0.1
     out = K.sphere_noise(x, radius, trials=2, seed=4, stream=0, backend="cpu")
-    assert out.is_contiguous(memory_format=torch.channels_last)
-    # element j is the j-th in memory order: the same as the noise of the permuted (N, H, W, C) tensor
-    flat = K.sphere_noise(x.permute(0, 2, 3, 1).contiguous(), radius, trials=2, seed=4, stream=0, backend="cpu")
-    torch.testing.assert_close(out.permute(0, 2, 3, 1), flat, rtol=0, atol=0)
+    cl = K.sphere_noise(x.contiguous(memory_format=torch.channels_last), radius, trials=2, seed=4, stream=0,
+                        backend="cpu")
+    assert out.is_contiguous(memory_format=torch.channels_last) and cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, cl, rtol=0, atol=0)
+    # the (N, H, W, C) rows flattened are the 2-D case of the same vectors
+    flat = K.sphere_noise(x.permute(0, 2, 3, 1).reshape(3, -1), radius, trials=2, seed=4, stream=0, backend="cpu")
+    torch.testing.assert_close(out.permute(0, 2, 3, 1).reshape(6, -1), flat, rtol=0, atol=0)
+    ref = K.sphere_noise_reference(x, radius, trials=2, seed=4, stream=0)
+    assert _bound(out, ref, radius, 2).all()
     x64 = torch.randn(2, 9, dtype=torch.float64)
     out64 = K.sphere_noise(x64, radius[:2], trials=2, seed=4, stream=0, backend="cpu")
     ref = K.sphere_noise_reference(x64, radius[:2], trials=2, seed=4, stream=0)
@@ -224,9 +230,11 @@ def test_sq_error_matches_reference(device, backend, dtype, shape, trials):
     assert ((out.cpu() - ref).abs() <= (m + 2) * unit * ref + 1e-300).all()
 
 
-def test_sq_error_channels_last_pair():
-    y = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)
-    y_hat = torch.randn(4, 3, 4, 5).to(memory_format=torch.channels_last)
+@pytest.mark.parametrize("formats", [("cl", "cl"), ("cl", "nchw"), ("nchw", "cl")])
+def test_sq_error_mixed_memory_formats(formats):
+    fmt = {"cl": torch.channels_last, "nchw": torch.contiguous_format}
+    y = torch.randn(2, 3, 4, 5).contiguous(memory_format=fmt[formats[1]])
+    y_hat = torch.randn(4, 3, 4, 5).contiguous(memory_format=fmt[formats[0]])
     torch.testing.assert_close(K.sq_error(y_hat, y, backend="cpu"), K.sq_error_reference(y_hat, y), rtol=1e-6,
                                atol=0)
 

@@ -87,8 +87,8 @@ def test_matches_reference_with_the_same_noise(name):
     r = ref.attenuation_reference(model, x, alpha=0.2, trials=3, seed=11, spec_noise=True)
     want = r.mean(0).numpy()
     upper = np.triu(np.ones(want.shape[1:], dtype=bool))
-    for method in ("graph", "hooks"):
-        rep = noise_attenuation(model, x, alpha=0.2, trials=3, seed=11, method=method)
+    for method, channels_last in (("graph", True), ("graph", False), ("hooks", True)):
+        rep = noise_attenuation(model, x, alpha=0.2, trials=3, seed=11, method=method, channels_last=channels_last)
         np.testing.assert_allclose(rep.per_sample[:, upper], want[:, upper], rtol=2e-4, atol=1e-7)
         np.testing.assert_allclose(rep.per_sample_sq[:, upper], (r ** 2).mean(0).numpy()[:, upper], rtol=4e-4,
                                    atol=1e-9)
@@ -170,8 +170,11 @@ def test_train_mode_restored_and_hooks_removed_even_on_error():
     model.train()
     model.layer1.eval()
     flags = {name: m.training for name, m in model.named_modules()}
-    noise_attenuation(model, x[:4], trials=2)
+    weight = model.conv1.weight
+    storage = weight.data
+    noise_attenuation(model, x[:4], trials=2)  # runs channels_last: 4-D parameters moved, then put back
     assert {name: m.training for name, m in model.named_modules()} == flags
+    assert model.conv1.weight is weight and weight.data.data_ptr() == storage.data_ptr() and weight.is_contiguous()
 
     class Boom(Exception):
         pass

@@ -84,14 +84,28 @@ def check_precision(precision: str, device: torch.device) -> str:
 
 
 @contextlib.contextmanager
-def metering(model: nn.Module):
-    """Eval mode and no_grad for the duration; every module's training flag restored on exit."""
+def metering(model: nn.Module, channels_last: bool = False):
+    """Eval mode and no_grad for the duration; every module's training flag restored on exit.
+
+    channels_last: also store the model's 4-D parameters and buffers channels_last for the duration
+    (their values unchanged; each tensor's original storage put back on exit), so convolutions, pools
+    and activations run in that format (on CPU about twice as fast for small conv nets; what cuDNN's
+    tensor-core kernels want on a GPU).
+    """
     flags = [(m, m.training) for m in model.modules()]
+    moved = []
     model.eval()
     try:
+        if channels_last:
+            for t in list(model.parameters()) + list(model.buffers()):
+                if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last):
+                    moved.append((t, t.data))
+                    t.data = t.data.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             yield
     finally:
+        for t, data in moved:
+            t.data = data
         for m, flag in flags:
             m.training = flag
 
@@ -127,23 +141,32 @@ class Prepared:
     propagator: object
     device: torch.device
     dtype: torch.dtype
+    channels_last: bool = False
 
     @property
     def names(self) -> list[str]:
         return [layer.name for layer in self.layers]
 
+    def batch(self, data: torch.Tensor) -> torch.Tensor:
+        """A chunk of data on the model's device and dtype (channels_last when metering in it)."""
+        x = data.to(device=self.device, dtype=self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
-def prepare(model: nn.Module, data: torch.Tensor, layers=None, method: str = "auto") -> Prepared:
+
+def prepare(model: nn.Module, data: torch.Tensor, layers=None, method: str = "auto",
+            channels_last: bool = False) -> Prepared:
     """Checks model and data, finds the layers (forward order), builds the propagator.
 
-    Call inside `metering(model)`.
+    Call inside `metering(model, channels_last)`.
     """
     device, dtype = check_model(model)
     data = check_data(data)
-    sample = data[:1].to(device=device, dtype=dtype)
+    prep = Prepared(model, [], None, device, dtype, channels_last)
+    sample = prep.batch(data[:1])
     chosen = resolve_layers(model, layers)
-    traced = trace_layers(model, sample, chosen)
-    return Prepared(model, traced, build_propagator(model, traced, sample, method), device, dtype)
+    prep.layers = trace_layers(model, sample, chosen)
+    prep.propagator = build_propagator(model, prep.layers, sample, method)
+    return prep
 
 
 def default_budget(device: torch.device) -> int:

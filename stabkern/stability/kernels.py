@@ -13,14 +13,15 @@ Backends: `cpu` (C++/OpenMP, `stabkern._noise`, csrc/noise), `triton` (`stabkern
 or CPU under TRITON_INTERPRET=1) and `reference` (plain torch: int64 Philox and float64 Box-Muller for the
 noise; slow, the oracle of the tests). They agree to floating-point tolerance, not bit for bit.
 
-Spec stabkern-noise-v1: element j (memory order within the sample) of the noise vector of sample s,
-trial t, under (seed, stream) is
+Spec stabkern-noise-v1: element j of the noise vector of sample s, trial t, under (seed, stream) is
     (w0, w1, w2, w3) = Philox4x32-10(key=(seed & 0xffffffff, seed >> 32), counter=(j >> 2, s, t, stream + 1))
     (a, b) = (w_{2p}, w_{2p+1}) with p = (j >> 1) & 1
     u = (2 (a >> 9) + 1) / 2^24,  v = (2 (b >> 9) + 1) / 2^24          (in (0, 1), exact in float32)
     z_j = sqrt(-2 ln u) cos(2 pi v) if j is even, sqrt(-2 ln u) sin(2 pi v) if j is odd   (Box-Muller).
 Four Gaussians per Philox call; |z| <= sqrt(48 ln 2) = 5.77 (the tail beyond, probability 8e-9, is cut).
 Counter word 3 is stream + 1, never 0 as in the sign spec, so noise and signs never share a counter.
+Element order within a sample: (h, w, c) for a 4-D activation (C, H, W), i.e. j = (h W + w) C + c, the
+memory order of channels_last, whichever memory format the tensor has; row-major for other shapes.
 """
 
 from __future__ import annotations
@@ -103,17 +104,40 @@ def gaussian_reference(seed: int, stream: int, samples: torch.Tensor, trials: to
     return torch.stack(z, dim=-1).reshape(len(samples), -1)[:, start:start + n]
 
 
+def _flat_rows(t: torch.Tensor) -> torch.Tensor:
+    """(N, ...) -> (N, m) in the spec's element order: (h, w, c) for 4-D tensors (a view when t is
+    channels_last), row-major otherwise (a view when contiguous)."""
+    if t.dim() == 4:
+        return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1)
+    return t.reshape(t.shape[0], -1)
+
+
+def _unflat_rows(flat: torch.Tensor, like: torch.Tensor, rows: int) -> torch.Tensor:
+    """Inverse of `_flat_rows` for `rows` rows shaped like `like`'s samples (4-D: a channels_last tensor)."""
+    if like.dim() == 4:
+        _, c, h, w = like.shape
+        return flat.reshape(rows, h, w, c).permute(0, 3, 1, 2)
+    return flat.reshape(rows, *like.shape[1:])
+
+
+def _paired_rows(y_hat: torch.Tensor, y: torch.Tensor):
+    """(N, m) views of y_hat and y with the same element order, without copying y_hat: a sum over a
+    row does not care which order, only that both agree."""
+    if y_hat.dim() == 4 and y_hat.is_contiguous(memory_format=torch.channels_last) and not y_hat.is_contiguous():
+        return _flat_rows(y_hat), _flat_rows(y)
+    return y_hat.reshape(y_hat.shape[0], -1), y.reshape(y.shape[0], -1)
+
+
 def sphere_noise_reference(x: torch.Tensor, radius: torch.Tensor, *, trials: int, seed: int, stream: int,
                            sample0: int = 0, trial0: int = 0) -> torch.Tensor:
     """float64 `sphere_noise`: x (B, ...) , radius (B,) -> (trials * B, ...) float64."""
     b = x.shape[0]
-    n = x[0].numel()
+    rows = _flat_rows(x)
     samples = torch.arange(b, device=x.device).repeat(trials) + sample0
     trial_ids = torch.arange(trials, device=x.device).repeat_interleave(b) + trial0
-    z = gaussian_reference(seed, stream, samples, trial_ids, n)
+    z = gaussian_reference(seed, stream, samples, trial_ids, rows.shape[1])
     z = z * (radius.double().repeat(trials) / z.norm(dim=1))[:, None]
-    flat = x.reshape(b, n).double().repeat(trials, 1) + z
-    return flat.reshape(trials * b, *x.shape[1:])
+    return _unflat_rows(rows.double().repeat(trials, 1) + z, x, trials * b)
 
 
 def sq_error_reference(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -121,13 +145,6 @@ def sq_error_reference(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     b = y.shape[0]
     d = y_hat.reshape(-1, b, y[0].numel()).double() - y.reshape(1, b, -1).double()
     return d.square().sum(-1).reshape(-1)
-
-
-def _flat_rows(t: torch.Tensor) -> torch.Tensor:
-    """(N, ...) -> (N, m) over t's own memory order: a view when t is dense in one of the two formats."""
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
-        return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1)
-    return t.contiguous().reshape(t.shape[0], -1)
 
 
 def _check_sample_counters(sample0: int, trial0: int, batch: int, trials: int) -> None:
@@ -142,7 +159,7 @@ def sphere_noise(x: torch.Tensor, radius: torch.Tensor, *, trials: int, seed: in
     """Noisy copies of x at exact distance radius: x (B, ...), radius (B,) -> (trials * B, ...).
 
     out[t B + b] = x[b] + radius[b] z / ||z||, z = the stabkern-noise-v1 vector of sample sample0 + b,
-    trial trial0 + t (elements in x's memory order; a channels_last x gives a channels_last out).
+    trial trial0 + t (4-D x: elements in (h, w, c) order, and out is channels_last).
     Equals `sphere_noise_reference` to floating-point tolerance. out_dtype defaults to x's dtype.
     """
     if x.dim() < 2 or x.shape[0] == 0 or x[0].numel() == 0:
@@ -159,7 +176,6 @@ def sphere_noise(x: torch.Tensor, radius: torch.Tensor, *, trials: int, seed: in
     _check_sample_counters(sample0, trial0, x.shape[0], trials)
     out_dtype = out_dtype or x.dtype
     name = select_backend(backend, x.device)
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     b = x.shape[0]
     rows = _flat_rows(x)
     if name == "reference":
@@ -178,23 +194,20 @@ def sphere_noise(x: torch.Tensor, radius: torch.Tensor, *, trials: int, seed: in
         from .. import triton_noise
         flat = triton_noise.sphere_noise(rows.contiguous(), radius, trials, seed, stream, sample0, trial0,
                                          out_dtype)
-    if channels_last:
-        n_, c, h, w = x.shape
-        return flat.reshape(trials * b, h, w, c).permute(0, 3, 1, 2)
-    return flat.reshape(trials * b, *x.shape[1:])
+    return _unflat_rows(flat, x, trials * b)
 
 
 def sq_error(y_hat: torch.Tensor, y: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     """Per-row squared distance to the clean row: y_hat (T B, ...), y (B, ...) -> (T B,) float64.
 
     out[r] = ||y_hat[r] - y[r mod B]||^2, accumulated in float32 blocks summed in float64 (float64 for
-    float64 input). Equals `sq_error_reference` to floating-point tolerance. y_hat and y must share a
-    memory format (contiguous or channels_last); y_hat may be bfloat16/float16 with a float32 y.
+    float64 input). Equals `sq_error_reference` to floating-point tolerance. Any memory formats (a
+    channels_last pair is read in place); y_hat may be bfloat16/float16 with a float32 y.
     """
     if y.dim() < 1 or y.shape[0] == 0 or y_hat.shape[0] % y.shape[0] or y_hat.shape[1:] != y.shape[1:]:
         raise ValueError(f"y_hat must be (T B, ...) over y (B, ...); got {tuple(y_hat.shape)} and {tuple(y.shape)}")
     name = select_backend(backend, y.device)
-    a, c = _flat_rows(y_hat), _flat_rows(y)
+    a, c = _paired_rows(y_hat, y)
     if name == "reference" or (name == "cpu" and y_hat.dtype not in (torch.float32, torch.float64, torch.bfloat16)):
         return sq_error_reference(a, c)
     if name == "cpu":

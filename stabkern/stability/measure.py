@@ -17,13 +17,14 @@ from .report import StabilityReport
 def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, probes: int = 16, draws: int = 4,
             layers=None, seed: int = 0, margin: float | None = None, margin_quantile: float = 0.1,
             precision: str = "fp32", floor: bool | None = None, memory_budget: int | None = None,
-            method: str = "auto", backend: str = "auto", spectral_iters: int = 500) -> StabilityReport:
+            method: str = "auto", backend: str = "auto", spectral_iters: int = 500,
+            channels_last: bool = True) -> StabilityReport:
     """Layer and interlayer cushions, activation contraction, interlayer smoothness, noise sensitivity,
     the attenuation matrix and the bounds (bound.py) of `model` on `data`, in one `StabilityReport`.
 
     data: (N, ...) model inputs; labels: (N,) class indices for the margins (None: the model's own
-    predictions); alpha, trials, seed, precision, floor, memory_budget, method, backend: as in
-    `noise_attenuation` (alpha also sizes the smoothness noise); probes: Hutchinson probes per sample
+    predictions); alpha, trials, seed, precision, floor, memory_budget, method, backend, channels_last: as
+    in `noise_attenuation` (alpha also sizes the smoothness noise); probes: Hutchinson probes per sample
     and layer for ||J||_F; draws: noise draws per sample for the smoothness; margin: gamma, or None to
     take the margin_quantile quantile of the margins; spectral_iters: power-iteration steps.
     Per-layer entries of `to_dict()` are keyed by module name (d["layer_cushion"]["features.0"]["min"]).
@@ -35,8 +36,8 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     seed = check_seed(seed)
     if margin is not None:
         margin = check_positive("margin", margin)
-    with metering(model):
-        prep = prepare(model, data, layers, method)
+    with metering(model, channels_last):
+        prep = prepare(model, data, layers, method, channels_last)
         check_meterable(prep)
         precision = check_precision(precision, prep.device)
         floor = precision != "fp32" if floor is None else bool(floor)
@@ -70,6 +71,7 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     settings = {"alpha": alpha, "trials": trials, "probes": probes, "draws": draws, "seed": seed,
                 "margin_quantile": margin_quantile if margin is None else None, "precision": precision,
                 "method": prep.propagator.method, "device": str(prep.device), "n_samples": int(data.shape[0]),
+                "channels_last": channels_last,
                 "notes": notes}
     return StabilityReport(
         layers=names,

@@ -83,14 +83,14 @@ def _clean_meters(prep: Prepared, data: torch.Tensor, budget) -> dict:
     the model outputs (N, ...) and the squared norms of the metered layers' clean outputs (N, L)."""
     n, num = data.shape[0], len(prep.layers)
     frob = [opnorms.frobenius(layer.module, layer.in_shape) for layer in prep.layers]
-    after = _activation_after(prep, data[:1].to(prep.device, prep.dtype))
+    after = _activation_after(prep, prep.batch(data[:1]))
     cushion = np.full((n, num), np.nan)
     contraction = np.full((n, num), np.nan)
     outputs = []
     batch, _ = plan_chunks(prep.layers, n, 1, torch.finfo(prep.dtype).bits // 8, budget, prep.device)
     acts = [m for m in prep.model.modules() if isinstance(m, ACTIVATIONS)]
     for s0, s1 in chunks(n, batch):
-        xb = data[s0:s1].to(prep.device, prep.dtype)
+        xb = prep.batch(data[s0:s1])
         pre, post = [], []
         handles = [m.register_forward_pre_hook(lambda m, a: pre.append(a[0].flatten(1).double().norm(dim=1)))
                    for m in acts]
@@ -133,7 +133,7 @@ def _jacobian_meters(prep: Prepared, data: torch.Tensor, *, probes: int, draws: 
                          "lower probes/draws")
     for s0, s1 in chunks(n, batch):
         b = s1 - s0
-        xb = data[s0:s1].to(prep.device, prep.dtype)
+        xb = prep.batch(data[s0:s1])
         with precision_mode("fp32", prep.device):
             clean = prep.propagator.clean(xb)
         y_norm = [y.flatten(1).double().norm(dim=1) for y in clean.outputs]
@@ -226,18 +226,19 @@ def smoothness_dict(names, rho) -> dict:
     return out
 
 
-def _run(model, data, layers, method, fn):
-    with metering(model):
-        prep = prepare(model, data, layers, method)
+def _run(model, data, layers, method, channels_last, fn):
+    with metering(model, channels_last):
+        prep = prepare(model, data, layers, method, channels_last)
         return prep, fn(prep)
 
 
-def layer_cushion(model, data, *, layers=None, memory_budget=None, method: str = "auto") -> dict:
+def layer_cushion(model, data, *, layers=None, memory_budget=None, method: str = "auto",
+                  channels_last: bool = True) -> dict:
     """Layer cushion mu_i per sample, summarized: {name: {min, q05, ..., median, ..., max, mean, n, frobenius}}."""
     def fn(prep):
         check_meterable(prep)
         return _clean_meters(prep, data, memory_budget)
-    prep, m = _run(model, data, layers, method, fn)
+    prep, m = _run(model, data, layers, method, channels_last, fn)
     return layer_cushion_dict(prep.names, m["cushion"], m["frobenius"])
 
 
@@ -250,17 +251,18 @@ def activation_contraction_dict(names, contraction) -> dict:
     return out
 
 
-def activation_contraction(model, data, *, layers=None, memory_budget=None, method: str = "auto") -> dict:
+def activation_contraction(model, data, *, layers=None, memory_budget=None, method: str = "auto",
+                           channels_last: bool = True) -> dict:
     """Activation contraction per layer and sample (see `activation_contraction_dict`)."""
     def fn(prep):
         check_meterable(prep)
         return _clean_meters(prep, data, memory_budget)
-    prep, m = _run(model, data, layers, method, fn)
+    prep, m = _run(model, data, layers, method, channels_last, fn)
     return activation_contraction_dict(prep.names, m["contraction"])
 
 
 def interlayer_cushion(model, data, *, probes: int = 16, layers=None, seed: int = 0, memory_budget=None,
-                       method: str = "auto", backend: str = "auto") -> dict:
+                       method: str = "auto", backend: str = "auto", channels_last: bool = True) -> dict:
     """Interlayer cushions mu_{i,j} and mu_{i->} per sample (see `interlayer_cushion_dict`)."""
     probes = check_positive("probes", probes, integer=True)
 
@@ -268,12 +270,13 @@ def interlayer_cushion(model, data, *, probes: int = 16, layers=None, seed: int 
         check_meterable(prep)
         return _jacobian_meters(prep, data, probes=probes, draws=1, alpha=0.1, seed=check_seed(seed),
                                 budget=memory_budget, backend=backend)
-    prep, m = _run(model, data, layers, method, fn)
+    prep, m = _run(model, data, layers, method, channels_last, fn)
     return interlayer_cushion_dict(prep.names, m["mu"], m["mu_rse"])
 
 
 def interlayer_smoothness(model, data, *, alpha: float = 0.1, draws: int = 4, layers=None, seed: int = 0,
-                          memory_budget=None, method: str = "auto", backend: str = "auto") -> dict:
+                          memory_budget=None, method: str = "auto", backend: str = "auto",
+                          channels_last: bool = True) -> dict:
     """Interlayer smoothness rho_{i,j} per sample (see `smoothness_dict`) and "rho": the min over all."""
     alpha = check_positive("alpha", alpha)
     draws = check_positive("draws", draws, integer=True)
@@ -282,7 +285,7 @@ def interlayer_smoothness(model, data, *, alpha: float = 0.1, draws: int = 4, la
         check_meterable(prep)
         return _jacobian_meters(prep, data, probes=max(draws, 2), draws=draws, alpha=alpha, seed=check_seed(seed),
                                 budget=memory_budget, backend=backend)
-    prep, m = _run(model, data, layers, method, fn)
+    prep, m = _run(model, data, layers, method, channels_last, fn)
     out = smoothness_dict(prep.names, m["rho"])
     out["rho"] = float(np.nanmin(m["rho"])) if len(prep.names) > 1 else math.nan
     return out
@@ -294,12 +297,13 @@ def noise_sensitivity_dict(names, per_sample_sq, alpha: float) -> dict:
 
 
 def noise_sensitivity(model, data, *, alpha: float = 0.1, trials: int = 8, layers=None, seed: int = 0,
-                      memory_budget=None, method: str = "auto", backend: str = "auto") -> dict:
+                      memory_budget=None, method: str = "auto", backend: str = "auto",
+                      channels_last: bool = True) -> dict:
     """Noise sensitivity psi_i of the net from layer i's input to its last metered layer, per sample,
     summarized: {name: {...}} and "psi": the max over layers and data (the paper's psi_N(M, S))."""
     from .noise import noise_attenuation
     rep = noise_attenuation(model, data, alpha=alpha, trials=trials, layers=layers, seed=seed,
-                            memory_budget=memory_budget, method=method, backend=backend)
+                            memory_budget=memory_budget, method=method, backend=backend, channels_last=channels_last)
     out = noise_sensitivity_dict(rep.layers, rep.per_sample_sq, rep.alpha)
     out["psi"] = float(np.nanmax(rep.per_sample_sq[:, :, -1]) / rep.alpha ** 2)
     return out

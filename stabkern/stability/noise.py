@@ -48,7 +48,7 @@ def attenuation_sums(prep: Prepared, data: torch.Tensor, *, alpha: float, trials
     noise_dtype = _noise_dtype(prep, precision)
     prop = prep.propagator
     for s0, s1 in chunks(n, batch):
-        xb = data[s0:s1].to(device=prep.device, dtype=prep.dtype)
+        xb = prep.batch(data[s0:s1])
         b = s1 - s0
         with precision_mode("fp32", prep.device):
             clean = prop.clean(xb)
@@ -120,7 +120,7 @@ def _lower_nan(a: np.ndarray) -> np.ndarray:
 
 def noise_attenuation(model, data, *, alpha: float = 0.1, trials: int = 8, layers=None, seed: int = 0,
                       precision: str = "fp32", floor: bool | None = None, memory_budget: int | None = None,
-                      method: str = "auto", backend: str = "auto") -> AttenuationReport:
+                      method: str = "auto", backend: str = "auto", channels_last: bool = True) -> AttenuationReport:
     """Attenuation of Gaussian noise injected at each layer's input, observed at every later layer.
 
     model: an nn.Module on CPU or CUDA (float32/float64), metered in eval mode (its training flags
@@ -131,7 +131,8 @@ def noise_attenuation(model, data, *, alpha: float = 0.1, trials: int = 8, layer
     stabkern-noise-v1); precision: "fp32", "tf32" or "bf16" for the noisy passes (the clean pass is
     always fp32); floor: also measure alpha = 0 (default: on for tf32/bf16); memory_budget: bytes
     per chunk of work (default: half the free CUDA memory; 32 MiB on CPU, cache-sized); method: "auto", "graph" (torch.fx) or "hooks";
-    backend: kernels' backend ("auto", "cpu", "triton", "reference").
+    backend: kernels' backend ("auto", "cpu", "triton", "reference"); channels_last: run the model with
+    4-D tensors in channels_last memory format (its parameters restored after; see context.metering).
 
     Returns an `AttenuationReport` with (L, L) arrays [injection, observation]. The hook-loop
     reference it equals within Monte Carlo error lives in tests/test_stability_attenuation.py.
@@ -139,8 +140,8 @@ def noise_attenuation(model, data, *, alpha: float = 0.1, trials: int = 8, layer
     alpha = check_positive("alpha", alpha)
     trials = check_positive("trials", trials, integer=True)
     seed = check_seed(seed)
-    with metering(model):
-        prep = prepare(model, data, layers, method)
+    with metering(model, channels_last):
+        prep = prepare(model, data, layers, method, channels_last)
         precision = check_precision(precision, prep.device)
         floor = precision != "fp32" if floor is None else bool(floor)
         sum_r, sum_r2, floor_r = attenuation_sums(prep, data, alpha=alpha, trials=trials, seed=seed,
