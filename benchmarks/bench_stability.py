@@ -6,13 +6,16 @@ Each fast-path run is also checked against the reference within Monte Carlo erro
 tests/test_stability_attenuation.py), so a speed-up is only reported for equal results.
 
 CPU cases (always): the trained digits net (5 layers, `trained_digits_net()`), 8 trials, alpha 0.1, on the
-449 test digits and on 64 of them, default threads. For 449 samples the table also gives the work
-bound: the hook loop runs L full forwards per trial where the fast path runs one suffix per layer, so
-no method that runs every noisy suffix once can beat sum_i t(full) / sum_i t(suffix_i) (module times
-measured here, at T B rows).
+449 test digits and on 64 of them, with 1 thread and with torch's default. The fast path runs the model
+in channels_last (its default); "reference-cl" is the hook loop given the model and data in channels_last
+too, to show how much of the speed-up is the memory format and how much the method. The table also gives the
+suffix work ratio: the hook loop runs L full forwards per trial where the fast path runs one suffix
+per layer, so at equal cost per row the saving is L t(full) / sum_i t(suffix_i) (module times measured
+here at T B rows); the rest of the speed-up comes from cost per row (cache-sized chunks, fused kernels,
+fewer calls).
 
-CPU kernel cases: `sphere_noise` and `sq_error` (backend cpu) on the digits net's largest layer input
-(449 x 16 x 8 x 8, 8 trials), against plain torch (randn + norm + scale; subtract + square + sum) and
+CPU kernel cases: `sphere_noise` and `sq_error` (backend cpu) on rows the size of the digits net's
+largest layer input (449 rows of 1024 = 16 x 8 x 8, 8 trials), against plain torch (randn + norm + scale; subtract + square + sum) and
 the copy ceiling (torch clone of the same output bytes: effective bandwidth = bytes read + written).
 
 GPU cases (skipped without CUDA): VGG-19 CIFAR shape (`vgg19_cifar()`), batch 256, 8 trials, all 19
@@ -27,6 +30,7 @@ memory budget keeps it on one GPU (peak memory reported).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -93,34 +97,49 @@ def _module_time(model, x, rows_per_trial, trials):
     return mods, times
 
 
+@pytest.fixture(params=[1, 0], ids=["1thread", "allthreads"])
+def threads(request):
+    """torch threads for a case (0: torch's default); restored after."""
+    saved = torch.get_num_threads()
+    if request.param:
+        torch.set_num_threads(request.param)
+    yield torch.get_num_threads()
+    torch.set_num_threads(saved)
+
+
 @pytest.mark.parametrize("samples", [449, 64])
-@pytest.mark.parametrize("path", ["reference", "fast", "fast-hooks"])
-def test_cpu_digits(benchmark, digits, samples, path):
+@pytest.mark.parametrize("path", ["reference", "reference-cl", "fast", "fast-hooks"])
+def test_cpu_digits(benchmark, digits, samples, path, threads):
     model, x = digits
     x = x[:samples]
     trials = 8
     if path == "reference":
         fn = lambda: ref.attenuation_reference(model, x, alpha=0.1, trials=trials, seed=1)  # noqa: E731
+    elif path == "reference-cl":  # the hook loop with the model and data in channels_last, as the fast path runs
+        cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        cl_x = x.contiguous(memory_format=torch.channels_last)
+        fn = lambda: ref.attenuation_reference(cl_model, cl_x, alpha=0.1, trials=trials, seed=1)  # noqa: E731
     else:
         method = "graph" if path == "fast" else "hooks"
         fn = lambda: noise_attenuation(model, x, alpha=0.1, trials=trials, seed=2, method=method)  # noqa: E731
-    median = _median(benchmark, fn, rounds=5 if path == "reference" else 9)
+    median = _median(benchmark, fn, rounds=5 if path.startswith("reference") else 9)
     extra = {}
-    if path != "reference":
+    if not path.startswith("reference"):
         extra["agrees_with_reference"] = _agree(fn(), ref.attenuation_reference(model, x, alpha=0.1, trials=trials,
                                                                                   seed=1))
     _row(f"digits-{path}", device="cpu", samples=samples, trials=trials, layers=5, median_ms=1e3 * median,
-         threads=torch.get_num_threads(), **extra)
+         threads=threads, **extra)
 
 
-def test_cpu_work_bound(digits):
-    """sum over injection layers of full-forward time / suffix time, at T B rows (see the module note)."""
+def test_cpu_suffix_work_ratio(digits):
+    """L t(full forward) / sum_i t(suffix from layer i), module times at T B rows (see the module note)."""
     model, x = digits
     mods, times = _module_time(model, x, len(x), 8)
     layer_pos = [k for k, m in enumerate(mods) if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     full = sum(times)
     suffix = sum(sum(times[p:]) for p in layer_pos)
-    _row("digits-work-bound", device="cpu", samples=len(x), trials=8, bound=len(layer_pos) * full / suffix)
+    _row("digits-suffix-work-ratio", device="cpu", samples=len(x), trials=8,
+         ratio=len(layer_pos) * full / suffix, threads=torch.get_num_threads())
 
 
 @pytest.mark.parametrize("kernel", ["sphere_noise", "sq_error"])
@@ -128,7 +147,7 @@ def test_cpu_work_bound(digits):
 def test_cpu_kernels(benchmark, kernel, impl):
     if impl == "cpu" and kernels._cpu_module() is None:
         pytest.skip("stabkern._noise is not built")
-    b, trials, shape = 449, 8, (16, 8, 8)
+    b, trials, shape = 449, 8, (1024,)  # rows of the digits net's largest layer input (16 x 8 x 8)
     x = torch.randn(b, *shape)
     radius = 0.1 * x.flatten(1).double().norm(dim=1)
     noisy = kernels.sphere_noise(x, radius, trials=trials, seed=1, stream=0)
@@ -264,20 +283,18 @@ def test_gpu_vgg19_224_fits():
 
 def test_zz_report():
     """Prints the table with the speed-ups measured in this run and writes benchmarks/results/stability-*.json."""
-    by = {r["case"] + str(r.get("samples", "")): r for r in RESULTS}
-    for samples in (449, 64):
-        ref_row = by.get(f"digits-reference{samples}")
-        for path in ("fast", "fast-hooks"):
-            row = by.get(f"digits-{path}{samples}")
-            if ref_row and row:
-                row["speedup_vs_hook_loop"] = ref_row["median_ms"] / row["median_ms"]
+    by = {(r["case"], r.get("samples"), r.get("threads")): r for r in RESULTS}
+    for (case, samples, threads), row in by.items():
+        ref_row = by.get(("digits-reference", samples, threads))
+        if case in ("digits-fast", "digits-fast-hooks", "digits-reference-cl") and ref_row:
+            row["speedup_vs_hook_loop"] = ref_row["median_ms"] / row["median_ms"]
     for kernel in ("sphere_noise", "sq_error"):
         clone = next((r for r in RESULTS if r["case"] == f"kernel-{kernel}-clone"), None)
         for impl in ("cpu", "torch"):
             row = next((r for r in RESULTS if r["case"] == f"kernel-{kernel}-{impl}"), None)
             if row and clone:
                 row["pct_copy"] = 100 * row["gb_per_s"] / clone["gb_per_s"]
-    loop = by.get("vgg19-hook-loop-fp32256")
+    loop = next((r for r in RESULTS if r["case"] == "vgg19-hook-loop-fp32"), None)
     for r in RESULTS:
         if loop and r["case"].startswith("vgg19-") and r is not loop and "median_ms" in r:
             r["speedup_vs_hook_loop"] = loop["median_ms"] / r["median_ms"]

@@ -41,7 +41,8 @@ def markdown(d: dict, seconds: float, acc: float) -> str:
         f"`examples/stability_digits.py`: `trained_digits_net()` ({acc:.1%} test accuracy) metered on the "
         f"{s['n_samples']} test digits with their labels; alpha = {s['alpha']}, {s['trials']} trials, "
         f"{s['probes']} Hutchinson probes, {s['draws']} smoothness draws, seed {s['seed']}, {s['precision']}, "
-        f"method `{s['method']}`, {s['device']}: {seconds:.1f} s for `measure` (this CPU).",
+        f"method `{s['method']}`, {s['device']}: {seconds:.1f} s for `measure` ({torch.get_num_threads()} torch "
+        "thread(s) on this 2-core machine).",
         "",
         "## Attenuation r[i, j] = ||x_hat^j - x^j|| / ||x^j|| (mean over samples and trials)",
         "",

@@ -77,7 +77,7 @@ def check_seed(seed) -> int:
     return seed
 
 
-def check_precision(precision: str, device: torch.device) -> str:
+def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     return precision

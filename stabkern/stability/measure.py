@@ -39,7 +39,7 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     with metering(model, channels_last):
         prep = prepare(model, data, layers, method, channels_last)
         check_meterable(prep)
-        precision = check_precision(precision, prep.device)
+        precision = check_precision(precision)
         floor = precision != "fp32" if floor is None else bool(floor)
         clean = _clean_meters(prep, data, memory_budget)
         sum_r, sum_r2, floor_r = attenuation_sums(prep, data, alpha=alpha, trials=trials, seed=seed,

@@ -142,7 +142,7 @@ def noise_attenuation(model, data, *, alpha: float = 0.1, trials: int = 8, layer
     seed = check_seed(seed)
     with metering(model, channels_last):
         prep = prepare(model, data, layers, method, channels_last)
-        precision = check_precision(precision, prep.device)
+        precision = check_precision(precision)
         floor = precision != "fp32" if floor is None else bool(floor)
         sum_r, sum_r2, floor_r = attenuation_sums(prep, data, alpha=alpha, trials=trials, seed=seed,
                                                   precision=precision, floor=floor, memory_budget=memory_budget,
