@@ -85,7 +85,8 @@ def check_precision(precision: str) -> str:
 
 @contextlib.contextmanager
 def metering(model: nn.Module, channels_last: bool = False):
-    """Eval mode and no_grad for the duration; every module's training flag restored on exit.
+    """Eval mode, no_grad and cuDNN autotuning for the duration; every module's training flag (and the
+    autotuning flag) restored on exit.
 
     channels_last: also store the model's 4-D parameters and buffers channels_last for the duration
     (their values unchanged; each tensor's original storage put back on exit), so convolutions, pools
@@ -94,8 +95,11 @@ def metering(model: nn.Module, channels_last: bool = False):
     """
     flags = [(m, m.training) for m in model.modules()]
     moved = []
+    benchmark = torch.backends.cudnn.benchmark
     model.eval()
     try:
+        # the noisy passes repeat the same shapes many times: let cuDNN pick its fastest algorithms
+        torch.backends.cudnn.benchmark = True
         if channels_last:
             for t in list(model.parameters()) + list(model.buffers()):
                 if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last):
@@ -104,6 +108,7 @@ def metering(model: nn.Module, channels_last: bool = False):
         with torch.no_grad():
             yield
     finally:
+        torch.backends.cudnn.benchmark = benchmark
         for t, data in moved:
             t.data = data
         for m, flag in flags:
