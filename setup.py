@@ -81,7 +81,16 @@ def extensions():
             cxx_std=17,
             extra_compile_args=["-O3", *openmp],
             extra_link_args=openmp,
-        )
+        ),
+        # Stability-meter kernels (csrc/noise): sqrt without errno so the noise loops vectorize.
+        Pybind11Extension(
+            "stabkern._noise",
+            sources=["csrc/noise/bindings.cpp", "csrc/noise/noise_kernels.cpp"],
+            include_dirs=["csrc"],
+            cxx_std=17,
+            extra_compile_args=["-O3", "-fno-math-errno", "-Wno-psabi", *openmp],
+            extra_link_args=openmp,
+        ),
     ]
     home = None if os.environ.get("STABKERN_SKIP_CUDA") == "1" else find_cuda_home()
     if home is None:

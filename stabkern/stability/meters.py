@@ -1,0 +1,309 @@
+"""The data-dependent quantities of Arora et al. (2018), section 4, measured per sample on a conv net.
+
+Notation (the paper's, on our layers): layer i (a Conv2d or Linear, forward order) has linear operator
+A^i (opnorms.py: the map on the whole feature map), input z^i (= phi(x^{i-1}) in the paper: whatever
+the model feeds the layer) and output x^i (bias included). M^{i,j} maps x^i to x^j with every other
+input of later layers (skip connections from before layer i) held at its clean value; J^{i,j} is its
+Jacobian at x^i; h_i = dim x^i.
+
+- layer cushion      mu_i(x)     = ||A^i z^i|| / (||A^i||_F ||z^i||)                     (Definition 4)
+- interlayer cushion mu_{i,j}(x) = ||J^{i,j} x^i|| / (||J^{i,j}||_F ||x^i||), j >= i     (Definition 5)
+  with mu_{i,i} = 1/sqrt(h_i) (J = I) and mu_{i->}(x) = min_{j >= i} mu_{i,j}(x).
+  ||J||_F^2 = E ||J p||^2 for p = sqrt(h_i) u, u uniform on the unit sphere (E p p^T = I: Hutchinson
+  with exactly-normed probes, lower variance than Gaussian probes); `probes` JVPs per sample, batched
+  in one forward-mode pass (torch.autograd.forward_ad); the standard error of the mean over probes
+  gives each sample's 95% interval.
+- activation contraction c_i(x) = ||u|| / ||phi(u)|| at the first activation module (ReLU and kin)
+  called after layer i, u its input (for a plain chain u = x^i)                       (Definition 3)
+- interlayer smoothness rho_{i,j}(x) = ||eta|| ||x^j|| / (||x^i|| ||M^{i,j}(x^i + eta) - J^{i,j}(x^i + eta)||)
+  for j > i and noise eta with ||eta|| = alpha ||x^i|| (the relative size a compression injects),
+  minimized over `draws` draws. The paper asks for rho >= 3d; large is smooth. For nets with biases
+  M(x) != J x, so the zeroth-order term counts too (the paper's nets have no bias)   (Definition 6)
+- noise sensitivity psi_i(x) = E ||f(x; z^i + eta) - f(x)||^2 / (alpha^2 ||f(x)||^2) for eta injected at
+  layer i's input with ||eta|| = alpha ||z^i|| and f the output of the last metered layer: Definition 1
+  with N the isotropic Gaussian of unit expected square norm, at finite alpha (for a linear map
+  exactly ||M||_F^2 ||z||^2 / (h ||M z||^2), any alpha); read off the attenuation run.
+
+Every quantity is kept per sample; reports give its distribution over the data (report.summarize).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import nn
+
+from . import kernels, opnorms
+from .context import (Prepared, check_finite, check_positive, check_seed, chunks, metering, plan_chunks,
+                      precision_mode, prepare)
+from .graph import repeat_trials
+from .report import summarize
+
+ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.GELU, nn.SiLU, nn.PReLU, nn.Hardtanh, nn.Softplus,
+               nn.Tanh)
+
+
+def check_meterable(prep: Prepared) -> None:
+    for layer in prep.layers:
+        if not isinstance(layer.module, (nn.Conv2d, nn.Linear)):
+            raise ValueError(f"layer {layer.name!r} is a {type(layer.module).__name__}; cushions and the bound "
+                             "need Conv2d or Linear layers")
+
+
+def _activation_after(prep: Prepared, sample: torch.Tensor) -> list:
+    """For each layer, the position (in the sequence of activation-module calls of one forward) of the
+    first activation called after it and before the next layer, or None."""
+    events = []
+    layer_of = {id(layer.module): layer.index for layer in prep.layers}
+    acts = {id(m): m for m in prep.model.modules() if isinstance(m, ACTIVATIONS)}
+    handles = [m.register_forward_pre_hook(lambda m, a: events.append(("act", id(m)))) for m in acts.values()]
+    handles += [layer.module.register_forward_pre_hook(lambda m, a: events.append(("layer", layer_of[id(m)])))
+                for layer in prep.layers]
+    try:
+        prep.model(sample)
+    finally:
+        for h in handles:
+            h.remove()
+    after, current, calls = [None] * len(prep.layers), None, 0
+    for kind, key in events:
+        if kind == "layer":
+            current = key
+        else:
+            if current is not None and after[current] is None:
+                after[current] = calls
+            calls += 1
+    return after
+
+
+def _clean_meters(prep: Prepared, data: torch.Tensor, budget) -> dict:
+    """Per-sample layer cushion (N, L), activation contraction (N, L; NaN without an activation),
+    the model outputs (N, ...) and the squared norms of the metered layers' clean outputs (N, L)."""
+    n, num = data.shape[0], len(prep.layers)
+    frob = [opnorms.frobenius(layer.module, layer.in_shape) for layer in prep.layers]
+    after = _activation_after(prep, prep.batch(data[:1]))
+    cushion = np.full((n, num), np.nan)
+    contraction = np.full((n, num), np.nan)
+    outputs = []
+    batch, _ = plan_chunks(prep.layers, n, 1, torch.finfo(prep.dtype).bits // 8, budget, prep.device)
+    acts = [m for m in prep.model.modules() if isinstance(m, ACTIVATIONS)]
+    for s0, s1 in chunks(n, batch):
+        xb = prep.batch(data[s0:s1])
+        pre, post = [], []
+        handles = [m.register_forward_pre_hook(lambda m, a: pre.append(a[0].flatten(1).double().norm(dim=1)))
+                   for m in acts]
+        handles += [m.register_forward_hook(lambda m, a, o: post.append(o.flatten(1).double().norm(dim=1)))
+                    for m in acts]
+        try:
+            with precision_mode("fp32", prep.device):
+                clean = prep.propagator.clean(xb)
+        finally:
+            for h in handles:
+                h.remove()
+        for layer in prep.layers:
+            i = layer.index
+            check_finite(clean.outputs[i], f"at the output of layer {layer.name!r} on the clean pass")
+            bias = layer.module.bias
+            az = clean.outputs[i] if bias is None else \
+                clean.outputs[i] - (bias.view(1, -1, 1, 1) if clean.outputs[i].dim() == 4 else bias)
+            z = clean.inputs[i].flatten(1).double().norm(dim=1)
+            cushion[s0:s1, i] = (az.flatten(1).double().norm(dim=1) / (frob[i] * z)).cpu().numpy()
+            if after[i] is not None:
+                contraction[s0:s1, i] = (pre[after[i]] / post[after[i]]).cpu().numpy()
+        outputs.append(clean.logits.detach().cpu())
+    return {"cushion": cushion, "contraction": contraction, "frobenius": frob, "logits": torch.cat(outputs)}
+
+
+def _jacobian_meters(prep: Prepared, data: torch.Tensor, *, probes: int, draws: int, alpha: float, seed: int,
+                     budget, backend: str) -> dict:
+    """Per-sample interlayer cushion mu (N, L, L) with its relative standard error, ||J^{i,j} x^i||
+    (jx_norm) and smoothness rho (N, L, L, min over draws); NaN where j < i (rho: j <= i)."""
+    n, num = data.shape[0], len(prep.layers)
+    mu = np.full((n, num, num), np.nan)
+    jx_norm = np.full((n, num, num), np.nan)
+    mu_rse = np.full((n, num, num), np.nan)
+    rho = np.full((n, num, num), np.nan)
+    rows = 1 + probes + draws
+    batch, trial_chunk = plan_chunks(prep.layers, n, 2 * rows, torch.finfo(prep.dtype).bits // 8, budget,
+                                     prep.device)
+    if trial_chunk < 2 * rows:
+        raise ValueError(f"memory_budget is too small for one sample's {rows} forward-mode rows; raise it or "
+                         "lower probes/draws")
+    for s0, s1 in chunks(n, batch):
+        b = s1 - s0
+        xb = prep.batch(data[s0:s1])
+        with precision_mode("fp32", prep.device):
+            clean = prep.propagator.clean(xb)
+        y_norm = [y.flatten(1).double().norm(dim=1) for y in clean.outputs]
+        for i in range(num):
+            x_i = clean.outputs[i]
+            h = x_i[0].numel()
+            x_norm = y_norm[i]
+            mu[s0:s1, i, i] = 1.0 / math.sqrt(h)
+            mu_rse[s0:s1, i, i] = 0.0
+            if i == num - 1:
+                continue
+            stream = num + i  # streams 0..L-1 are the attenuation's
+            probe = kernels.sphere_noise(torch.zeros_like(x_i), torch.full((b,), math.sqrt(h), dtype=torch.float64,
+                                                                           device=x_i.device),
+                                         trials=probes, seed=seed, stream=stream, sample0=s0, backend=backend)
+            noisy = kernels.sphere_noise(x_i, alpha * x_norm, trials=draws, seed=seed, stream=stream, sample0=s0,
+                                         backend=backend)
+            primal = torch.cat([repeat_trials(x_i, 1 + probes), noisy])
+            tangent = torch.cat([x_i, probe, torch.zeros_like(noisy)])
+            # the noisy points share their directions with probes 0..draws-1: eta_k = c_b u_k, J eta_k = c_b J p_k / sqrt(h)
+            c = (alpha * x_norm / math.sqrt(h)).view(1, b, 1)
+            found = {}
+
+            def observe(j, y, i=i):
+                p, t = fwAD.unpack_dual(y)
+                p, t = p.flatten(1).double(), t.flatten(1).double()
+                jx = t[:b]
+                jp = t[b:(1 + probes) * b].view(probes, b, -1)
+                f2 = jp.square().sum(-1)  # (K, B): ||J p_k||^2
+                mean = f2.mean(0)
+                found[(j, "jx")] = jx.norm(dim=1)
+                found[j] = (jx.norm(dim=1) / (mean.sqrt() * x_norm),
+                            f2.std(0) / (math.sqrt(probes) * mean) if probes > 1 else torch.full_like(mean, math.nan))
+                m = p[(1 + probes) * b:].view(draws, b, -1)
+                d = m - jx.view(1, b, -1) - c * jp[:draws]
+                found[(j, "rho")] = (alpha * y_norm[j] / d.norm(dim=-1)).min(0).values
+
+            with fwAD.dual_level(), precision_mode("fp32", prep.device):
+                prep.propagator.suffix(clean, i, fwAD.make_dual(primal, tangent), "output", observe)
+            for j in range(i + 1, num):
+                ratio, rse = found[j]
+                mu[s0:s1, i, j] = ratio.cpu().numpy()
+                mu_rse[s0:s1, i, j] = (0.5 * rse).cpu().numpy()  # delta method: mu ~ (||J||_F^2)^(-1/2)
+                rho[s0:s1, i, j] = found[(j, "rho")].cpu().numpy()
+                jx_norm[s0:s1, i, j] = found[(j, "jx")].cpu().numpy()
+    return {"mu": mu, "mu_rse": mu_rse, "rho": rho, "jx_norm": jx_norm}
+
+
+def _per_layer(names, values) -> dict:
+    """{name: summarize(values[:, i])} for (N, L) values."""
+    return {name: summarize(values[:, i]) for i, name in enumerate(names)}
+
+
+def layer_cushion_dict(names, cushion, frob) -> dict:
+    out = _per_layer(names, cushion)
+    for i, name in enumerate(names):
+        out[name]["frobenius"] = frob[i]
+    return out
+
+
+def interlayer_cushion_dict(names, mu, mu_rse) -> dict:
+    """{name_i: summarize(mu_{i->}(x)) + {"to": {name_j: summarize(mu_{i,j}(x)) + "rel_se_median",
+    "min_ci95"}}}: rel_se_median is the median over samples of the relative standard error of the
+    Hutchinson estimate; min_ci95 the data minimum taken over each sample's 95% interval ends."""
+    out = {}
+    for i, name in enumerate(names):
+        with np.errstate(invalid="ignore"):
+            to_min = np.nanmin(mu[:, i, i:], axis=1)
+        entry = summarize(to_min)
+        entry["to"] = {}
+        for j in range(i, len(names)):
+            s = summarize(mu[:, i, j])
+            rse = mu_rse[:, i, j]
+            s["rel_se_median"] = float(np.nanmedian(rse))
+            s["min_ci95"] = [float(np.nanmin(mu[:, i, j] * (1 - 1.96 * rse))),
+                             float(np.nanmin(mu[:, i, j] * (1 + 1.96 * rse)))]
+            entry["to"][names[j]] = s
+        out[name] = entry
+    return out
+
+
+def smoothness_dict(names, rho) -> dict:
+    """{name_i: summarize(min_{j>i} rho_{i,j}(x)) + {"to": {name_j: summarize(rho_{i,j}(x))}}}, i < L-1."""
+    out = {}
+    for i, name in enumerate(names[:-1]):
+        with np.errstate(invalid="ignore"):
+            entry = summarize(np.nanmin(rho[:, i, i + 1:], axis=1))
+        entry["to"] = {names[j]: summarize(rho[:, i, j]) for j in range(i + 1, len(names))}
+        out[name] = entry
+    return out
+
+
+def _run(model, data, layers, method, channels_last, fn):
+    with metering(model, channels_last):
+        prep = prepare(model, data, layers, method, channels_last)
+        return prep, fn(prep)
+
+
+def layer_cushion(model, data, *, layers=None, memory_budget=None, method: str = "auto",
+                  channels_last: bool = True) -> dict:
+    """Layer cushion mu_i per sample, summarized: {name: {min, q05, ..., median, ..., max, mean, n, frobenius}}."""
+    def fn(prep):
+        check_meterable(prep)
+        return _clean_meters(prep, data, memory_budget)
+    prep, m = _run(model, data, layers, method, channels_last, fn)
+    return layer_cushion_dict(prep.names, m["cushion"], m["frobenius"])
+
+
+def activation_contraction_dict(names, contraction) -> dict:
+    """{name: summarize(c_i(x))} for layers followed by an activation module, and "c": the max over all
+    (NaN when no layer is)."""
+    measured = [i for i in range(len(names)) if not np.all(np.isnan(contraction[:, i]))]
+    out = {names[i]: summarize(contraction[:, i]) for i in measured}
+    out["c"] = float(np.nanmax(contraction[:, measured])) if measured else math.nan
+    return out
+
+
+def activation_contraction(model, data, *, layers=None, memory_budget=None, method: str = "auto",
+                           channels_last: bool = True) -> dict:
+    """Activation contraction per layer and sample (see `activation_contraction_dict`)."""
+    def fn(prep):
+        check_meterable(prep)
+        return _clean_meters(prep, data, memory_budget)
+    prep, m = _run(model, data, layers, method, channels_last, fn)
+    return activation_contraction_dict(prep.names, m["contraction"])
+
+
+def interlayer_cushion(model, data, *, probes: int = 16, layers=None, seed: int = 0, memory_budget=None,
+                       method: str = "auto", backend: str = "auto", channels_last: bool = True) -> dict:
+    """Interlayer cushions mu_{i,j} and mu_{i->} per sample (see `interlayer_cushion_dict`)."""
+    probes = check_positive("probes", probes, integer=True)
+
+    def fn(prep):
+        check_meterable(prep)
+        return _jacobian_meters(prep, data, probes=probes, draws=1, alpha=0.1, seed=check_seed(seed),
+                                budget=memory_budget, backend=backend)
+    prep, m = _run(model, data, layers, method, channels_last, fn)
+    return interlayer_cushion_dict(prep.names, m["mu"], m["mu_rse"])
+
+
+def interlayer_smoothness(model, data, *, alpha: float = 0.1, draws: int = 4, layers=None, seed: int = 0,
+                          memory_budget=None, method: str = "auto", backend: str = "auto",
+                          channels_last: bool = True) -> dict:
+    """Interlayer smoothness rho_{i,j} per sample (see `smoothness_dict`) and "rho": the min over all."""
+    alpha = check_positive("alpha", alpha)
+    draws = check_positive("draws", draws, integer=True)
+
+    def fn(prep):
+        check_meterable(prep)
+        return _jacobian_meters(prep, data, probes=max(draws, 2), draws=draws, alpha=alpha, seed=check_seed(seed),
+                                budget=memory_budget, backend=backend)
+    prep, m = _run(model, data, layers, method, channels_last, fn)
+    out = smoothness_dict(prep.names, m["rho"])
+    out["rho"] = float(np.nanmin(m["rho"])) if len(prep.names) > 1 else math.nan
+    return out
+
+
+def noise_sensitivity_dict(names, per_sample_sq, alpha: float) -> dict:
+    """{name_i: summarize(psi_i(x))}, psi_i(x) = E_trials r[i, last]^2 / alpha^2."""
+    return {name: summarize(per_sample_sq[:, i, -1] / alpha ** 2) for i, name in enumerate(names)}
+
+
+def noise_sensitivity(model, data, *, alpha: float = 0.1, trials: int = 8, layers=None, seed: int = 0,
+                      memory_budget=None, method: str = "auto", backend: str = "auto",
+                      channels_last: bool = True) -> dict:
+    """Noise sensitivity psi_i of the net from layer i's input to its last metered layer, per sample,
+    summarized: {name: {...}} and "psi": the max over layers and data (the paper's psi_N(M, S))."""
+    from .noise import noise_attenuation
+    rep = noise_attenuation(model, data, alpha=alpha, trials=trials, layers=layers, seed=seed,
+                            memory_budget=memory_budget, method=method, backend=backend, channels_last=channels_last)
+    out = noise_sensitivity_dict(rep.layers, rep.per_sample_sq, rep.alpha)
+    out["psi"] = float(np.nanmax(rep.per_sample_sq[:, :, -1]) / rep.alpha ** 2)
+    return out

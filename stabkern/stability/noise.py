@@ -1,0 +1,167 @@
+"""Noise attenuation (Arora et al. 2018, Figure 3 / DESIGN.md idea 2), batched.
+
+For every injection layer i and sample x: Gaussian noise eta with ||eta|| = alpha ||x^{i-1}|| exactly
+is added to layer i's input x^{i-1}, and the relative error r[i, j] = ||x_hat^j - x^j|| / ||x^j|| is
+recorded at the output x^j of every layer j >= i (the last Linear's output is the logits).
+
+How it is fast (see graph.py for the propagation): per chunk of samples the clean pass runs once, in
+float32; for each i the T trials ride in the batch (rows t B + b) through the part of the model
+downstream of layer i only; the noisy input is written by one fused kernel from counters
+(`kernels.sphere_noise`, Philox -> Box-Muller, exact norm) and each observed output is reduced to
+per-row squared errors by one fused kernel against the clean output broadcast over trials
+(`kernels.sq_error`). Nothing per (sample, trial, layer) but those sums leaves the device until a
+chunk is done. The noise of (sample s, trial t, layer i) depends only on (seed, i, s, t), so results
+do not depend on the chunking.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+
+from . import kernels
+from .context import (Prepared, check_finite, check_positive, check_precision, check_seed, chunks, metering,
+                      plan_chunks, precision_mode, prepare)
+from .report import AttenuationReport
+
+
+def _noise_dtype(prep: Prepared, precision: str) -> torch.dtype:
+    # bf16 on CUDA: the noisy input is written in bf16, the dtype autocast feeds the convs anyway
+    if precision == "bf16" and prep.device.type == "cuda":
+        return torch.bfloat16
+    return prep.dtype
+
+
+def attenuation_sums(prep: Prepared, data: torch.Tensor, *, alpha: float, trials: int, seed: int,
+                     precision: str, floor: bool, memory_budget, backend: str):
+    """Per-sample sums over trials of r and r^2, (N, L, L) float64 numpy (zero below the diagonal),
+    and the alpha = 0 floor (N, L, L) or None."""
+    n, num = data.shape[0], len(prep.layers)
+    sum_r = np.zeros((n, num, num))
+    sum_r2 = np.zeros((n, num, num))
+    floor_r = np.full((n, num, num), np.nan) if floor else None
+    element = torch.finfo(prep.dtype).bits // 8
+    batch, trial_chunk = plan_chunks(prep.layers, n, trials, element, memory_budget, prep.device)
+    noise_dtype = _noise_dtype(prep, precision)
+    prop = prep.propagator
+    for s0, s1 in chunks(n, batch):
+        xb = prep.batch(data[s0:s1])
+        b = s1 - s0
+        with precision_mode("fp32", prep.device):
+            clean = prop.clean(xb)
+        for layer in prep.layers:
+            check_finite(clean.outputs[layer.index], f"at the output of layer {layer.name!r} "
+                         f"({type(layer.module).__name__}) on the clean pass")
+        y_norm = [y.flatten(1).double().norm(dim=1) for y in clean.outputs]
+        acc = torch.zeros(2, b, num, num, dtype=torch.float64, device=prep.device)
+        acc_floor = torch.full((b, num, num), math.nan, dtype=torch.float64, device=prep.device)
+        bad = torch.zeros(num, num, dtype=torch.bool, device=prep.device)
+        for i in range(num):
+            x_in = clean.inputs[i]
+            radius = alpha * x_in.flatten(1).double().norm(dim=1)
+            for t0, t1 in chunks(trials, trial_chunk):
+                t = t1 - t0
+                noisy = kernels.sphere_noise(x_in, radius, trials=t, seed=seed, stream=i, sample0=s0, trial0=t0,
+                                             out_dtype=noise_dtype, backend=backend)
+
+                def observe(j, y_hat, i=i, t=t):
+                    e2 = kernels.sq_error(y_hat, clean.outputs[j], backend=backend).view(t, b)
+                    bad[i, j] |= ~torch.isfinite(e2).all()
+                    r = e2.sqrt() / y_norm[j]
+                    acc[0, :, i, j] += r.sum(0)
+                    acc[1, :, i, j] += r.square().sum(0)
+
+                with precision_mode(precision, prep.device):
+                    prop.suffix(clean, i, noisy, "input", observe)
+            if floor:
+                def observe_floor(j, y_hat, i=i):
+                    e2 = kernels.sq_error(y_hat, clean.outputs[j], backend=backend)
+                    acc_floor[:, i, j] = e2.sqrt() / y_norm[j]
+
+                with precision_mode(precision, prep.device):
+                    prop.suffix(clean, i, x_in.to(noise_dtype).clone(), "input", observe_floor)
+        if bad.any():
+            i, j = [int(v) for v in bad.nonzero()[0]]
+            raise FloatingPointError(f"non-finite values (NaN or Inf) at the output of layer "
+                                     f"{prep.layers[j].name!r} with noise injected at layer {prep.layers[i].name!r} "
+                                     f"(alpha={alpha}, {precision})")
+        zero = torch.stack(y_norm, dim=1) == 0  # (B, L): relative error undefined there
+        acc[:, zero[:, None, :].expand(b, num, num)] = math.nan
+        sum_r[s0:s1], sum_r2[s0:s1] = acc[0].cpu().numpy(), acc[1].cpu().numpy()
+        if floor:
+            floor_r[s0:s1] = acc_floor.cpu().numpy()
+    return sum_r, sum_r2, floor_r
+
+
+def _stats(sum_r, sum_r2, trials: int):
+    """mean, std, ci_low, ci_high, mc_se (L, L) and per-sample means of r and r^2 (N, L, L)."""
+    m = sum_r / trials
+    m2 = sum_r2 / trials
+    count = np.sum(~np.isnan(m), axis=0)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells (below the diagonal) give NaN
+        mean = np.nanmean(m, axis=0)
+        std = np.sqrt(np.maximum(np.nanmean(m2, axis=0) - mean ** 2, 0.0))
+        se_data = np.nanstd(m, axis=0, ddof=1) / np.sqrt(count)
+        within = (sum_r2 - sum_r ** 2 / trials) / (trials - 1) if trials > 1 else np.full_like(m, math.nan)
+        mc_se = np.sqrt(np.maximum(np.nanmean(within, axis=0), 0.0) / (trials * count))
+    return mean, std, mean - 1.96 * se_data, mean + 1.96 * se_data, mc_se, m, m2
+
+
+def _lower_nan(a: np.ndarray) -> np.ndarray:
+    """a (..., L, L) with NaN below the diagonal (observation before injection)."""
+    a = np.array(a, dtype=np.float64)
+    a[..., np.tril(np.ones(a.shape[-2:], dtype=bool), -1)] = np.nan
+    return a
+
+
+def noise_attenuation(model, data, *, alpha: float = 0.1, trials: int = 8, layers=None, seed: int = 0,
+                      precision: str = "fp32", floor: bool | None = None, memory_budget: int | None = None,
+                      method: str = "auto", backend: str = "auto", channels_last: bool = True) -> AttenuationReport:
+    """Attenuation of Gaussian noise injected at each layer's input, observed at every later layer.
+
+    model: an nn.Module on CPU or CUDA (float32/float64), metered in eval mode (its training flags
+    are restored); data: (N, ...) the batch model(data) takes (moved to the model's device chunk by chunk).
+    alpha: ||eta|| / ||x|| per sample (> 0); trials: noise draws per sample and layer (>= 1);
+    layers: None (every Conv2d and Linear, forward order) or module names / modules;
+    seed: noise seed in [0, 2^64) (noise of (seed, layer i, sample s, trial t) is fixed, spec
+    stabkern-noise-v1); precision: "fp32", "tf32" or "bf16" for the noisy passes (the clean pass is
+    always fp32); floor: also measure alpha = 0 (default: on for tf32/bf16); memory_budget: bytes
+    per chunk of work (default: half the free CUDA memory; 32 MiB on CPU, cache-sized); method: "auto", "graph" (torch.fx) or "hooks";
+    backend: kernels' backend ("auto", "cpu", "triton", "reference"); channels_last: run the model with
+    4-D tensors in channels_last memory format (its parameters restored after; see context.metering).
+
+    Returns an `AttenuationReport` with (L, L) arrays [injection, observation]. The hook-loop
+    reference it equals within Monte Carlo error lives in tests/test_stability_attenuation.py.
+    """
+    alpha = check_positive("alpha", alpha)
+    trials = check_positive("trials", trials, integer=True)
+    seed = check_seed(seed)
+    with metering(model, channels_last):
+        prep = prepare(model, data, layers, method, channels_last)
+        precision = check_precision(precision)
+        floor = precision != "fp32" if floor is None else bool(floor)
+        sum_r, sum_r2, floor_r = attenuation_sums(prep, data, alpha=alpha, trials=trials, seed=seed,
+                                                  precision=precision, floor=floor, memory_budget=memory_budget,
+                                                  backend=backend)
+    return attenuation_report(prep, sum_r, sum_r2, floor_r, alpha=alpha, trials=trials, seed=seed,
+                              precision=precision)
+
+
+def attenuation_report(prep: Prepared, sum_r, sum_r2, floor_r, *, alpha: float, trials: int, seed: int,
+                       precision: str) -> AttenuationReport:
+    """The report of `attenuation_sums`' output."""
+    mean, std, lo, hi, mc_se, m, m2 = _stats(sum_r, sum_r2, trials)
+    floor_mean = None
+    if floor_r is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            floor_mean = _lower_nan(np.nanmean(floor_r, axis=0))
+    return AttenuationReport(
+        layers=prep.names, layer_types=[type(layer.module).__name__ for layer in prep.layers], alpha=alpha,
+        trials=trials, seed=seed, precision=precision, method=prep.propagator.method, device=str(prep.device),
+        mean=_lower_nan(mean), std=_lower_nan(std), ci_low=_lower_nan(lo), ci_high=_lower_nan(hi),
+        mc_se=_lower_nan(mc_se), per_sample=_lower_nan(m), per_sample_sq=_lower_nan(m2), floor=floor_mean)

@@ -1,0 +1,142 @@
+"""Norms of a layer's linear operator A: the map from its whole input to its whole output (bias excluded).
+
+For a Linear layer A is the weight W (out x in). For a Conv2d layer on an input of shape (C, H, W), A is
+the (C_out H_out W_out) x (C H W) matrix of the convolution with its stride, padding (zeros), dilation
+and groups: row (o, p) holds filter o restricted to the taps that land inside the image at output
+position p. So padding and stride change the norms, and ||A||_F is not ||W||_F times a count unless
+every tap is always inside. Following Arora et al. (2018, section 5: a conv layer is the linear map on
+the feature map) and treating conv layers in the norm-based bounds the same way (Bartlett et al. 2017
+and Neyshabur et al. 2018 state their bounds for matrices; we give them the operator), we compute exactly:
+
+- row_sq (squared l2 norm of every row) and row_abs (l1 norm of every row): per output channel o and
+  tap k, S[o, k] = sum_c W[o, c, k]^2 (or |W|), times the 0/1 in-bounds mask of tap k at position p
+  (`F.unfold` of an all-ones image gives it): row_sq = S @ mask. Hence
+  ||A||_F^2 = sum row_sq, ||A^T||_{2,1} = sum sqrt(row_sq), ||A||_{1,inf} = max row_abs.
+- ||A||_2 (spectral) by power iteration on A^T A with the exact adjoint (`torch.nn.grad.conv2d_input`),
+  a lower estimate that rises to ||A||_2; `iters` steps, stopping early when it changes < tol.
+
+All are checked against the explicit matrix (`operator_matrix`) in tests/test_stability_opnorms.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _check(module: nn.Module) -> None:
+    if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros":
+            raise ValueError(f"operator norms support Conv2d with padding_mode='zeros', not {module.padding_mode!r}")
+        return
+    if not isinstance(module, nn.Linear):
+        raise ValueError(f"operator norms are defined for Conv2d and Linear layers, not {type(module).__name__}")
+
+
+def _conv_padding(conv: nn.Conv2d, in_hw) -> tuple[int, int]:
+    """Explicit (pad_h, pad_w) of a Conv2d, resolving padding='same'/'valid' for this input size."""
+    if conv.padding == "valid":
+        return 0, 0
+    if conv.padding == "same":  # torch pads (total // 2) before; stride is 1 for 'same'
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        if any(t % 2 for t in total):
+            raise ValueError("padding='same' with an odd total padding (split unevenly by torch) is not supported")
+        return total[0] // 2, total[1] // 2
+    return tuple(conv.padding)
+
+
+def _tap_mask(conv: nn.Conv2d, in_shape) -> torch.Tensor:
+    """(kh kw, L) float mask: 1 where tap k lands inside the image at output position p."""
+    _, h, w = in_shape
+    ones = torch.ones(1, 1, h, w, dtype=conv.weight.dtype, device=conv.weight.device)
+    return F.unfold(ones, conv.kernel_size, dilation=conv.dilation, padding=_conv_padding(conv, (h, w)),
+                    stride=conv.stride)[0]
+
+
+def row_norms(module: nn.Module, in_shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row_sq, row_abs): squared l2 and l1 norms of every row of A, flat over output units, float64."""
+    _check(module)
+    w = module.weight.detach().double()
+    if isinstance(module, nn.Linear):
+        return w.square().sum(1), w.abs().sum(1)
+    mask = _tap_mask(module, in_shape).double()
+    s_sq = w.square().sum(1).flatten(1)  # (C_out, kh kw)
+    s_abs = w.abs().sum(1).flatten(1)
+    return (s_sq @ mask).reshape(-1), (s_abs @ mask).reshape(-1)
+
+
+def frobenius(module: nn.Module, in_shape) -> float:
+    """||A||_F of the layer's operator on inputs of per-sample shape in_shape."""
+    return float(row_norms(module, in_shape)[0].sum().sqrt())
+
+
+def apply(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A x: the layer without its bias. x: (N, *in_shape)."""
+    if isinstance(module, nn.Linear):
+        return F.linear(x, module.weight)
+    return F.conv2d(x, module.weight, None, module.stride, _conv_padding(module, x.shape[-2:]), module.dilation,
+                    module.groups)
+
+
+def apply_adjoint(module: nn.Module, y: torch.Tensor, in_shape) -> torch.Tensor:
+    """A^T y. y: (N, *out_shape) -> (N, *in_shape)."""
+    if isinstance(module, nn.Linear):
+        return y @ module.weight
+    return torch.nn.grad.conv2d_input((y.shape[0], *in_shape), module.weight, y, module.stride,
+                                      _conv_padding(module, in_shape[-2:]), module.dilation, module.groups)
+
+
+def spectral(module: nn.Module, in_shape, iters: int = 500, tol: float = 1e-9, seed: int = 0) -> float:
+    """||A||_2 by power iteration on A^T A from a seeded random start (float32 maps, float64 norms).
+
+    After k steps the estimate is below ||A||_2 by a relative O((s_2 / s_1)^(2k)) (s_1 > s_2 the top
+    singular values); it stops early once a step changes it by less than tol (relative).
+    """
+    _check(module)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(1, *in_shape, generator=gen).to(module.weight.device)
+    single = _as_dtype(module, torch.float32)
+    sigma = 0.0
+    for _ in range(iters):  # no autograd: the copy's parameters do not require grad
+        v = v / v.norm()
+        av = apply(single, v)
+        new = float(av.double().norm())
+        v = apply_adjoint(single, av, in_shape)
+        if abs(new - sigma) <= tol * new:
+            return new
+        sigma = new
+    return sigma
+
+
+def _as_dtype(module: nn.Module, dtype: torch.dtype, keep_bias: bool = False) -> nn.Module:
+    """A copy of the layer in dtype (its bias only if keep_bias), as a module of the same kind."""
+    bias = keep_bias and module.bias is not None
+    if isinstance(module, nn.Linear):
+        m = nn.Linear(module.in_features, module.out_features, bias=bias, device=module.weight.device, dtype=dtype)
+    else:
+        m = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                      module.dilation, module.groups, bias=bias, device=module.weight.device, dtype=dtype)
+    m.requires_grad_(False)
+    with torch.no_grad():
+        m.weight.copy_(module.weight.detach())
+        if bias:
+            m.bias.copy_(module.bias.detach())
+    return m
+
+
+def operator_matrix(module: nn.Module, in_shape) -> torch.Tensor:
+    """A as an explicit (out numel) x (in numel) float64 matrix: column k is layer(e_k) - layer(0),
+    computed by the layer's own forward (torch's conv), independently of `apply`.
+
+    For checks on small layers only: memory is O(in numel * out numel).
+    """
+    _check(module)
+    n = 1
+    for s in in_shape:
+        n *= s
+    double = _as_dtype(module, torch.float64, keep_bias=True)
+    eye = torch.eye(n, dtype=torch.float64, device=module.weight.device).reshape(n, *in_shape)
+    with torch.no_grad():
+        cols = double(eye) - double(torch.zeros_like(eye[:1]))
+    return cols.reshape(n, -1).T

@@ -1,0 +1,102 @@
+"""Figures of the meters, after Arora et al. (2018): the attenuation curves (Figure 3), the bound chart
+(Figure 4) and the cushion distributions. matplotlib is imported only when a figure is drawn (Agg backend
+when saving without a display)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as err:  # pragma: no cover - exercised only without matplotlib
+        raise ImportError("plots need matplotlib: `pip install matplotlib`") from err
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _finish(fig, ax, path):
+    if path is not None:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    return ax
+
+
+def plot_attenuation(report, ax=None, path=None):
+    """One curve per injection layer i: mean r[i, j] over observation layers j >= i, log-scale y, with the
+    95% interval as a band and, in reduced precision, the alpha = 0 floor dotted. Returns the axes."""
+    plt = _pyplot()
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8, 4.5))
+    num = len(report.layers)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, num))
+    for i in range(num):
+        j = np.arange(i, num)
+        ax.plot(j, report.mean[i, i:], marker="o", ms=3, color=colors[i], label=report.layers[i])
+        lo = np.maximum(report.ci_low[i, i:], 1e-12)
+        ax.fill_between(j, lo, report.ci_high[i, i:], color=colors[i], alpha=0.15, linewidth=0)
+    if report.floor is not None:
+        floor = np.nanmax(report.floor, axis=0)
+        ax.plot(np.arange(num), floor, ls=":", color="gray", label=f"floor ({report.precision}, alpha = 0)")
+    ax.set_yscale("log")
+    ax.set_xticks(range(num))
+    ax.set_xticklabels(report.layers, rotation=45, ha="right", fontsize=7)
+    ax.set_xlabel("observation layer j")
+    ax.set_ylabel("||x_hat^j - x^j|| / ||x^j||")
+    ax.set_title(f"noise attenuation: alpha = {report.alpha:g}, {report.trials} trials, {report.n_samples} samples")
+    ax.legend(fontsize=6, ncol=2 if num > 8 else 1, title="injected at", title_fontsize=7)
+    return _finish(fig, ax, path)
+
+
+BOUND_LABELS = {
+    "ours": "ours (Arora et al. 2018)",
+    "parameters": "# parameters",
+    "spectral_bartlett2017": "spectral (Bartlett et al. 2017)",
+    "pac_bayes_neyshabur2018": "PAC-Bayes (Neyshabur et al. 2018)",
+    "l1_bartlett_mendelson2002": "l1 (Bartlett-Mendelson 2002)",
+}
+
+
+def plot_bounds(bound: dict, ax=None, path=None):
+    """The paper's log-scale bar chart of effective numbers of parameters (bound["log10"]). Returns the axes."""
+    plt = _pyplot()
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4))
+    keys = [k for k in BOUND_LABELS if k in bound["log10"]]
+    values = [bound["log10"][k] for k in keys]
+    # an infinite capacity (e.g. c = inf: some sample's activation is all zero) is drawn as an empty bar
+    bars = ax.bar(range(len(keys)), [v if math.isfinite(v) else 0.0 for v in values],
+                  color=["C3", "C7", "C0", "C0", "C0"][:len(keys)])
+    for bar, v in zip(bars, values):
+        label = f"10^{v:.1f}" if math.isfinite(v) else "infinite"
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), label, ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels([BOUND_LABELS[k] for k in keys], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("log10 effective number of parameters")
+    ax.set_title(f"capacity terms, margin gamma = {bound['gamma']:.3g}")
+    return _finish(fig, ax, path)
+
+
+def plot_cushions(report, ax=None, path=None):
+    """Layer cushion mu_i per layer: min, median and max over the data, with mu_{i->}'s median. Returns the axes."""
+    plt = _pyplot()
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4))
+    names = report.layers
+    x = np.arange(len(names))
+    for key, label, style in (("layer_cushion", "layer cushion mu_i", "o-"),
+                              ("interlayer_cushion", "interlayer cushion mu_{i->}", "s--")):
+        d = report.to_dict()[key]
+        med = [d[n]["median"] for n in names]
+        lo = [d[n]["min"] for n in names]
+        hi = [d[n]["max"] for n in names]
+        ax.plot(x, med, style, label=f"{label} (median; bars: min-max)")
+        ax.vlines(x, lo, hi, alpha=0.5)
+    ax.set_yscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    ax.legend(fontsize=7)
+    ax.set_title("cushions over the data")
+    return _finish(fig, ax, path)

@@ -1,0 +1,140 @@
+"""Reports of the meters: numbers kept as numpy arrays, `to_dict()` as documented JSON-ready dicts.
+
+Per-sample quantities are summarized by `summarize`: the paper's quantities are minima or maxima over
+the data, so every distribution reports
+
+    {"min", "q05", "q25", "median", "q75", "q95", "max", "mean", "n"}
+
+(quantiles over the samples; NaN entries, e.g. a sample whose layer output is exactly zero, are left
+out and not counted in n). In JSON, NaN becomes null.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+QUANTILES = {"q05": 0.05, "q25": 0.25, "median": 0.5, "q75": 0.75, "q95": 0.95}
+
+
+def summarize(values) -> dict:
+    """Distribution of per-sample values (1-D): min, q05, q25, median, q75, q95, max, mean, n."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return {"min": math.nan, **{k: math.nan for k in QUANTILES}, "max": math.nan, "mean": math.nan, "n": 0}
+    out = {"min": float(v.min())}
+    out.update({k: float(np.quantile(v, q)) for k, q in QUANTILES.items()})
+    out.update({"max": float(v.max()), "mean": float(v.mean()), "n": int(v.size)})
+    return out
+
+
+def json_value(x):
+    """NaN/Inf-free JSON value: numpy arrays to nested lists, NaN to None."""
+    if isinstance(x, dict):
+        return {k: json_value(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_value(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return json_value(x.tolist())
+    if isinstance(x, (float, np.floating)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+@dataclass
+class AttenuationReport:
+    """Noise attenuation r[i, j] = ||x_hat^j - x^j|| / ||x^j|| for noise injected at layer i's input.
+
+    Arrays are (L, L) indexed [injection layer i, observation layer j], NaN for j < i:
+    `mean` (over samples and trials), `std` (spread of the per-sample, per-trial ratio), `ci_low` /
+    `ci_high` (95% interval of the mean over the data: samples are the unit, trials averaged within),
+    `mc_se` (Monte Carlo standard error of `mean` from the noise alone, the data held fixed) and
+    `floor` (mean ratio with alpha = 0, i.e. pure rounding of the noisy pass; None in fp32).
+    `per_sample` is (N, L, L): each sample's mean over trials; `per_sample_sq` the mean of r^2.
+    """
+
+    layers: list
+    layer_types: list
+    alpha: float
+    trials: int
+    seed: int
+    precision: str
+    method: str
+    device: str
+    mean: np.ndarray
+    std: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    mc_se: np.ndarray
+    per_sample: np.ndarray = field(repr=False)
+    per_sample_sq: np.ndarray = field(repr=False)
+    floor: np.ndarray | None = None
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.per_sample.shape[0])
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict. Keys: "layers" (names, forward order), "layer_types", "alpha", "trials",
+        "seed", "precision", "method" ("graph" or "hooks"), "device", "n_samples", and (L, L) nested
+        lists [injection][observation] with null below the diagonal: "mean", "std", "ci_low",
+        "ci_high", "mc_se", "floor" (null in fp32)."""
+        d = {"layers": list(self.layers), "layer_types": list(self.layer_types), "alpha": self.alpha,
+             "trials": self.trials, "seed": self.seed, "precision": self.precision, "method": self.method,
+             "device": self.device, "n_samples": self.n_samples}
+        for key in ("mean", "std", "ci_low", "ci_high", "mc_se"):
+            d[key] = getattr(self, key)
+        d["floor"] = self.floor
+        return json_value(d)
+
+    def plot(self, ax=None, path=None):
+        """The paper's attenuation figure: one curve per injection layer, log-scale y. Returns the axes."""
+        from .plots import plot_attenuation
+        return plot_attenuation(self, ax=ax, path=path)
+
+    def table(self, digits: int = 3) -> str:
+        """The mean matrix as a markdown table (rows: injection layer, columns: observation layer)."""
+        head = "| inject \\ observe | " + " | ".join(self.layers) + " |"
+        rule = "|---" * (len(self.layers) + 1) + "|"
+        rows = []
+        for i, name in enumerate(self.layers):
+            cells = ["" if np.isnan(v) else f"{v:.{digits}g}" for v in self.mean[i]]
+            rows.append(f"| {name} | " + " | ".join(cells) + " |")
+        return "\n".join([head, rule, *rows])
+
+
+@dataclass
+class StabilityReport:
+    """Everything `stabkern.measure` meters, keyed by layer (module) name; see `to_dict`."""
+
+    layers: list
+    layer_cushion: dict
+    interlayer_cushion: dict
+    activation_contraction: dict
+    interlayer_smoothness: dict
+    noise_sensitivity: dict
+    attenuation: AttenuationReport
+    bound: dict
+    settings: dict
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict with keys "layers", "layer_cushion", "interlayer_cushion",
+        "activation_contraction", "interlayer_smoothness", "noise_sensitivity", "attenuation",
+        "bound", "settings"; per-layer meters map a module name to a `summarize` dict, e.g.
+        d["layer_cushion"]["features.0"]["min"]."""
+        return json_value({
+            "layers": list(self.layers),
+            "layer_cushion": self.layer_cushion,
+            "interlayer_cushion": self.interlayer_cushion,
+            "activation_contraction": self.activation_contraction,
+            "interlayer_smoothness": self.interlayer_smoothness,
+            "noise_sensitivity": self.noise_sensitivity,
+            "attenuation": self.attenuation.to_dict(),
+            "bound": self.bound,
+            "settings": self.settings,
+        })

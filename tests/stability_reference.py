@@ -1,0 +1,81 @@
+"""The obvious noise-attenuation meter: per layer, per trial, a full forward with hooks.
+
+The oracle of tests/test_stability_attenuation.py and the baseline of benchmarks/bench_stability.py.
+No batching, no graph, no fused kernels: for each injection layer i and trial t, a forward pre-hook
+adds eta (||eta|| = alpha ||x|| per sample) to layer i's input, forward hooks record every layer's
+output, and the relative errors are computed with plain torch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from stabkern.stability.kernels import gaussian_reference
+
+
+def layers_in_forward_order(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
+    """Conv2d and Linear modules in the order model(x) calls them."""
+    order = []
+    handles = [m.register_forward_pre_hook(lambda m, a: order.append(m)) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def _record(model, x, layers, pre_hook=None, target=None):
+    """(inputs, outputs) of every layer for model(x), with pre_hook on `target` if given."""
+    inputs, outputs = {}, {}
+
+    def record(module, args, output, k):
+        inputs[k], outputs[k] = args[0].clone(), output.clone()
+
+    handles = [m.register_forward_hook(lambda m, a, o, k=k: record(m, a, o, k)) for k, m in enumerate(layers)]
+    if pre_hook is not None:
+        handles.append(target.register_forward_pre_hook(pre_hook))
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return inputs, outputs
+
+
+def attenuation_reference(model: nn.Module, x: torch.Tensor, *, alpha: float, trials: int, seed: int = 0,
+                          spec_noise: bool = False) -> torch.Tensor:
+    """r[t, b, i, j] = ||x_hat^j - x^j|| / ||x^j|| for trial t, sample b, injection i, observation j >= i
+    (NaN for j < i), float64 (trials, N, L, L).
+
+    Noise: torch.randn from a generator seeded with `seed` (independent of stabkern's), or with
+    spec_noise the stabkern-noise-v1 vectors of (seed, stream = i, sample b, trial t), the noise the
+    fast path uses.
+    """
+    model.eval()
+    layers = layers_in_forward_order(model, x)
+    n, num = x.shape[0], len(layers)
+    r = torch.full((trials, n, num, num), float("nan"), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        clean_in, clean_out = _record(model, x, layers)
+        for i, target in enumerate(layers):
+            x_in = clean_in[i]
+            for t in range(trials):
+                if spec_noise:
+                    eta = gaussian_reference(seed, i, torch.arange(n), torch.full((n,), t), x_in[0].numel())
+                else:
+                    eta = torch.randn(n, x_in[0].numel(), generator=gen, dtype=torch.float64)
+                eta = eta * (alpha * x_in.flatten(1).double().norm(dim=1) / eta.norm(dim=1))[:, None]
+                if x_in.dim() == 4:  # the spec orders a (C, H, W) sample's elements as (h, w, c)
+                    _, c, h, w = x_in.shape
+                    eta = eta.reshape(n, h, w, c).permute(0, 3, 1, 2)
+                eta = eta.reshape(x_in.shape).to(x_in.dtype)
+                _, noisy_out = _record(model, x, layers, lambda m, a: (a[0] + eta, *a[1:]), target)
+                for j in range(i, num):
+                    y = clean_out[j].flatten(1).double()
+                    r[t, :, i, j] = (noisy_out[j].flatten(1).double() - y).norm(dim=1) / y.norm(dim=1)
+    return r
