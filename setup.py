@@ -1,7 +1,8 @@
 """Build stabkern's compiled backends.
 
-- `stabkern._cpu` always: C++17 + OpenMP; the SIMD paths are chosen at run time inside the
-  module (target attributes), so one build runs on any x86-64 and on aarch64.
+- `stabkern._cpu` (sign kernels) and `stabkern._noise` (stability-meter kernels) always:
+  C++17 + OpenMP; SIMD paths are chosen at run time inside the modules (target attributes),
+  so one build runs on any x86-64 and on aarch64.
 - `stabkern._cuda` when nvcc is found: .cu files compiled by nvcc for `STABKERN_CUDA_ARCHS`
   (default "80;90"), linked with the static CUDA runtime. `STABKERN_SKIP_CUDA=1` skips it.
 
@@ -71,12 +72,13 @@ class BuildExt(build_ext):
 
 
 def extensions():
+    headers = sorted(str(p) for p in Path("csrc").glob("*/*.h"))  # a changed header rebuilds the modules
     openmp = ["-fopenmp"] if sys.platform != "darwin" else []
     exts = [
         Pybind11Extension(
             "stabkern._cpu",
             sources=["csrc/cpu/bindings.cpp", "csrc/cpu/sign_kernels.cpp"],
-            depends=sorted(str(p) for p in Path("csrc").glob("*/*.h")),  # rebuild when a header changes
+            depends=headers,
             include_dirs=["csrc"],
             cxx_std=17,
             extra_compile_args=["-O3", *openmp],
@@ -86,6 +88,7 @@ def extensions():
         Pybind11Extension(
             "stabkern._noise",
             sources=["csrc/noise/bindings.cpp", "csrc/noise/noise_kernels.cpp"],
+            depends=headers,
             include_dirs=["csrc"],
             cxx_std=17,
             extra_compile_args=["-O3", "-fno-math-errno", "-Wno-psabi", *openmp],
@@ -102,7 +105,7 @@ def extensions():
             sources=sorted(str(p) for p in Path("csrc/cuda").glob("*.cpp"))
             + sorted(str(p) for p in Path("csrc/cuda").glob("*.cu")),
             # .cu files leave `sources` before the up-to-date check, so they are listed here too
-            depends=sorted(str(p) for p in Path("csrc").glob("*/*.h")) + sorted(str(p) for p in Path("csrc/cuda").glob("*.cu")),
+            depends=headers + sorted(str(p) for p in Path("csrc/cuda").glob("*.cu")),
             include_dirs=["csrc", str(home / "include")],
             cxx_std=17,
             extra_compile_args=["-O3"],
