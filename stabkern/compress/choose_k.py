@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import check_int, check_mode, conv_padding, row_length
-from .model import compress_model, fold_batchnorm, iter_batches, sketchable_layers, _model_device, _linear_part
+from .model import _linear_part, compress_model, fold_batchnorm, run_with_hooks, sketchable_layers
 from .report import CompressionReport
 
 C_BERNSTEIN = 16.0  # the constant C of the tail bound above (two-sided, log(2 / eta'))
@@ -204,15 +204,7 @@ def layer_cushions(model: nn.Module, data, *, mode: str = "filter", layers=None,
             stats[name].append(_layer_sample_stats(module, inputs[0], out, mode))
         return hook
 
-    handles = [m.register_forward_hook(hook_for(name)) for _, name, m in found]
-    dense.eval()
-    try:
-        with torch.no_grad():
-            for x in iter_batches(data, batch_size, _model_device(dense)):
-                dense(x)
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_hooks(dense, {m: hook_for(name) for _, name, m in found}, data, batch_size)
     result = {}
     for stream, name, m in found:
         if not stats[name]:

@@ -147,6 +147,24 @@ def iter_batches(data, batch_size: int, device: torch.device) -> Iterable[torch.
         raise ValueError("data is empty")
 
 
+def run_with_hooks(model: nn.Module, hooks: dict, data, batch_size: int) -> None:
+    """Run `data` through `model` in eval mode without grad, with forward hooks {module: hook}.
+
+    The hooks are removed and the model's training flag restored whatever happens.
+    """
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for x in iter_batches(data, batch_size, _model_device(model)):
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
@@ -181,17 +199,7 @@ def measure_output_errors(dense: nn.Module, sketched: dict[str, nn.Module], data
             norms[name].append(_linear_part(module, out).flatten(1).norm(dim=1).double().cpu())
         return hook
 
-    handles = [modules[name].register_forward_hook(hook_for(name)) for name in sketched]
-    was_training = dense.training
-    dense.eval()
-    try:
-        with torch.no_grad():
-            for x in iter_batches(data, batch_size, _model_device(dense)):
-                dense(x)
-    finally:
-        for h in handles:
-            h.remove()
-        dense.train(was_training)
+    run_with_hooks(dense, {modules[name]: hook_for(name) for name in sketched}, data, batch_size)
     result = {}
     for name in sketched:
         diff, norm = torch.cat(diffs[name]), torch.cat(norms[name])
