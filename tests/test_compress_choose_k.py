@@ -1,5 +1,4 @@
-"""choose_k: the conv operator norm against the explicit unfolded matrix, the cushions against
-hand computations, the k rule's arithmetic, the check on data, the exact mean output error."""
+"""choose_k: the cushions against hand computations and the stability meter, the k rule's arithmetic, the check on data, the exact mean output error."""
 
 import json
 import math
@@ -9,47 +8,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stabkern.compress import C_BERNSTEIN, choose_k, compress_model, conv_operator_fro_norm, layer_cushions
+import stabkern
+from stabkern import opnorms
+from stabkern.compress import C_BERNSTEIN, choose_k, compress_model, layer_cushions
 from stabkern.digits import load_digits_tensors, trained_digits_net
 
 
-def explicit_operator(conv: nn.Conv2d, hw) -> torch.Tensor:
-    """The (c_out H_out W_out) x (c_in H W) matrix of the conv (bias excluded), column by column."""
-    n_in = conv.in_channels * hw[0] * hw[1]
-    basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, conv.in_channels, *hw)
-    w = conv.weight.detach().double()
-    if conv.padding_mode != "zeros":
-        raise ValueError("zero padding only")
-    cols = F.conv2d(basis, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-    return cols.reshape(n_in, -1).T
-
-
-OPERATOR_CASES = [
-    (dict(in_channels=2, out_channels=3, kernel_size=3, padding=1), (5, 4)),
-    (dict(in_channels=2, out_channels=4, kernel_size=(3, 2), stride=2, padding=(2, 1)), (7, 6)),
-    (dict(in_channels=4, out_channels=2, kernel_size=3, dilation=2, groups=2, padding=1), (6, 7)),
-    (dict(in_channels=1, out_channels=2, kernel_size=4, padding="same"), (5, 5)),  # asymmetric padding
-    (dict(in_channels=3, out_channels=2, kernel_size=2, stride=(1, 3), padding="valid"), (4, 8)),
-    (dict(in_channels=2, out_channels=2, kernel_size=3, padding=1), (2, 2)),  # map smaller than the kernel span
-]
-
-
-@pytest.mark.parametrize("case,hw", OPERATOR_CASES)
-def test_conv_operator_fro_norm_equals_explicit_matrix(case, hw):
-    torch.manual_seed(0)
-    conv = nn.Conv2d(**case)
-    expect = float(explicit_operator(conv, hw).norm())
-    assert conv_operator_fro_norm(conv, hw) == pytest.approx(expect, rel=1e-10)
-    # never above ||W||_F sqrt(H_out W_out): a weight sits in at most every output position
-    assert conv_operator_fro_norm(conv, hw) <= float(conv.weight.detach().norm()) * math.sqrt(
-        explicit_operator(conv, hw).shape[0] / conv.out_channels) + 1e-9
-
-
-def test_conv_operator_fro_norm_refuses_non_zero_padding():
-    with pytest.raises(ValueError, match="zero padding only"):
-        conv_operator_fro_norm(nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"), (4, 4))
-    with pytest.raises(ValueError, match="too small"):
-        conv_operator_fro_norm(nn.Conv2d(1, 1, 5), (3, 3))
+def test_cushions_agree_with_the_stability_meter():
+    """choose_k's mu and stabkern.layer_cushion measure the same quantity on the same data."""
+    model = trained_digits_net()
+    (x, _), _ = load_digits_tensors()
+    ours = layer_cushions(model, x[:100])
+    meter = stabkern.layer_cushion(model, x[:100])
+    for name, c in ours.items():
+        mu = c["mu"]
+        for q, value in (("min", mu.min()), ("median", torch.quantile(mu, 0.5)), ("max", mu.max())):
+            assert float(value) == pytest.approx(meter[name][q], rel=1e-5), (name, q)
 
 
 def test_linear_cushions_by_hand():
@@ -85,7 +59,7 @@ def test_conv_cushions_against_unfolded_patches(padding_mode):
         torch.testing.assert_close(c["nu"], az.norm(dim=1) / b.sqrt())
         assert c["n_out"] == 6 * 4 * 3
         if padding_mode == "zeros":
-            op = explicit_operator(conv, (7, 6)).norm()
+            op = opnorms.operator_matrix(conv, (4, 7, 6)).norm()
             torch.testing.assert_close(c["mu"], az.norm(dim=1) / (op * xd.flatten(1).norm(dim=1)))
         else:
             assert torch.isnan(c["mu"]).all()  # ||A||_F of a reflect-padded conv is not defined here

@@ -21,7 +21,8 @@ from torch import nn
 import stability_reference as ref
 from stabkern.digits import DigitsNet, load_digits_tensors, trained_digits_net
 from stabkern.models import VGG, resnet_cifar
-from stabkern.stability import noise_attenuation, opnorms
+from stabkern import opnorms
+from stabkern.stability import noise_attenuation
 from stabkern.stability.context import plan_chunks
 from stabkern.stability.graph import resolve_layers, trace_layers
 

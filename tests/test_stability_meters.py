@@ -20,8 +20,9 @@ from torch import nn
 import stabkern
 from stabkern.digits import DigitsNet
 from stabkern.models import resnet_cifar
+from stabkern import opnorms
 from stabkern.stability import (activation_contraction, interlayer_cushion, interlayer_smoothness, kernels,
-                                layer_cushion, measure, noise_attenuation, noise_sensitivity, opnorms)
+                                layer_cushion, measure, noise_attenuation, noise_sensitivity)
 from stabkern.stability.context import metering, prepare
 from stabkern.stability.meters import _jacobian_meters
 

@@ -2,14 +2,14 @@
 
 - `compress_model(model, k, mode=..., seed=...)` -> (compressed copy, CompressionReport)
 - `choose_k(model, data, eps, ...)` -> KChoice: per-layer k from the measured layer cushions
-- `layer_cushions`, `conv_operator_fro_norm`: the measurements choose_k is built on
+- `layer_cushions`: the measurements choose_k is built on
 - `sketchable_layers(model)`: (stream, name, module) of the layers, stream = index
 """
 
-from .choose_k import C_BERNSTEIN, KChoice, LayerChoice, choose_k, conv_operator_fro_norm, layer_cushions
+from .choose_k import C_BERNSTEIN, KChoice, LayerChoice, choose_k, layer_cushions
 from .model import compress_model, fold_batchnorm, measure_output_errors, sketchable_layers
 from .report import CompressionReport, LayerReport, OutputError
 
 __all__ = ["C_BERNSTEIN", "CompressionReport", "KChoice", "LayerChoice", "LayerReport", "OutputError", "choose_k",
-           "compress_model", "conv_operator_fro_norm", "fold_batchnorm", "layer_cushions", "measure_output_errors",
+           "compress_model", "fold_batchnorm", "layer_cushions", "measure_output_errors",
            "sketchable_layers"]

@@ -31,7 +31,7 @@ with P_o z the patches output channel o reads (for a Linear layer ||P_o z|| = ||
 per sample a failure probability <= eta. nu is the paper's layer cushion
 mu(z) = ||A z|| / (||A||_F ||z||) up to geometry: for a Linear layer in filter mode nu = mu
 exactly (B = ||A||_F^2 ||z||^2), in tensor mode nu = mu / sqrt(c_out); for a conv, ||A||_F
-counts every output position (`conv_operator_fro_norm`) and nu = mu ||A||_F ||z|| / sqrt(B).
+counts every output position (`stabkern.opnorms.frobenius`) and nu = mu ||A||_F ||z|| / sqrt(B).
 So k_i is proportional to 1 / (eps^2 mu_i^2) with a per-layer constant. k_i at or above the
 entries a sketch covers (n in tensor mode, m in filter mode) is no compression: that layer
 stays dense.
@@ -47,39 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import opnorms
 from ..nn import check_int, check_mode, conv_padding, row_length
 from .model import _linear_part, compress_model, fold_batchnorm, run_with_hooks, sketchable_layers
 from .report import CompressionReport
 
 C_BERNSTEIN = 16.0  # the constant C of the tail bound above (two-sided, log(2 / eta'))
-
-
-def conv_operator_fro_norm(conv: nn.Conv2d, input_hw: tuple[int, int]) -> float:
-    """||A||_F of a zero-padded Conv2d as a linear map on (c_in, H, W) inputs (bias excluded).
-
-    Row (o, p, q) of A holds the weights W[o, c, i, j] whose tap lands on a real (not padding)
-    input pixel; each weight appears in cnt_h(i) * cnt_w(j) rows, where cnt_h(i) counts the
-    output rows p with 0 <= p * stride - pad_top + i * dilation < H. Hence
-    ||A||_F^2 = sum_{i, j} cnt_h(i) cnt_w(j) sum_{o, c} W[o, c, i, j]^2 (groups only change which
-    inputs a filter reads, not how often each weight is used). Equals the Frobenius norm of the
-    explicit (c_out H_out W_out) x (c_in H W) matrix.
-    """
-    if conv.padding_mode != "zeros":
-        raise ValueError(f"the operator norm counts zero padding only; padding_mode={conv.padding_mode!r} folds "
-                         "padding onto image pixels")
-    top, bottom, left, right = conv_padding(conv.padding, conv.kernel_size, conv.dilation)
-    counts = []
-    for size, pad0, pad1, kernel, stride, dil in ((input_hw[0], top, bottom, conv.kernel_size[0], conv.stride[0],
-                                                   conv.dilation[0]),
-                                                  (input_hw[1], left, right, conv.kernel_size[1], conv.stride[1],
-                                                   conv.dilation[1])):
-        out = (size + pad0 + pad1 - dil * (kernel - 1) - 1) // stride + 1
-        if out <= 0:
-            raise ValueError(f"input {tuple(input_hw)} is too small for this conv (no output position)")
-        pos = torch.arange(out)[:, None] * stride - pad0 + torch.arange(kernel)[None, :] * dil
-        counts.append(((pos >= 0) & (pos < size)).sum(0).double())  # (kernel,)
-    tap_energy = conv.weight.detach().double().pow(2).sum(dim=(0, 1)).cpu()  # (kh, kw)
-    return math.sqrt(float((counts[0][:, None] * counts[1][None, :] * tap_energy).sum()))
 
 
 def _layer_sample_stats(module: nn.Module, z: torch.Tensor, out: torch.Tensor, mode: str) -> dict:
@@ -108,7 +81,7 @@ def _layer_sample_stats(module: nn.Module, z: torch.Tensor, out: torch.Tensor, m
     else:
         b = w.pow(2).sum() * (module.out_channels // g) * patch2.sum(1)
     if module.padding_mode == "zeros":
-        op = conv_operator_fro_norm(module, tuple(z.shape[-2:]))
+        op = opnorms.frobenius(module, tuple(z.shape[1:]))
         op2 = torch.full((rows,), op * op, dtype=torch.float64)
     else:
         op2 = torch.full((rows,), float("nan"), dtype=torch.float64)

@@ -4,7 +4,7 @@ Each bound has the form  L_0(f) <= L_hat_gamma(f) + O~( sqrt(capacity / m) )  fo
 margin gamma (L_hat_gamma: the fraction of samples with margin f(x)[y] - max_{k != y} f(x)[k] <= gamma).
 We report each `capacity` (an "effective number of parameters", as in the paper's Figure 4 bar chart),
 computed in log10 so products of many norms cannot overflow, beside the model's parameter count.
-d = number of metered layers; A^i their operators (opnorms.py; conv layers as operators on the whole
+d = number of metered layers; A^i their operators (stabkern/opnorms.py; conv layers as operators on the whole
 feature map, max-pools and ReLUs taken as the 1-Lipschitz maps they are, and a residual net treated as
 if its metered layers formed a chain). Constants and log factors hidden by O~ are dropped, as in the
 paper's chart.
@@ -36,6 +36,8 @@ import math
 
 import numpy as np
 import torch
+
+from .. import opnorms
 
 
 def margins(logits: torch.Tensor, labels: torch.Tensor | None = None) -> np.ndarray:
@@ -97,7 +99,6 @@ def bounds(*, layers, c: float, mu, mu_to, logits, data_stats: dict, gamma: floa
 
     data_stats: {"max_norm", "mean_sq_norm", "max_abs", "input_dim"} of the data.
     """
-    from . import opnorms
     spec, frob, l21, l1inf = [], [], [], []
     for layer in layers:
         row_sq, row_abs = opnorms.row_norms(layer.module, layer.in_shape)

@@ -1,7 +1,7 @@
 """The data-dependent quantities of Arora et al. (2018), section 4, measured per sample on a conv net.
 
 Notation (the paper's, on our layers): layer i (a Conv2d or Linear, forward order) has linear operator
-A^i (opnorms.py: the map on the whole feature map), input z^i (= phi(x^{i-1}) in the paper: whatever
+A^i (stabkern/opnorms.py: the map on the whole feature map), input z^i (= phi(x^{i-1}) in the paper: whatever
 the model feeds the layer) and output x^i (bias included). M^{i,j} maps x^i to x^j with every other
 input of later layers (skip connections from before layer i) held at its clean value; J^{i,j} is its
 Jacobian at x^i; h_i = dim x^i.
@@ -36,7 +36,8 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
 
-from . import kernels, opnorms
+from .. import opnorms
+from . import kernels
 from .context import (Prepared, check_finite, check_positive, check_seed, chunks, metering, plan_chunks,
                       precision_mode, prepare)
 from .graph import repeat_trials

@@ -1,4 +1,4 @@
-"""Operator norms of Conv2d/Linear layers (`stabkern.stability.opnorms`) against the explicit matrix.
+"""Operator norms of Conv2d/Linear layers (`stabkern.opnorms`) against the explicit matrix.
 
 The explicit matrix comes from the layer's own forward on basis vectors (torch's convolution), so the
 tap-mask formulas, the adjoint and the power iteration are each checked against an independent path.
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from stabkern.stability import opnorms
+from stabkern import opnorms
 
 CASES = [
     (lambda: nn.Linear(7, 5), (7,)),
@@ -23,8 +23,10 @@ CASES = [
     (lambda: nn.Conv2d(2, 3, 3, padding="same", bias=False), (2, 4, 4)),
     (lambda: nn.Conv2d(2, 3, 2, padding="valid"), (2, 3, 5)),
     (lambda: nn.Conv2d(1, 2, 5, stride=3, padding=2), (1, 4, 4)),  # taps fall outside at every position
+    (lambda: nn.Conv2d(1, 2, 4, padding="same"), (1, 5, 5)),  # asymmetric: the extra pixel bottom/right
+    (lambda: nn.Conv2d(2, 2, 3, padding=1), (2, 2, 2)),  # map smaller than the kernel span
 ]
-IDS = ["linear", "pad1", "stride2-dil2", "groups-rect", "same", "valid", "big-kernel"]
+IDS = ["linear", "pad1", "stride2-dil2", "groups-rect", "same", "valid", "big-kernel", "same-asymmetric", "tiny-map"]
 
 
 def _power_iteration_exact(a: torch.Tensor, in_shape, iters: int) -> float:
@@ -82,5 +84,5 @@ def test_unsupported_layers():
         opnorms.frobenius(nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular"), (1, 4, 4))
     with pytest.raises(ValueError, match="Conv2d and Linear"):
         opnorms.row_norms(nn.BatchNorm2d(3), (3, 4, 4))
-    with pytest.raises(ValueError, match="odd total padding"):
-        opnorms.frobenius(nn.Conv2d(1, 1, 2, padding="same"), (1, 4, 4))
+    with pytest.raises(ValueError, match="too small"):
+        opnorms.frobenius(nn.Conv2d(1, 1, 5), (1, 3, 3))

@@ -15,7 +15,8 @@ and Neyshabur et al. 2018 state their bounds for matrices; we give them the oper
 - ||A||_2 (spectral) by power iteration on A^T A with the exact adjoint (`torch.nn.grad.conv2d_input`),
   a lower estimate that rises to ||A||_2; `iters` steps, stopping early when it changes < tol.
 
-All are checked against the explicit matrix (`operator_matrix`) in tests/test_stability_opnorms.py.
+Used by the meters (cushions, bounds) and by `choose_k`; all are checked against the explicit
+matrix (`operator_matrix`) in tests/test_opnorms.py.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .nn import conv_padding
 
 
 def _check(module: nn.Module) -> None:
@@ -34,24 +37,19 @@ def _check(module: nn.Module) -> None:
         raise ValueError(f"operator norms are defined for Conv2d and Linear layers, not {type(module).__name__}")
 
 
-def _conv_padding(conv: nn.Conv2d, in_hw) -> tuple[int, int]:
-    """Explicit (pad_h, pad_w) of a Conv2d, resolving padding='same'/'valid' for this input size."""
-    if conv.padding == "valid":
-        return 0, 0
-    if conv.padding == "same":  # torch pads (total // 2) before; stride is 1 for 'same'
-        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
-        if any(t % 2 for t in total):
-            raise ValueError("padding='same' with an odd total padding (split unevenly by torch) is not supported")
-        return total[0] // 2, total[1] // 2
-    return tuple(conv.padding)
+def _padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """F.pad order (left, right, top, bottom) of a Conv2d's zero padding ('same' may be asymmetric)."""
+    top, bottom, left, right = conv_padding(conv.padding, conv.kernel_size, conv.dilation)
+    return left, right, top, bottom
 
 
 def _tap_mask(conv: nn.Conv2d, in_shape) -> torch.Tensor:
     """(kh kw, L) float mask: 1 where tap k lands inside the image at output position p."""
     _, h, w = in_shape
-    ones = torch.ones(1, 1, h, w, dtype=conv.weight.dtype, device=conv.weight.device)
-    return F.unfold(ones, conv.kernel_size, dilation=conv.dilation, padding=_conv_padding(conv, (h, w)),
-                    stride=conv.stride)[0]
+    ones = F.pad(torch.ones(1, 1, h, w, dtype=conv.weight.dtype, device=conv.weight.device), _padding(conv))
+    if any(size < d * (k - 1) + 1 for size, d, k in zip(ones.shape[-2:], conv.dilation, conv.kernel_size)):
+        raise ValueError(f"input {(h, w)} is too small for this conv (no output position)")
+    return F.unfold(ones, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)[0]
 
 
 def row_norms(module: nn.Module, in_shape) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +73,7 @@ def apply(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A x: the layer without its bias. x: (N, *in_shape)."""
     if isinstance(module, nn.Linear):
         return F.linear(x, module.weight)
-    return F.conv2d(x, module.weight, None, module.stride, _conv_padding(module, x.shape[-2:]), module.dilation,
+    return F.conv2d(F.pad(x, _padding(module)), module.weight, None, module.stride, 0, module.dilation,
                     module.groups)
 
 
@@ -83,8 +81,11 @@ def apply_adjoint(module: nn.Module, y: torch.Tensor, in_shape) -> torch.Tensor:
     """A^T y. y: (N, *out_shape) -> (N, *in_shape)."""
     if isinstance(module, nn.Linear):
         return y @ module.weight
-    return torch.nn.grad.conv2d_input((y.shape[0], *in_shape), module.weight, y, module.stride,
-                                      _conv_padding(module, in_shape[-2:]), module.dilation, module.groups)
+    left, right, top, bottom = _padding(module)
+    c, h, w = in_shape
+    padded = torch.nn.grad.conv2d_input((y.shape[0], c, h + top + bottom, w + left + right), module.weight, y,
+                                        module.stride, 0, module.dilation, module.groups)
+    return padded[..., top:top + h, left:left + w]
 
 
 def spectral(module: nn.Module, in_shape, iters: int = 500, tol: float = 1e-9, seed: int = 0) -> float:
