@@ -59,7 +59,7 @@ def attenuation_reference(model: nn.Module, x: torch.Tensor, *, alpha: float, tr
     layers = layers_in_forward_order(model, x)
     n, num = x.shape[0], len(layers)
     r = torch.full((trials, n, num, num), float("nan"), dtype=torch.float64)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=x.device).manual_seed(seed)  # noise drawn where the data is (a GPU baseline)
     with torch.no_grad():
         clean_in, clean_out = _record(model, x, layers)
         for i, target in enumerate(layers):
@@ -67,8 +67,9 @@ def attenuation_reference(model: nn.Module, x: torch.Tensor, *, alpha: float, tr
             for t in range(trials):
                 if spec_noise:
                     eta = gaussian_reference(seed, i, torch.arange(n), torch.full((n,), t), x_in[0].numel())
+                    eta = eta.to(x.device)
                 else:
-                    eta = torch.randn(n, x_in[0].numel(), generator=gen, dtype=torch.float64)
+                    eta = torch.randn(n, x_in[0].numel(), generator=gen, dtype=torch.float64, device=x.device)
                 eta = eta * (alpha * x_in.flatten(1).double().norm(dim=1) / eta.norm(dim=1))[:, None]
                 if x_in.dim() == 4:  # the spec orders a (C, H, W) sample's elements as (h, w, c)
                     _, c, h, w = x_in.shape
