@@ -5,15 +5,15 @@ chunks and use matmuls (coefficients = S a, A_hat = S^T c / k), same shapes and 
 same run. Ceiling: the sign ops alone (`sign_project` then `sign_reconstruct` on the same
 shapes, no model handling): compress_model cannot beat the kernels it calls. Rates are
 sign-MACs per second, 2 k m per sketched vector (projection plus reconstruction); times are
-medians.
+medians. Every case gives three rows (compress_model, baseline, ceiling) in
+benchmarks/results/compress-<date>.json (see conftest.py); a shape is (layers, weights) for a
+whole model and the weight's shape for one layer.
 
     PYTHONPATH=. python -m pytest benchmarks/bench_compress.py -s   (GPU cases skip without CUDA)
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 import warnings
 
 import pytest
@@ -24,22 +24,6 @@ from stabkern.compress import compress_model, sketchable_layers
 from stabkern.digits import trained_digits_net
 from stabkern.models import vgg19_cifar
 from stabkern.nn import NoCompressionWarning
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_seconds(fn, device, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def materialized_sketch(rows: torch.Tensor, k: int, chunk_elems: int = 1 << 26) -> torch.Tensor:
@@ -95,45 +79,66 @@ def _layer_rows(model, ks, mode):
     return out
 
 
-def _model_case(benchmark, label, model, ks, mode, device, backend, rounds, baseline_layers=None):
+def _sign_macs(layers) -> float:
+    return sum(2.0 * rows.shape[0] * rows.shape[1] * k for _, rows, k in layers)
+
+
+def _model_case(benchmark, bench_report, bench_time, label, model, ks, mode, device, backend, rounds,
+                baseline_layers=None):
+    """Rows for compress_model(model, ks) on `backend`, the sign ops alone and the materialized baseline.
+
+    baseline_layers: indices (into the compressed layers) the baseline is timed on, when the whole
+    model would take too long; its rate per sign-MAC is then that of those layers. The baseline does
+    not depend on the backend, so a case timed for one backend is not timed again for the next.
+    """
     model = model.to(device)
     layers = _layer_rows(model, ks, mode)
-    sign_macs = sum(2.0 * rows.shape[0] * rows.shape[1] * k for _, rows, k in layers)
+    weights = [m.weight for _, name, m in sketchable_layers(model) if name in ks]
+    shape = weights[0].shape if len(weights) == 1 else (len(weights), sum(w.numel() for w in weights))
+    cuda = device.type == "cuda"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoCompressionWarning)  # k > n on the smallest layers, by design
-        compress_model(model, ks, mode=mode, seed=0, backend=backend)  # warm-up
-        benchmark.pedantic(lambda: compress_model(model, ks, mode=mode, seed=0, backend=backend), rounds=rounds,
-                           iterations=1)
-    t_stabkern = benchmark.stats.stats.median
-    t_ceiling = median_seconds(lambda: [sign_ops_only(r, k, s, backend) for s, r, k in layers], device, rounds)
-    base = layers if baseline_layers is None else [layers[i] for i in baseline_layers]
-    t_base = median_seconds(lambda: [materialized_sketch(r, k) for _, r, k in base], device, rounds)
-    if baseline_layers is not None:  # the baseline ran on a subset: compare per sign-MAC
-        base_macs = sum(2.0 * r.shape[0] * r.shape[1] * k for _, r, k in base)
-        t_base = t_base * sign_macs / base_macs
-        label += f" (baseline timed on layers {baseline_layers}, scaled by sign-MACs)"
-    report(benchmark, label, sign_macs, t_stabkern, t_ceiling, t_base)
+        t_stabkern = bench_time(lambda: compress_model(model, ks, mode=mode, seed=0, backend=backend), rounds=rounds,
+                                warmup=1, cuda=cuda, benchmark=benchmark)
+    if t_stabkern is None:
+        return
+    report = bench_report("compress")
+    common = dict(shape=shape, dtype=torch.float32, device=device.type, unit="sign-MAC/s", mode=mode,
+                  baseline=f"{label}: materialized", ceiling=f"{label}: sign ops [{backend}]")
+    t_ops = bench_time(lambda: [sign_ops_only(r, k, s, backend) for s, r, k in layers], rounds=rounds, warmup=0,
+                       cuda=cuda)
+    report.add(label, backend=f"sign ops only [{backend}]", median_s=t_ops, work=_sign_macs(layers),
+               key=common["ceiling"], **common)
+    if report.row(common["baseline"]) is None:
+        base = layers if baseline_layers is None else [layers[i] for i in baseline_layers]
+        t_base = bench_time(lambda: [materialized_sketch(r, k) for _, r, k in base], rounds=rounds, warmup=0,
+                            cuda=cuda)
+        on = {} if baseline_layers is None else {"baseline_on_layers": baseline_layers}
+        report.add(label, backend="torch materialized", median_s=t_base, work=_sign_macs(base),
+                   key=common["baseline"], **on, **common)
+    report.add(label, backend=f"compress_model [{backend}]", median_s=t_stabkern, work=_sign_macs(layers), **common)
 
 
 # --------------------------------------------------------------------------- CPU
 
 
 @pytest.mark.parametrize("mode,fraction", [("tensor", 0.25), ("filter", 0.25)])
-def test_cpu_digits_net(benchmark, mode, fraction):
-    """Every layer of the trained digits net, k = f * m per layer (about 4x fewer numbers)."""
+def test_cpu_digits_net(benchmark, bench_report, bench_time, mode, fraction):
+    """Every layer of the trained digits net, k = f m per layer, m the numbers sketched together (about 4x fewer)."""
     model = trained_digits_net()
     ks = {name: max(1, round(fraction * (m.weight.numel() if mode == "tensor" else m.weight[0].numel())))
           for _, name, m in sketchable_layers(model)}
-    _model_case(benchmark, f"cpu digits net {mode} f={fraction}", model, ks, mode, torch.device("cpu"), "auto", 3)
+    _model_case(benchmark, bench_report, bench_time, f"digits net {mode} k={fraction}m", model, ks, mode,
+                torch.device("cpu"), "auto", 3)
 
 
 @pytest.mark.parametrize("mode,k", [("tensor", 1024), ("filter", 256)])
-def test_cpu_vgg_layer(benchmark, mode, k):
-    """One VGG-19 conv (256 -> 128 channels, 3x3; n = 294,912) from a seeded random init."""
+def test_cpu_vgg_layer(benchmark, bench_report, bench_time, mode, k):
+    """One VGG-19 conv (128 -> 256 channels, 3x3; n = 294,912) from a seeded random init."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(128, 256, 3, padding=1))
-    _model_case(benchmark, f"cpu VGG conv 128->256 {mode} k={k}", model, {"0": k}, mode, torch.device("cpu"),
-                "auto", 3)
+    _model_case(benchmark, bench_report, bench_time, f"VGG conv 128->256 {mode} k={k}", model, {"0": k}, mode,
+                torch.device("cpu"), "auto", 3)
 
 
 # --------------------------------------------------------------------------- GPU
@@ -141,7 +146,7 @@ def test_cpu_vgg_layer(benchmark, mode, k):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
-def test_gpu_vgg19_tensor_k1e5(benchmark, backend):
+def test_gpu_vgg19_tensor_k1e5(benchmark, bench_report, bench_time, backend):
     """Every conv and Linear of VGG-19 (CIFAR shape, 20.0 M weights), tensor mode, k = 10^5 per layer."""
     device = torch.device("cuda")
     try:
@@ -153,5 +158,5 @@ def test_gpu_vgg19_tensor_k1e5(benchmark, backend):
     ks = {name: 100_000 for _, name, _ in sketchable_layers(model)}
     # the materialized baseline on one 512 x 512 x 3 x 3 layer (the whole net would take minutes)
     last_conv = [i for i, (_, name, m) in enumerate(sketchable_layers(model)) if isinstance(m, torch.nn.Conv2d)][-1]
-    _model_case(benchmark, f"gpu {torch.cuda.get_device_name()} VGG-19 tensor k=1e5 [{backend}]", model, ks,
-                "tensor", device, backend, 3, baseline_layers=[last_conv])
+    _model_case(benchmark, bench_report, bench_time, "VGG-19 tensor k=1e5", model, ks, "tensor", device, backend, 3,
+                baseline_layers=[last_conv])

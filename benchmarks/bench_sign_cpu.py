@@ -1,6 +1,6 @@
 """CPU sign kernels (`stabkern._cpu`, called through the public ops with backend="cpu") against
 what users get without stabkern. Rates are sign-MACs per second (rows * n * k per call); times
-are medians.
+are medians. Results: benchmarks/results/sign-cpu-<date>.json (see conftest.py).
 
 Baseline, measured in the same run: numpy as a user would write it: draw the signs in chunks of
 rows of S (np.random.Generator(np.random.Philox(seed)).integers(0, 2, int8) -> float32, 2 s - 1,
@@ -12,6 +12,7 @@ Ceiling: the shuffle-port bound of the table-lookup method: one vpermps per cycl
 ceiling = threads x clock x 64 (or 24), with the clock measured by conftest.cpu_clock_ghz (scalar,
 one core: an upper bound for vector code). Philox, shifts and adds compete for the other ports, so
 the GEMV form cannot reach it; the figure says how much of the machine's shuffle unit is used.
+The numpy rows are set against the best ISA's bound at their thread count.
 
 Cases: GEMV projection and reconstruction at n = 512*512*9 = 2,359,296, k = 256 (the acceptance
 case) with 1 and 2 threads (torch.set_num_threads; the cpu backend uses torch.get_num_threads()),
@@ -38,7 +39,6 @@ GEMM = dict(rows=512, n=4608, k=4096)
 GEMV_BASELINE_K = 16
 SIGN_MACS_PER_VPERMPS = {"avx512": 64, "avx2": 24}
 SEED = 2024
-BASELINE_RATES: dict[str, float] = {}
 RATES: dict[tuple, float] = {}
 
 
@@ -70,10 +70,6 @@ def numpy_reconstruct(y: np.ndarray, n: int, seed: int) -> np.ndarray:
     return out / k
 
 
-def _median(benchmark) -> float | None:
-    return None if benchmark.disabled else benchmark.stats.stats.median
-
-
 @pytest.fixture
 def threads():
     """Restores torch's thread count after a case changes it."""
@@ -91,7 +87,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_baseline_numpy(benchmark, bench_report, threads, case):
+def test_baseline_numpy(benchmark, bench_report, bench_time, cpu_clock, threads, case):
     shape, op = CASES[case]
     rows, n, k = shape["rows"], shape["n"], shape["k"]
     if rows == 1:
@@ -100,16 +96,14 @@ def test_baseline_numpy(benchmark, bench_report, threads, case):
     rng = np.random.default_rng(0)
     if op == "project":
         x = rng.standard_normal((rows, n), dtype=np.float32)
-        benchmark.pedantic(numpy_project, args=(x, k, SEED), rounds=3, iterations=1, warmup_rounds=0)
+        fn = lambda: numpy_project(x, k, SEED)  # noqa: E731
     else:
         y = rng.standard_normal((rows, k), dtype=np.float32)
-        benchmark.pedantic(numpy_reconstruct, args=(y, n, SEED), rounds=3, iterations=1, warmup_rounds=0)
-    median = _median(benchmark)
-    if median is not None:
-        row = bench_report("cpu").add(case, shape=(rows, n, k), dtype=torch.float32, backend="numpy materialized",
-                                      median_s=median, work=rows * n * k, threads=torch.get_num_threads(),
-                                      isa="-")
-        BASELINE_RATES[case] = row["rate"]
+        fn = lambda: numpy_reconstruct(y, n, SEED)  # noqa: E731
+    median = bench_time(fn, rounds=3, warmup=0, benchmark=benchmark)
+    n_threads = torch.get_num_threads()
+    _add(bench_report, cpu_clock, case, "numpy materialized", median, (rows, n, k), n_threads, isa="-",
+         key=f"numpy {case}")
 
 
 def _isas():
@@ -120,7 +114,7 @@ def _isas():
 @pytest.mark.parametrize("n_threads", (1, 2))
 @pytest.mark.parametrize("isa", _isas())
 @pytest.mark.parametrize("case", list(CASES))
-def test_stabkern_cpu(benchmark, bench_report, cpu_clock, threads, monkeypatch, case, isa, n_threads):
+def test_stabkern_cpu(benchmark, bench_report, bench_time, cpu_clock, threads, monkeypatch, case, isa, n_threads):
     shape, op = CASES[case]
     rows, n, k = shape["rows"], shape["n"], shape["k"]
     if isa != _cpu.available_isas()[-1] and rows > 1:
@@ -136,21 +130,30 @@ def test_stabkern_cpu(benchmark, bench_report, cpu_clock, threads, monkeypatch, 
     else:
         y = torch.randn(rows, k, generator=gen)
         fn = lambda: stabkern.sign_reconstruct(y, n, seed=SEED, backend="cpu")  # noqa: E731
-    benchmark.pedantic(fn, rounds=7 if rows == 1 else 5, iterations=1, warmup_rounds=1)
-    median = _median(benchmark)
-    if median is None:
+    median = bench_time(fn, rounds=7 if rows == 1 else 5, warmup=1, benchmark=benchmark)
+    row = _add(bench_report, cpu_clock, case, "stabkern cpu", median, (rows, n, k), n_threads, isa=isa)
+    if row is None:
         return
-    clock = cpu_clock["ghz"]
-    ceiling = n_threads * clock * SIGN_MACS_PER_VPERMPS[isa] if clock and isa in SIGN_MACS_PER_VPERMPS else None
-    report = bench_report("cpu")
-    row = report.add(case, shape=(rows, n, k), dtype=torch.float32, backend="stabkern cpu", median_s=median,
-                     work=rows * n * k, baseline_rate=BASELINE_RATES.get(case), ceiling_rate=ceiling,
-                     threads=n_threads, isa=isa)
+    report = bench_report("sign-cpu")
     RATES[(case, isa, n_threads)] = row["rate"]
     one = RATES.get((case, isa, 1))
     if n_threads == 2 and one:
         report.notes[f"scaling 1 -> 2 threads, {case}, {isa}"] = f"{row['rate'] / one:.2f}x"
-    report.notes["ceiling"] = ("threads x clock x sign-MACs per vpermps (64 AVX-512, 24 AVX2); clock "
-                               f"{clock} GHz: {cpu_clock['how']}")
+
+
+def _add(bench_report, cpu_clock, case, backend, median, shape, n_threads, isa, key=None):
+    """One row of sign-cpu: baseline numpy at the same case, ceiling the shuffle-port bound at n_threads."""
+    rows, n, k = shape
+    clock = cpu_clock["ghz"]
+    bound_isa = isa if isa in SIGN_MACS_PER_VPERMPS else _cpu.available_isas()[-1]
+    per_cycle = SIGN_MACS_PER_VPERMPS.get(bound_isa)
+    ceiling = n_threads * clock * 1e9 * per_cycle if clock and per_cycle else None
+    report = bench_report("sign-cpu")
+    report.notes["ceiling"] = ("threads x clock x sign-MACs per vpermps (64 AVX-512, 24 AVX2; the best ISA here "
+                               f"for the numpy rows); clock {clock} GHz: {cpu_clock['how']}")
     report.notes["baseline"] = (f"numpy Philox int8 -> float32 sign chunks + matmul; GEMV baseline at k = "
                                 f"{GEMV_BASELINE_K}")
+    return report.add(case, shape=shape, dtype=torch.float32, device="cpu", backend=backend, median_s=median,
+                      work=rows * n * k, unit="sign-MAC/s", key=key, baseline=f"numpy {case}",
+                      ceiling=f"vpermps bound {bound_isa}" if ceiling else None, ceiling_rate=ceiling,
+                      threads=n_threads, isa=isa)

@@ -1,34 +1,28 @@
 """GPU benchmarks of the sign kernels: GEMV, GEMM and scale, each backend and precision mode.
 
 Run (GPU): STABKERN_BENCH_OUT=/some/dir python -m pytest benchmarks/bench_sign_gpu.py -s
-Every case skips without a GPU. Results: printed per case and as a table at the end, and written as
-JSON (GPU name, driver, torch/Triton versions, git revision, every case, the measured rule for
-backend="auto") to $STABKERN_BENCH_OUT, else $OUT, else benchmarks/results/, as bench_sign_gpu.json.
+Every case skips without a GPU. Results: one row per case (and per baseline), printed as measured and
+as a table at the end, and written with the machine (GPU name, SMs, driver, CUDA, torch/Triton
+versions, git revision) and the measured rule for backend="auto" (notes) to
+$STABKERN_BENCH_OUT, else benchmarks/results/, as sign-gpu-<date>.json (see conftest.py).
 
-Rates are sign-MACs per second (T = 10^12): a sign-MAC is one multiply-add with one sign of S, so
-projection and reconstruction of (rows, n) with k rows of S do rows * n * k of them; GEMM cases also
-give TFLOP/s (2 per MAC) to compare with cuBLAS. Baselines and ceilings are measured in the same run:
+Rates are sign-MACs per second: a sign-MAC is one multiply-add with one sign of S, so projection
+and reconstruction of (rows, n) with k rows of S do rows * n * k of them; GEMM rows also give TFLOP/s
+(2 per MAC) to compare with cuBLAS. Baselines and ceilings are measured in the same run:
 
-- GEMV (n = 2,359,296, k = 4096, float32, one row): baseline "torch": materialize chunks of a sign
-  matrix (torch.randint) and matmul, what users do without stabkern (DESIGN.md s6); ceiling: the
-  CUDA-core ALU estimate, SMs x SM clock x 128 lanes / 3 instructions per sign (shift, LOP3, FADD).
-  Target >= 10 T sign-MAC/s.
-- GEMM (512 x 4608, k = 4096 and 16384): ceiling and baseline cuBLAS bf16 on a materialized sign
-  matrix of the same shape (target >= 90% of it for "medium"); baseline cuBLAS float32 without TF32
-  (target >= 2x for "highest").
-- scale: sign_compress of n = 2,359,296 with k = 10^6.
+- GEMV (n = 2,359,296, k = 4096, float32, one row): baseline "torch materialized": materialize chunks
+  of a sign matrix (torch.randint) and matmul, what users do without stabkern (DESIGN.md s6); ceiling:
+  the CUDA-core ALU estimate, SMs x max SM clock x 128 lanes / 3 instructions per sign (shift, LOP3,
+  FADD). Target >= 10 T sign-MAC/s.
+- GEMM (512 x 4608, k = 4096 and 16384): ceiling cuBLAS bf16 on a materialized sign matrix of the same
+  shape (target >= 90% of it for "medium"); baseline cuBLAS float32 without TF32 for "highest"
+  (target >= 2x), cuBLAS bf16 for "high" and "medium".
+- scale: sign_compress of n = 2,359,296 with k = 10^6; baseline the GEMV torch rate (per sign-MAC,
+  projection), ceiling the ALU estimate.
 Times are medians of CUDA-synchronized rounds (several launches per round for short kernels).
 """
 
 from __future__ import annotations
-
-import json
-import os
-import platform
-import statistics
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -44,42 +38,7 @@ GEMM_KS = (4096, 16384)
 SCALE_K = 1_000_000
 SEED = 0x5EED_0000_1234_5678
 PRECISIONS = ("highest", "high", "medium")
-
-_CASES: list[dict] = []
-_BASELINES: dict[str, float] = {}
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _sync_time(fn, rounds: int, inner: int) -> float:
-    """Median seconds per call of fn over `rounds` rounds of `inner` calls, each round synchronized."""
-    times = []
-    for _ in range(rounds):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) / inner)
-    return statistics.median(times)
-
-
-def _bench(benchmark, fn, rounds: int, inner: int) -> float:
-    """Time fn with pytest-benchmark (median of synchronized rounds); seconds per call."""
-
-    def run():
-        for _ in range(inner):
-            fn()
-        torch.cuda.synchronize()
-
-    fn()  # compile / load, outside the timing
-    torch.cuda.synchronize()
-    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
-    stats = getattr(benchmark, "stats", None)
-    if stats is None or getattr(stats, "stats", None) is None:  # --benchmark-disable
-        return _sync_time(fn, rounds, inner)
-    return stats.stats.median / inner
+UNIT = "sign-MAC/s"
 
 
 def _available(backend: str) -> str | None:
@@ -87,114 +46,38 @@ def _available(backend: str) -> str | None:
     return b.missing() or b.refuses(torch.device("cuda"), torch.float32)
 
 
-def _sm_clock_hz() -> tuple[float, str]:
-    """The SM clock for the ALU estimate: NVML's maximum SM clock, else the H100 SXM boost clock."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
-        return pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM) * 1e6, "nvml max SM clock"
-    except Exception:  # noqa: BLE001 - any NVML trouble: fall back to the data-sheet figure
-        return 1.98e9, "assumed 1980 MHz (H100 SXM boost)"
+def _alu_ceiling(gpu: dict) -> float:
+    """CUDA-core estimate in sign-MAC/s: SMs x max SM clock x 128 lanes / 3 instructions per sign."""
+    return gpu["sms"] * gpu["sm_clock_mhz"] * 1e6 * 128 / 3
 
 
-def _alu_ceiling() -> float:
-    """CUDA-core estimate in sign-MAC/s: SMs x clock x 128 lanes / 3 instructions per sign."""
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    return sms * _sm_clock_hz()[0] * 128 / 3
+def _report(bench_report, gpu):
+    report = bench_report("sign-gpu")
+    report.notes["alu_estimate"] = f"{gpu['sms']} SMs x {gpu['sm_clock_mhz']} MHz ({gpu['sm_clock_how']}) x 128 / 3"
+    return report
 
 
-def _record(kind: str, op: str, backend: str, precision: str, shape: tuple, dtype: str, seconds: float, macs: float,
-            baseline: str | None = None, ceiling: str | None = None, ceiling_rate: float | None = None,
-            **extra) -> dict:
-    rate = macs / seconds
-    base_rate = _BASELINES.get(baseline) if baseline else None
-    ceil_rate = ceiling_rate if ceiling_rate is not None else (_BASELINES.get(ceiling) if ceiling else None)
-    case = dict(kind=kind, op=op, backend=backend, precision=precision, shape=list(shape), dtype=dtype,
-                time_ms=seconds * 1e3, rate_tmacs=rate / 1e12, tflops=2 * rate / 1e12,
-                baseline=baseline, baseline_tmacs=base_rate / 1e12 if base_rate else None,
-                speedup=rate / base_rate if base_rate else None, ceiling=ceiling,
-                ceiling_tmacs=ceil_rate / 1e12 if ceil_rate else None,
-                pct_of_ceiling=100 * rate / ceil_rate if ceil_rate else None, **extra)
-    _CASES.append(case)
-    print(_line(case), flush=True)
-    return case
-
-
-def _fmt(v, spec):
-    return "-" if v is None else format(v, spec)
-
-
-def _line(c: dict) -> str:
-    return (f"{c['kind']:5} {c['op']:11} {c['backend']:7} {c['precision']:8} {str(tuple(c['shape'])):26} "
-            f"{c['dtype']:8} {c['time_ms']:10.3f} ms {c['rate_tmacs']:8.3f} T/s  base {_fmt(c['baseline_tmacs'], '8.3f')}"
-            f"  x{_fmt(c['speedup'], '7.2f')}  {_fmt(c['pct_of_ceiling'], '6.1f')}% of {c['ceiling'] or '-'}")
-
-
-def _out_dir() -> Path:
-    return Path(os.environ.get("STABKERN_BENCH_OUT") or os.environ.get("OUT") or Path(__file__).parent / "results")
-
-
-def _meta() -> dict:
-    props = torch.cuda.get_device_properties(0)
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        rev = ""
-    try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=30).stdout.strip()
-    except OSError:
-        driver = ""
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    return dict(gpu=props.name, sms=props.multi_processor_count, driver=driver or None, torch=torch.__version__,
-                cuda=torch.version.cuda, triton=triton_version, git_revision=rev or os.environ.get("STABKERN_GIT_REV"),
-                python=platform.python_version(), sm_clock=_sm_clock_hz()[1],
-                time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-
-
-def _auto_rule(cases: list[dict]) -> dict:
-    """Faster backend per form and op at the default precision, from this run's cases."""
+def _update_auto_rule(report) -> None:
+    """notes["auto_rule"]: the faster backend per form and op at the default precision, from this run's rows."""
     rule = {}
     for kind in ("gemv", "gemm"):
         for op in ("project", "reconstruct"):
-            times = {c["backend"]: c["time_ms"] for c in cases
-                     if c["kind"] == kind and c["op"] == op and c["precision"] == "highest"
-                     and c["backend"] in ("cuda", "triton") and not c.get("forced_form")
-                     and (kind == "gemv" or c["shape"][2] == GEMM_KS[0])}
+            times = {r["backend"]: 1e3 * r["median_s"] for r in report.rows
+                     if r["case"] == f"{kind} {op}" and r.get("precision") == "highest"
+                     and r["backend"] in ("cuda", "triton") and not r.get("forced_form")
+                     and (kind == "gemv" or r["shape"][2] == GEMM_KS[0])}
             if times:
-                best = min(times, key=times.get)
-                rule[f"{kind}_{op}"] = dict(faster=best, time_ms=times)
-    return rule
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _write_results():
-    yield
-    if not torch.cuda.is_available():
-        return
-    out = _out_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    doc = dict(meta=_meta(), baselines_tmacs={k: v / 1e12 for k, v in _BASELINES.items()}, cases=_CASES,
-               auto_rule=_auto_rule(_CASES))
-    (out / "bench_sign_gpu.json").write_text(json.dumps(doc, indent=1))
-    print(f"\nauto rule: {json.dumps(doc['auto_rule'])}\nwrote {out / 'bench_sign_gpu.json'}", flush=True)
+                rule[f"{kind}_{op}"] = dict(faster=min(times, key=times.get), time_ms=times)
+    report.notes["auto_rule"] = rule
 
 
 # --------------------------------------------------------------------------- baselines (same run)
 
 
-def _gemv_torch_baseline(op: str) -> float:
-    """Sign-MAC/s of torch materialize-and-matmul for the GEMV shape (chunks of 256 rows of S)."""
-    key = f"torch_gemv_{op}"
-    if key not in _BASELINES:
+def _gemv_torch_baseline(report, bench_time, gpu, op: str) -> str:
+    """Row (key returned) of torch materialize-and-matmul for the GEMV shape (chunks of 256 rows of S)."""
+    key = f"torch gemv {op}"
+    if report.row(key) is None:
         x = torch.randn(1, GEMV_N, device="cuda")
         y = torch.randn(1, GEMV_K, device="cuda")
         chunk = 256
@@ -209,27 +92,35 @@ def _gemv_torch_baseline(op: str) -> float:
                     out += y[:, t:t + chunk] @ s
             return out
 
-        run()
-        _BASELINES[key] = GEMV_N * GEMV_K / _sync_time(run, rounds=3, inner=1)
-    return _BASELINES[key]
+        report.add(f"gemv {op}", shape=(1, GEMV_N, GEMV_K), dtype="float32", device="cuda",
+                   backend="torch materialized", median_s=bench_time(run, rounds=3, warmup=1, cuda=True),
+                   work=GEMV_N * GEMV_K, unit=UNIT, key=key, baseline=key, ceiling="alu_estimate",
+                   ceiling_rate=_alu_ceiling(gpu))
+    return key
 
 
-def _gemm_cublas_baselines(op: str, k: int) -> tuple[str, str]:
-    """cuBLAS bf16 and float32 (no TF32) on a materialized sign matrix of the GEMM shape."""
-    bf16_key, f32_key = f"cublas_bf16_{op}_k{k}", f"cublas_f32_{op}_k{k}"
-    if bf16_key not in _BASELINES:
+def _gemm_cublas_baselines(report, bench_time, op: str, k: int) -> tuple[str, str]:
+    """Rows (keys returned) of cuBLAS bf16 and float32 (no TF32) on a materialized sign matrix of the GEMM shape."""
+    bf16_key, f32_key = f"cublas bf16 gemm {op} k={k}", f"cublas f32 gemm {op} k={k}"
+    if report.row(bf16_key) is None:
         s = torch.randint(0, 2, (k, GEMM_N), device="cuda", dtype=torch.int8).float().mul_(2).sub_(1)
         a = torch.randn(GEMM_ROWS, GEMM_N if op == "project" else k, device="cuda")
         rhs = s.T.contiguous() if op == "project" else s  # (n, k) or (k, n)
         macs = GEMM_ROWS * GEMM_N * k
         a16, r16 = a.bfloat16(), rhs.bfloat16()
-        _BASELINES[bf16_key] = macs / _sync_time(lambda: a16 @ r16, rounds=10, inner=10)
+        common = dict(shape=(GEMM_ROWS, GEMM_N, k), device="cuda", work=macs, unit=UNIT, ceiling=bf16_key)
+        t16 = bench_time(lambda: a16 @ r16, rounds=10, inner=10, warmup=1, cuda=True)
         tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False
         try:
-            _BASELINES[f32_key] = macs / _sync_time(lambda: a @ rhs, rounds=5, inner=5)
+            t32 = bench_time(lambda: a @ rhs, rounds=5, inner=5, warmup=1, cuda=True)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = tf32
+        for row in (report.add(f"gemm {op}", dtype="bfloat16", backend="cublas bf16", median_s=t16, key=bf16_key,
+                               baseline=bf16_key, **common),
+                    report.add(f"gemm {op}", dtype="float32", backend="cublas f32", median_s=t32, key=f32_key,
+                               baseline=f32_key, **common)):
+            row["tflops"] = 2 * row["rate"] / 1e12
     return bf16_key, f32_key
 
 
@@ -260,11 +151,12 @@ GEMV_CASES = [(op, backend, precision, form) for op in ("project", "reconstruct"
 
 
 @pytest.mark.parametrize("op,backend,precision,form", GEMV_CASES)
-def test_gemv(benchmark, op, backend, precision, form):
+def test_gemv(benchmark, bench_report, bench_time, gpu, op, backend, precision, form):
     reason = _available(backend)
     if reason:
         pytest.skip(reason)
-    base = _gemv_torch_baseline(op)
+    report = _report(bench_report, gpu)
+    base = _gemv_torch_baseline(report, bench_time, gpu, op)
     a = torch.randn(1, GEMV_N if op == "project" else GEMV_K, device="cuda")
     plan = None
     if form:
@@ -274,10 +166,13 @@ def test_gemv(benchmark, op, backend, precision, form):
                 cuda_sign.plan_reconstruct(1, GEMV_N, GEMV_K, torch.float32, "medium", a.device))
         assert plan.form == form
     fn = _call(op, backend, a, GEMV_K, GEMV_N, precision, plan)
-    seconds = _bench(benchmark, fn, rounds=10, inner=3)
-    _record("gemv", op, backend, precision, (1, GEMV_N, GEMV_K), "float32", seconds, GEMV_N * GEMV_K,
-            baseline=f"torch_gemv_{op}", ceiling="alu_estimate", ceiling_rate=_alu_ceiling(), target_tmacs=10.0,
-            forced_form=form, torch_baseline_tmacs=base / 1e12)
+    row = report.add(f"gemv {op}", shape=(1, GEMV_N, GEMV_K), dtype="float32", device="cuda", backend=backend,
+                     median_s=bench_time(fn, rounds=10, inner=3, warmup=1, cuda=True, benchmark=benchmark),
+                     work=GEMV_N * GEMV_K, unit=UNIT, baseline=base, ceiling="alu_estimate",
+                     ceiling_rate=_alu_ceiling(gpu), precision=precision, forced_form=form, target="10T sign-MAC/s")
+    if row:
+        row["meets_target"] = row["rate"] >= 10e12
+        _update_auto_rule(report)
 
 
 GEMM_CASES = [(op, backend, precision, k) for k in GEMM_KS for op in ("project", "reconstruct")
@@ -285,31 +180,39 @@ GEMM_CASES = [(op, backend, precision, k) for k in GEMM_KS for op in ("project",
 
 
 @pytest.mark.parametrize("op,backend,precision,k", GEMM_CASES)
-def test_gemm(benchmark, op, backend, precision, k):
+def test_gemm(benchmark, bench_report, bench_time, gpu, op, backend, precision, k):
     reason = _available(backend)
     if reason:
         pytest.skip(reason)
-    bf16_key, f32_key = _gemm_cublas_baselines(op, k)
+    report = _report(bench_report, gpu)
+    bf16_key, f32_key = _gemm_cublas_baselines(report, bench_time, op, k)
     a = torch.randn(GEMM_ROWS, GEMM_N if op == "project" else k, device="cuda")
     fn = _call(op, backend, a, k, GEMM_N, precision)
-    seconds = _bench(benchmark, fn, rounds=10, inner=10)
-    shape = (GEMM_ROWS, GEMM_N, k)
-    target = dict(medium=("cublas_bf16 x 0.9", 0.9 * _BASELINES[bf16_key]),
-                  highest=("cublas_f32 x 2", 2 * _BASELINES[f32_key])).get(precision)
-    _record("gemm", op, backend, precision, shape, "float32", seconds, GEMM_ROWS * GEMM_N * k,
-            baseline=f32_key if precision == "highest" else bf16_key, ceiling=bf16_key,
-            target=target[0] if target else None, target_tmacs=target[1] / 1e12 if target else None,
-            cublas_f32_tmacs=_BASELINES[f32_key] / 1e12)
+    macs = GEMM_ROWS * GEMM_N * k
+    target = dict(medium=">= 90% of ceiling", highest=">= 2x baseline").get(precision)
+    row = report.add(f"gemm {op}", shape=(GEMM_ROWS, GEMM_N, k), dtype="float32", device="cuda", backend=backend,
+                     median_s=bench_time(fn, rounds=10, inner=10, warmup=1, cuda=True, benchmark=benchmark),
+                     work=macs, unit=UNIT, baseline=f32_key if precision == "highest" else bf16_key, ceiling=bf16_key,
+                     precision=precision, target=target)
+    if row:
+        row["tflops"] = 2 * row["rate"] / 1e12
+        if precision == "medium" and row["pct_ceiling"]:
+            row["meets_target"] = row["pct_ceiling"] >= 90
+        if precision == "highest" and row["speedup"]:
+            row["meets_target"] = row["speedup"] >= 2
+        _update_auto_rule(report)
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
-def test_scale_sign_compress(benchmark, backend):
+def test_scale_sign_compress(benchmark, bench_report, bench_time, gpu, backend):
     """sign_compress (project then reconstruct) of a 512x512x3x3 conv weight with k = 10^6."""
     reason = _available(backend)
     if reason:
         pytest.skip(reason)
+    report = _report(bench_report, gpu)
+    base = _gemv_torch_baseline(report, bench_time, gpu, "project")
     w = torch.randn(512, 512, 3, 3, device="cuda")
     fn = lambda: stabkern.sign_compress(w, SCALE_K, seed=SEED, backend=backend)  # noqa: E731
-    seconds = _bench(benchmark, fn, rounds=2, inner=1)
-    _record("scale", "compress", backend, "highest", (1, GEMV_N, SCALE_K), "float32", seconds,
-            2 * GEMV_N * SCALE_K, ceiling="alu_estimate", ceiling_rate=_alu_ceiling())
+    report.add("scale compress", shape=(1, GEMV_N, SCALE_K), dtype="float32", device="cuda", backend=backend,
+               median_s=bench_time(fn, rounds=2, warmup=1, cuda=True, benchmark=benchmark), work=2 * GEMV_N * SCALE_K,
+               unit=UNIT, baseline=base, ceiling="alu_estimate", ceiling_rate=_alu_ceiling(gpu), precision="highest")
