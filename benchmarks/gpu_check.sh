@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# GPU check of the sign kernels on a fresh machine (python3 with torch, Triton, nvcc, pybind11,
-# pytest, pytest-benchmark; no network), run from the repository root:
+# GPU check on a fresh machine (python3 with torch, Triton, nvcc, pybind11, pytest, pytest-benchmark;
+# no network), run from the repository root:
 #
-#     bash benchmarks/gpu_check.sh            # logs and JSON to $OUT, else benchmarks/results/gpu_check/
+#     bash benchmarks/gpu_check.sh                  # logs and JSON to $OUT, else benchmarks/results/gpu_check/
+#     STABKERN_CHECK_DRY=1 OUT=/tmp/gc bash benchmarks/gpu_check.sh   # the same steps without a GPU
 #
-# Steps, each time-boxed so that the whole run ends within STABKERN_CHECK_SECONDS, and
-# each run whatever happened to the one before (STABKERN_CHECK_SECONDS default 295):
-#   1. env    - GPU, driver, versions
-#   2. build  - stabkern._cpu and stabkern._cuda in place for sm_90 (ptxas register/spill report)
-#   3. tests  - correctness FIRST: every CUDA and Triton kernel against the reference on the GPU
-#   4. bench  - benchmarks/bench_sign_gpu.py (baselines, ceilings, the measured rule for "auto")
-#   5. summary - gpu_check.json: each step's exit code and seconds, what failed, test counts, and the
-#                benchmark JSON inlined. The last lines printed are the benchmark table and the summary.
+# Correctness before any timing, sign kernels first (they matter most). Each step is time-boxed so
+# that the whole run ends within STABKERN_CHECK_SECONDS (default 285, under 5 minutes with the
+# summary), runs whatever happened to the one before, and leaves seconds for the more important
+# steps after it (KEEP below). A time box sends SIGINT, then SIGKILL 10 s later; the benchmarks
+# write their rows as they measure them, so a step cut short keeps what it measured.
+#   env             GPU, driver, versions; fails without a CUDA GPU unless STABKERN_CHECK_DRY=1
+#   build           stabkern._cpu, _noise and _cuda in place for sm_90 (ptxas register/spill report)
+#   tests-sign      every CUDA and Triton sign kernel against the reference on the GPU
+#   tests-meters    GPU tests of the stability meters and compressors (noise kernels, attenuation,
+#                   compress_model; -k "cuda or gpu")
+#   bench-sign      benchmarks/bench_sign_gpu.py (baselines, ceilings, the measured rule for "auto")
+#   bench-stability GPU cases of benchmarks/bench_stability.py (VGG-19 meters, noise kernels)
+#   bench-compress  GPU cases of benchmarks/bench_compress.py (VGG-19 compress_model)
+#   summary         gpu_check.json: each step's status (ok, failed, timeout, skipped), exit code, seconds
+#                   and limit; test counts and failures; every benchmark report inlined. The last lines
+#                   printed are the summary and a compact table of every benchmark row.
+# Dry mode (STABKERN_CHECK_DRY=1) skips no step; GPU-only tests and cases skip themselves, so a CPU
+# machine checks the script end to end.
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
 
@@ -20,42 +31,71 @@ mkdir -p "$OUT_DIR"
 LOG="$OUT_DIR/gpu_check.log"
 : > "$LOG"
 STEPS="$OUT_DIR/steps.tsv"
-printf 'step\trc\tseconds\n' > "$STEPS"
-BUDGET="${STABKERN_CHECK_SECONDS:-295}"
+printf 'step\trc\tseconds\tlimit\n' > "$STEPS"
+BUDGET="${STABKERN_CHECK_SECONDS:-285}"
 START=$(date +%s)
-PY="${PYTHON:-python3}"
+export PY="${PYTHON:-python3}"
+export STABKERN_CHECK_DRY="${STABKERN_CHECK_DRY:-0}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PYTEST=("$PY" -m pytest -q -rfEs -p no:cacheprovider -o addopts="")
+BENCH=(env STABKERN_BENCH_OUT="$OUT_DIR" "${PYTEST[@]}" -s --benchmark-disable-gc --benchmark-columns=median)
 
 remaining() { echo $(( BUDGET - ($(date +%s) - START) )); }
 
-# run NAME CAP_SECONDS COMMAND...: tee output to $OUT_DIR/NAME.log and the main log, record rc and time.
+# run NAME CAP KEEP COMMAND...: run COMMAND for at most CAP seconds, and never into the KEEP seconds
+# saved for later steps; output to $OUT_DIR/NAME.log and the main log; rc, time and limit to steps.tsv.
 run() {
-  local name="$1" cap="$2"; shift 2
-  local left; left=$(remaining)
+  local name="$1" cap="$2" keep="$3"; shift 3
+  local left; left=$(( $(remaining) - keep ))
   local limit=$(( cap < left ? cap : left ))
   local t0; t0=$(date +%s)
   if (( limit < 5 )); then
     echo "== $name: skipped, time budget spent" | tee -a "$LOG"
-    printf '%s\t%s\t%s\n' "$name" "skipped" 0 >> "$STEPS"
+    printf '%s\t%s\t%s\t%s\n' "$name" "skipped" 0 0 >> "$STEPS"
     return
   fi
   echo "== $name (limit ${limit}s): $*" | tee -a "$LOG"
-  timeout --kill-after=5 "$limit" "$@" 2>&1 | tee "$OUT_DIR/$name.log" | tee -a "$LOG"
+  timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT_DIR/$name.log" | tee -a "$LOG"
   local rc=$?
-  printf '%s\t%s\t%s\n' "$name" "$rc" $(( $(date +%s) - t0 )) >> "$STEPS"
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" $(( $(date +%s) - t0 )) "$limit" >> "$STEPS"
   echo "== $name: exit $rc after $(( $(date +%s) - t0 ))s" | tee -a "$LOG"
 }
 
-run env 30 bash -c "nvidia-smi; nvcc --version | tail -2; $PY -c 'import torch, triton, sys; \
-print(\"python\", sys.version.split()[0], \"torch\", torch.__version__, \"cuda\", torch.version.cuda, \
-\"triton\", triton.__version__, \"gpu\", torch.cuda.get_device_name(0))'; git rev-parse HEAD 2>/dev/null || true"
+check_env() {
+  nvidia-smi || echo "nvidia-smi: not available"
+  nvcc --version | tail -2
+  git rev-parse HEAD 2>/dev/null || true
+  "$PY" - <<'EOF'
+import os, sys
+import torch
+try:
+    import triton
+    triton_version = triton.__version__
+except ImportError:
+    triton_version = None
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda,
+      "triton", triton_version)
+if torch.cuda.is_available():
+    print("gpu", torch.cuda.get_device_name(0))
+elif os.environ["STABKERN_CHECK_DRY"] == "1":
+    print("no CUDA GPU: dry run, GPU-only tests and cases skip")
+else:
+    sys.exit("no CUDA GPU visible to torch (STABKERN_CHECK_DRY=1 runs the steps anyway)")
+EOF
+}
+export -f check_env
 
-run build 120 env STABKERN_CUDA_ARCHS=90 STABKERN_PTXAS_VERBOSE=1 "$PY" setup.py build_ext --inplace --force
-
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-run tests 150 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda_sign.py tests/test_triton_sign.py
-
-run bench 150 env STABKERN_BENCH_OUT="$OUT_DIR" "$PY" -m pytest -q -s -p no:cacheprovider -o addopts="" \
-  benchmarks/bench_sign_gpu.py --benchmark-disable-gc --benchmark-columns=median
+#   name            cap keep
+run env              20   0 bash -c check_env
+run build           120 150 env STABKERN_CUDA_ARCHS=90 STABKERN_PTXAS_VERBOSE=1 \
+  "$PY" setup.py build_ext --inplace --force
+run tests-sign      110  80 "${PYTEST[@]}" tests/test_cuda_sign.py tests/test_triton_sign.py
+run tests-meters     45  70 "${PYTEST[@]}" tests/test_noise_kernels.py tests/test_stability_attenuation.py \
+  tests/test_compress_choose_k.py tests/test_compress_model.py tests/test_compress_statistics.py \
+  tests/test_sketched_modules.py -k "cuda or gpu"
+run bench-sign      100  35 "${BENCH[@]}" benchmarks/bench_sign_gpu.py
+run bench-stability  45  15 "${BENCH[@]}" benchmarks/bench_stability.py -k gpu
+run bench-compress   40   0 "${BENCH[@]}" benchmarks/bench_compress.py -k gpu
 
 "$PY" - "$OUT_DIR" <<'EOF' 2>&1 | tee -a "$LOG"
 import json, re, sys
@@ -64,33 +104,47 @@ from pathlib import Path
 out = Path(sys.argv[1])
 steps = {}
 for line in (out / "steps.tsv").read_text().splitlines()[1:]:
-    name, rc, seconds = line.split("\t")
-    steps[name] = {"rc": rc if rc == "skipped" else int(rc), "seconds": int(seconds)}
-failed = [n for n, s in steps.items() if s["rc"] != 0]
-summary = {"steps": steps, "failed": failed}
-tests_log = out / "tests.log"
-if tests_log.exists():
-    text = tests_log.read_text()
-    tail = [l for l in text.splitlines() if re.search(r"\d+ (passed|failed|error)", l)]
-    summary["tests_summary"] = tail[-1] if tail else None
-    summary["tests_failed"] = sorted(set(re.findall(r"^FAILED (\S+)", text, re.M)))
-bench = out / "bench_sign_gpu.json"
-if bench.exists():
-    summary["bench"] = json.loads(bench.read_text())
-(out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
+    name, rc, seconds, limit = line.split("\t")
+    status = ("skipped" if rc == "skipped" else "ok" if rc == "0" else "timeout" if rc in ("124", "137")
+              else "failed")
+    steps[name] = {"status": status, "rc": None if rc == "skipped" else int(rc), "seconds": int(seconds),
+                   "limit": int(limit)}
+    log = out / f"{name}.log"
+    if name.startswith("tests") and log.exists():
+        text = log.read_text()
+        counts = [l for l in text.splitlines() if re.search(r"\d+ (passed|failed|error|skipped|deselected)", l)]
+        steps[name]["tests"] = counts[-1].strip("= ") if counts else None
+        steps[name]["failed_tests"] = sorted(set(re.findall(r"^(?:FAILED|ERROR) (\S+)", text, re.M)))
+summary = {"steps": steps, "not_ok": [n for n, s in steps.items() if s["status"] != "ok"], "bench": {}}
+for path in sorted(out.glob("*-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9].json")):
+    summary["bench"][path.stem.rsplit("-", 3)[0]] = json.loads(path.read_text())
+(out / "gpu_check.json").write_text(json.dumps(summary, indent=1, default=str))
+
 print("gpu_check summary:", json.dumps({k: v for k, v in summary.items() if k != "bench"}, indent=1))
-if "bench" in summary:  # a compact table last, where the tail of the output shows it
-    b = summary["bench"]
-    print("meta:", json.dumps(b.get("meta")))
-    print(f"{'kind':5} {'op':11} {'backend':7} {'precision':14} {'k':>7} {'ms':>9} {'T/s':>7} {'base T/s':>8} "
-          f"{'x base':>7} {'%ceil':>6} ceiling")
-    fmt = lambda v, f: format(v, f) if v is not None else "-".rjust(int(f.split(".")[0]))
-    for c in b.get("cases", []):
-        form = f" [{c['forced_form']}]" if c.get("forced_form") else ""
-        print(f"{c['kind']:5} {c['op']:11} {c['backend']:7} {c['precision'] + form:14} {c['shape'][2]:>7} "
-              f"{c['time_ms']:9.3f} {c['rate_tmacs']:7.2f} {fmt(c['baseline_tmacs'], '8.3f')} "
-              f"{fmt(c['speedup'], '7.1f')} {fmt(c['pct_of_ceiling'], '6.1f')} {c['ceiling'] or '-'}")
-    print("auto rule:", json.dumps(b.get("auto_rule")))
-print("wrote", out / "gpu_check.json")
+
+
+def si(v):
+    """3 significant digits with an SI prefix, as conftest.py's tables."""
+    if v is None:
+        return "-"
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g}{prefix}"
+    return f"{v:.3g}"
+
+
+fmt = "{:17} {:16} {:8} {:24} {:8} {:>10} {:>7} {:>8} {:>8} {:>7}"
+for prefix, doc in summary["bench"].items():
+    print(f"\n{prefix}: {json.dumps(doc['machine'].get('gpu'))}")
+    print(fmt.format("case", "shape", "dtype", "backend", "prec", "ms", "rate", "base", "x base", "%ceil"))
+    for r in doc["rows"]:
+        form = f" [{r['forced_form']}]" if r.get("forced_form") else ""
+        print(fmt.format(r["case"][:17], "x".join(map(str, r["shape"]))[:16], r["dtype"][:8],
+                         (r["backend"] + form)[:24], (r.get("precision") or "-")[:8], f"{1e3 * r['median_s']:.3f}",
+                         si(r["rate"]), si(r["baseline_rate"]), f"{r['speedup']:.2f}" if r["speedup"] else "-",
+                         f"{r['pct_ceiling']:.1f}" if r["pct_ceiling"] else "-"))
+    for key, value in doc.get("notes", {}).items():
+        print(f"{key}: {json.dumps(value)}")
+print("\nwrote", out / "gpu_check.json")
 EOF
 echo "total $(( $(date +%s) - START ))s"
