@@ -244,7 +244,7 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if eps is not None and not (isinstance(eps, (int, float)) and eps > 0):
         raise ValueError(f"eps must be a positive number, got {eps!r}")
-    dense = copy.deepcopy(model)
+    dense = copy.deepcopy(model) if fold_bn else model  # read, never written, unless BatchNorm is folded
     folded = fold_batchnorm(dense) if fold_bn else []
     found = sketchable_layers(dense)
     candidates = [(i, name, m) for i, name, m in found if not isinstance(m, SKETCHED_TYPES)]
