@@ -20,42 +20,17 @@ handle; the kernels run asynchronously on that stream. Forms (csrc/cuda/sign_cud
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+
+from .gpu_plan import Plan, cdiv, split_count, split_terms
 
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 FORMS = {"gemv": 0, "gemm": 1}
-PRECISION_TERMS = {"highest": 3, "high": 2, "medium": 1}
 GEMV_MAX_ROWS = 4
-
-
-@dataclass(frozen=True)
-class Plan:
-    """form "gemv" or "gemm", and the number of partial results the reduction is split into."""
-
-    form: str
-    splits: int
-
-
-def _terms(precision: str, dtype: torch.dtype) -> int:
-    if precision not in PRECISION_TERMS:
-        raise ValueError(f"precision must be one of {tuple(PRECISION_TERMS)}, got {precision!r}")
-    need = {torch.bfloat16: 1, torch.float16: 2}.get(dtype, 3)
-    return min(PRECISION_TERMS[precision], need)
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def _splits(units: int, steps: int, sms: int, min_steps: int) -> int:
-    """Partial results so that units * splits gives ~4 blocks per SM, each >= min_steps steps."""
-    return max(1, min(_cdiv(4 * sms, max(1, units)), steps // min_steps))
 
 
 def _form(rows: int, dtype: torch.dtype, precision: str) -> str:
@@ -67,17 +42,17 @@ def _form(rows: int, dtype: torch.dtype, precision: str) -> str:
 def plan_project(rows: int, n: int, k: int, dtype: torch.dtype, precision: str, device: torch.device) -> Plan:
     form, sms = _form(rows, dtype, precision), _num_sms(device)
     if form == "gemv":  # blocks of 512 rows t; steps are groups of 128 columns
-        return Plan(form, _splits(_cdiv(k, 512) * rows, _cdiv(n, 128), sms, 8))
-    units = _cdiv(k, 64) * _cdiv(rows, 64)  # blocks of about 64 x 64; steps are 512 columns
-    return Plan(form, 1 if 2 * units >= sms else _splits(units, _cdiv(n, 512), sms // 4, 2))
+        return Plan(form, split_count(cdiv(k, 512) * rows, cdiv(n, 128), sms, 8))
+    units = cdiv(k, 64) * cdiv(rows, 64)  # blocks of about 64 x 64; steps are 512 columns
+    return Plan(form, 1 if 2 * units >= sms else split_count(units, cdiv(n, 512), sms // 4, 2))
 
 
 def plan_reconstruct(rows: int, n: int, k: int, dtype: torch.dtype, precision: str, device: torch.device) -> Plan:
     form, sms = _form(rows, dtype, precision), _num_sms(device)
-    units = _cdiv(n, 512) * (rows if form == "gemv" else _cdiv(rows, 32))  # blocks own 4 groups of 128
+    units = cdiv(n, 512) * (rows if form == "gemv" else cdiv(rows, 32))  # blocks own 4 groups of 128
     if form == "gemv":
-        return Plan(form, _splits(units, _cdiv(k, 32), sms, 4))
-    return Plan(form, 1 if 2 * units >= sms else _splits(units, _cdiv(k, 32), sms // 4, 4))
+        return Plan(form, split_count(units, cdiv(k, 32), sms, 4))
+    return Plan(form, 1 if 2 * units >= sms else split_count(units, cdiv(k, 32), sms // 4, 4))
 
 
 def _check_input(a: torch.Tensor, name: str) -> None:
@@ -94,7 +69,7 @@ def _launch(module, project_op: bool, a: torch.Tensor, out_cols: int, n: int, k:
     if plan.form not in FORMS:
         raise ValueError(f"plan.form must be 'gemv' or 'gemm', got {plan.form!r}")
     rows = a.shape[0]
-    code, form, terms = DTYPE_CODES[a.dtype], FORMS[plan.form], _terms(precision, a.dtype)
+    code, form, terms = DTYPE_CODES[a.dtype], FORMS[plan.form], split_terms(precision, a.dtype)
     out = torch.empty((rows, out_cols), dtype=torch.float64 if a.dtype == torch.float64 else torch.float32,
                       device=a.device)
     nbytes = module.workspace_bytes(project_op, form, code, rows, n, k, t0, j0, terms, plan.splits)

@@ -74,13 +74,18 @@ def _blocks(total: int, size: int):
         yield start, min(size, total - start)
 
 
+def _block_shape(k: int, n: int) -> tuple[int, int]:
+    """(rows, columns) of the sign blocks the ops materialize: at most _BLOCK_ELEMS signs."""
+    cols = min(n, max(128, _BLOCK_ELEMS // max(1, min(k, _BLOCK_ELEMS // 128))))
+    return max(1, _BLOCK_ELEMS // cols), cols
+
+
 def project(x: torch.Tensor, k: int, seed: int, stream: int, t0: int = 0, j0: int = 0) -> torch.Tensor:
     """y = x @ S[t0:t0+k, j0:j0+n].T in float64. x: (rows, n) -> (rows, k) float64."""
     rows, n = x.shape
     x = x.to(torch.float64)
     y = torch.zeros(rows, k, dtype=torch.float64, device=x.device)
-    cols = min(n, max(128, _BLOCK_ELEMS // max(1, min(k, _BLOCK_ELEMS // 128))))
-    rows_t = max(1, _BLOCK_ELEMS // cols)
+    rows_t, cols = _block_shape(k, n)
     for tb, tk in _blocks(k, rows_t):
         for jb, jn in _blocks(n, cols):
             s = sign_block(seed, stream, t0 + tb, tk, j0 + jb, jn, device=x.device)
@@ -94,8 +99,7 @@ def reconstruct(y: torch.Tensor, n: int, seed: int, stream: int, scale: float, t
     rows, k = y.shape
     y = y.to(torch.float64)
     out = torch.zeros(rows, n, dtype=torch.float64, device=y.device)
-    cols = min(n, max(128, _BLOCK_ELEMS // max(1, min(k, _BLOCK_ELEMS // 128))))
-    rows_t = max(1, _BLOCK_ELEMS // cols)
+    rows_t, cols = _block_shape(k, n)
     for jb, jn in _blocks(n, cols):
         for tb, tk in _blocks(k, rows_t):
             s = sign_block(seed, stream, t0 + tb, tk, j0 + jb, jn, device=y.device)

@@ -49,11 +49,12 @@ Design note (why the kernels look the way they do).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from .gpu_plan import Plan, split_count, split_terms
 
 # Read once, like Triton itself, which decides at @triton.jit time whether a kernel is interpreted.
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -64,7 +65,6 @@ _W0 = tl.constexpr(0x9E3779B9)
 _W1 = tl.constexpr(0xBB67AE85)
 _SIGN_BIT = tl.constexpr(0x80000000)
 
-PRECISION_TERMS = {"highest": 3, "high": 2, "medium": 1}
 # Rows up to this many take the GEMV form (Philox per row is then cheaper than a padded tile).
 GEMV_MAX_ROWS = 4
 _GEMV_PROJECT_BLOCK_T = 256
@@ -377,23 +377,6 @@ def _sum_splits_kernel(part_ptr, out_ptr, size, n_splits, BLOCK: tl.constexpr):
 # --------------------------------------------------------------------------- launch wrappers
 
 
-@dataclass(frozen=True)
-class Plan:
-    """How one call runs: form "gemv" (CUDA cores) or "gemm" (tensor cores), and the number of
-    partial results the reduction is split into (1: the kernel writes the output directly)."""
-
-    form: str
-    splits: int
-
-
-def _terms(precision: str, dtype: torch.dtype) -> int:
-    """bf16 terms of the GEMM operand split: what the mode asks, capped at what the dtype needs."""
-    if precision not in PRECISION_TERMS:
-        raise ValueError(f"precision must be one of {tuple(PRECISION_TERMS)}, got {precision!r}")
-    need = {torch.bfloat16: 1, torch.float16: 2}.get(dtype, 3)
-    return min(PRECISION_TERMS[precision], need)
-
-
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -404,21 +387,15 @@ def _form(rows: int, dtype: torch.dtype) -> str:
     return "gemv" if dtype == torch.float64 or rows <= GEMV_MAX_ROWS else "gemm"
 
 
-def _splits(units: int, steps: int, sms: int, min_steps: int) -> int:
-    """Partial results so that units * splits fills ~4 programs per SM, each doing >= min_steps steps."""
-    want = triton.cdiv(4 * sms, max(1, units))
-    return max(1, min(want, steps // min_steps))
-
-
 def plan_project(rows: int, n: int, k: int, dtype: torch.dtype, device: torch.device) -> Plan:
     form = _form(rows, dtype)
     groups = triton.cdiv(n, 128)
     sms = _num_sms(device)
     if form == "gemv":
         units = triton.cdiv(k, _GEMV_PROJECT_BLOCK_T) * rows
-        return Plan(form, _splits(units, groups, sms, 8))
+        return Plan(form, split_count(units, groups, sms, 8))
     units = triton.cdiv(rows, _gemm_block_m(rows)) * triton.cdiv(k, _GEMM_BLOCK_N)
-    return Plan(form, 1 if 2 * units >= sms else _splits(units, groups, sms // 4, 4))
+    return Plan(form, 1 if 2 * units >= sms else split_count(units, groups, sms // 4, 4))
 
 
 def plan_reconstruct(rows: int, n: int, k: int, dtype: torch.dtype, device: torch.device) -> Plan:
@@ -426,9 +403,9 @@ def plan_reconstruct(rows: int, n: int, k: int, dtype: torch.dtype, device: torc
     groups = triton.cdiv(n, 128)
     sms = _num_sms(device)
     if form == "gemv":
-        return Plan(form, _splits(groups * rows, triton.cdiv(k, _GEMV_RECONSTRUCT_BLOCK_T), sms, 4))
+        return Plan(form, split_count(groups * rows, triton.cdiv(k, _GEMV_RECONSTRUCT_BLOCK_T), sms, 4))
     units = triton.cdiv(rows, _gemm_block_m(rows)) * groups
-    return Plan(form, 1 if 2 * units >= sms else _splits(units, triton.cdiv(k, _gemm_block_t(rows)), sms // 4, 4))
+    return Plan(form, 1 if 2 * units >= sms else split_count(units, triton.cdiv(k, _gemm_block_t(rows)), sms // 4, 4))
 
 
 def _gemm_block_m(rows: int) -> int:
@@ -487,7 +464,7 @@ def project(x: torch.Tensor, k: int, seed: int, stream: int, t0: int, j0: int, p
     """
     _check_input(x, "x")
     rows, n = x.shape
-    terms = _terms(precision, x.dtype)
+    terms = split_terms(precision, x.dtype)
     plan = plan or plan_project(rows, n, k, x.dtype, x.device)
     f64 = x.dtype == torch.float64
     out, part = _buffers(rows, k, plan.splits, torch.float64 if f64 else torch.float32, x.device)
@@ -523,7 +500,7 @@ def reconstruct(y: torch.Tensor, n: int, scale: float, seed: int, stream: int, t
     """
     _check_input(y, "y")
     rows, k = y.shape
-    terms = _terms(precision, y.dtype)
+    terms = split_terms(precision, y.dtype)
     plan = plan or plan_reconstruct(rows, n, k, y.dtype, y.device)
     f64 = y.dtype == torch.float64
     out, part = _buffers(rows, n, plan.splits, torch.float64 if f64 else torch.float32, y.device)

@@ -100,7 +100,7 @@ def _check_close(out, ref, x_abs_sum, m, delta, unit, rel_fro):
 
 def _delta(ts, form, precision, dtype):
     """Relative change of each GEMM operand entry by its bf16 split (0 where the split is exact)."""
-    terms = ts._terms(precision, dtype)
+    terms = ts.split_terms(precision, dtype)
     exact = form == "gemv" or dtype == torch.bfloat16 or (dtype == torch.float16 and terms >= 2)
     return 0.0 if exact else DELTA[terms]
 
