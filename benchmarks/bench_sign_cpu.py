@@ -42,31 +42,31 @@ SEED = 2024
 RATES: dict[tuple, float] = {}
 
 
-def numpy_project(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """y = x S^T with S drawn in row chunks by numpy; x: (rows, n) float32 -> (rows, k)."""
+def numpy_sign_chunks(k: int, n: int, seed: int):
+    """(t, S[t:t+step]) for row chunks of a +-1 float32 matrix drawn by numpy (<= 2^24 signs each)."""
     rng = np.random.Generator(np.random.Philox(seed))
-    rows, n = x.shape
     step = max(1, (1 << 24) // n)
-    y = np.empty((rows, k), np.float32)
     for t in range(0, k, step):
         s = rng.integers(0, 2, size=(min(step, k - t), n), dtype=np.int8).astype(np.float32)
         s *= 2
         s -= 1
-        y[:, t:t + step] = x @ s.T
+        yield t, s
+
+
+def numpy_project(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """y = x S^T with S drawn in row chunks by numpy; x: (rows, n) float32 -> (rows, k)."""
+    y = np.empty((x.shape[0], k), np.float32)
+    for t, s in numpy_sign_chunks(k, x.shape[1], seed):
+        y[:, t:t + len(s)] = x @ s.T
     return y
 
 
 def numpy_reconstruct(y: np.ndarray, n: int, seed: int) -> np.ndarray:
     """x_hat = y S / k with S drawn in row chunks by numpy; y: (rows, k) float32 -> (rows, n)."""
-    rng = np.random.Generator(np.random.Philox(seed))
-    rows, k = y.shape
-    step = max(1, (1 << 24) // n)
-    out = np.zeros((rows, n), np.float32)
-    for t in range(0, k, step):
-        s = rng.integers(0, 2, size=(min(step, k - t), n), dtype=np.int8).astype(np.float32)
-        s *= 2
-        s -= 1
-        out += y[:, t:t + step] @ s
+    k = y.shape[1]
+    out = np.zeros((y.shape[0], n), np.float32)
+    for t, s in numpy_sign_chunks(k, n, seed):
+        out += y[:, t:t + len(s)] @ s
     return out / k
 
 
