@@ -72,22 +72,22 @@ class BuildExt(build_ext):
 
 
 def extensions():
-    headers = sorted(str(p) for p in Path("csrc").glob("*/*.h"))  # a changed header rebuilds the modules
+    headers = sorted(str(p) for p in Path("csrc").glob("**/*.h"))  # a changed header rebuilds the modules
     openmp = ["-fopenmp"] if sys.platform != "darwin" else []
     exts = [
         Pybind11Extension(
             "stabkern._cpu",
-            sources=["csrc/cpu/bindings.cpp", "csrc/cpu/sign_kernels.cpp"],
+            sources=["csrc/cpu/sign/bindings.cpp", "csrc/cpu/sign/sign_kernels.cpp"],
             depends=headers,
             include_dirs=["csrc"],
             cxx_std=17,
             extra_compile_args=["-O3", *openmp],
             extra_link_args=openmp,
         ),
-        # Stability-meter kernels (csrc/noise): sqrt without errno so the noise loops vectorize.
+        # Stability-meter kernels (csrc/cpu/noise): sqrt without errno so the noise loops vectorize.
         Pybind11Extension(
             "stabkern._noise",
-            sources=["csrc/noise/bindings.cpp", "csrc/noise/noise_kernels.cpp"],
+            sources=["csrc/cpu/noise/bindings.cpp", "csrc/cpu/noise/noise_kernels.cpp"],
             depends=headers,
             include_dirs=["csrc"],
             cxx_std=17,
@@ -102,10 +102,10 @@ def extensions():
         lib = home / "lib64" if (home / "lib64").exists() else home / "lib"
         cuda = Pybind11Extension(
             "stabkern._cuda",
-            sources=sorted(str(p) for p in Path("csrc/cuda").glob("*.cpp"))
-            + sorted(str(p) for p in Path("csrc/cuda").glob("*.cu")),
+            sources=sorted(str(p) for p in Path("csrc/cuda/sign").glob("*.cpp"))
+            + sorted(str(p) for p in Path("csrc/cuda/sign").glob("*.cu")),
             # .cu files leave `sources` before the up-to-date check, so they are listed here too
-            depends=headers + sorted(str(p) for p in Path("csrc/cuda").glob("*.cu")),
+            depends=headers + sorted(str(p) for p in Path("csrc/cuda/sign").glob("*.cu")),
             include_dirs=["csrc", str(home / "include")],
             cxx_std=17,
             extra_compile_args=["-O3"],

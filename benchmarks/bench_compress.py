@@ -21,9 +21,9 @@ import torch
 
 import stabkern
 from stabkern.compress import compress_model, sketchable_layers
-from stabkern.digits import trained_digits_net
-from stabkern.models import vgg19_cifar
-from stabkern.nn import NoCompressionWarning
+from stabkern.zoo.digits import trained_digits_net
+from stabkern.zoo.cifar import vgg19_cifar
+from stabkern.sketched import NoCompressionWarning
 
 
 def materialized_sketch(rows: torch.Tensor, k: int, chunk_elems: int = 1 << 26) -> torch.Tensor:

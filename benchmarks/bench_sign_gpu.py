@@ -132,7 +132,7 @@ def _call(op: str, backend: str, a: torch.Tensor, k: int, n: int, precision: str
     b = backends.BACKENDS[backend]
     if plan is not None:  # a forced form, through the backend's own module
         if backend == "cuda":
-            from stabkern import cuda_sign
+            from stabkern.backends import cuda as cuda_sign
 
             if op == "project":
                 return lambda: cuda_sign.project(b.module, a, k, SEED, 1, 0, 0, precision, plan=plan)
@@ -160,7 +160,7 @@ def test_gemv(benchmark, bench_report, bench_time, gpu, op, backend, precision, 
     a = torch.randn(1, GEMV_N if op == "project" else GEMV_K, device="cuda")
     plan = None
     if form:
-        from stabkern import cuda_sign
+        from stabkern.backends import cuda as cuda_sign
 
         plan = (cuda_sign.plan_project(1, GEMV_N, GEMV_K, torch.float32, "medium", a.device) if op == "project" else
                 cuda_sign.plan_reconstruct(1, GEMV_N, GEMV_K, torch.float32, "medium", a.device))

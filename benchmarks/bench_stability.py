@@ -50,12 +50,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import stability_reference as ref  # noqa: E402
-from stabkern.digits import load_digits_tensors, trained_digits_net  # noqa: E402
-from stabkern.models import vgg19_cifar  # noqa: E402
+from helpers import stability_reference as ref  # noqa: E402
+from stabkern.zoo.digits import load_digits_tensors, trained_digits_net  # noqa: E402
+from stabkern.zoo.cifar import vgg19_cifar  # noqa: E402
 from stabkern.stability import kernels, noise_attenuation  # noqa: E402
 from stabkern.stability.context import precision_mode  # noqa: E402
-from stabkern.stability.graph import repeat_trials  # noqa: E402
+from stabkern.stability.propagate import repeat_trials  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 TRIALS = 8

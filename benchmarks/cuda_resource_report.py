@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
+SOURCES = sorted((ROOT / "csrc" / "cuda" / "sign").glob("*.cu"))
 NVCC_FLAGS = ["-O3", "-std=c++17", "--use_fast_math", "-Icsrc"]  # as setup.py
 INT_OPS = {"IMAD", "LOP3", "SHF", "IADD3", "LEA", "PRMT", "SEL", "ISETP", "VIADD", "IABS", "SGXT", "IMNMX"}
 FLOAT_OPS = {"FADD", "FFMA", "FMUL", "DADD", "DFMA", "DMUL", "FSEL", "FSETP", "HADD2", "HFMA2"}
@@ -120,7 +120,7 @@ def main() -> None:
     args = ap.parse_args()
     nvcc, cuobjdump = find_tool("nvcc"), find_tool("cuobjdump")
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    lines = [f"# CUDA resource report: stabkern csrc/cuda ({version}; flags {' '.join(NVCC_FLAGS)})",
+    lines = [f"# CUDA resource report: stabkern csrc/cuda/sign ({version}; flags {' '.join(NVCC_FLAGS)})",
              "# Per kernel and arch: registers, spill stores/loads (bytes), stack (bytes), static shared memory",
              "# (bytes), from ptxas -v; then the innermost hot loop(s) from cuobjdump -sass (project_gemv_kernel:",
              "# first the loop over full groups of 128 columns, then the one over the last, partial group).",

@@ -89,10 +89,10 @@ export -f check_env
 run env              20   0 bash -c check_env
 run build           120 150 env STABKERN_CUDA_ARCHS=90 STABKERN_PTXAS_VERBOSE=1 \
   "$PY" setup.py build_ext --inplace --force
-run tests-sign      110  80 "${PYTEST[@]}" tests/test_cuda_sign.py tests/test_triton_sign.py
-run tests-meters     45  70 "${PYTEST[@]}" tests/test_noise_kernels.py tests/test_stability_attenuation.py \
-  tests/test_compress_choose_k.py tests/test_compress_model.py tests/test_compress_statistics.py \
-  tests/test_sketched_modules.py -k "cuda or gpu"
+run tests-sign      110  80 "${PYTEST[@]}" tests/backends/test_cuda.py tests/backends/test_triton_sign.py
+run tests-meters     45  70 "${PYTEST[@]}" tests/ops/test_noise_ops.py tests/stability/test_attenuation.py \
+  tests/compress/test_choose_k.py tests/compress/test_model.py tests/compress/test_statistics.py \
+  tests/test_sketched.py -k "cuda or gpu"
 run bench-sign      100  35 "${BENCH[@]}" benchmarks/bench_sign_gpu.py
 run bench-stability  45  15 "${BENCH[@]}" benchmarks/bench_stability.py -k gpu
 run bench-compress   40   0 "${BENCH[@]}" benchmarks/bench_compress.py -k gpu

@@ -1,6 +1,6 @@
 """How far can Algorithm 1 compress a small conv net trained on real handwritten digits?
 
-Trains (or takes from the per-process cache) `stabkern.digits.trained_digits_net()`, then for
+Trains (or takes from the per-process cache) `stabkern.zoo.digits.trained_digits_net()`, then for
 each mode (tensor, filter) and each stored fraction f compresses every Conv2d and Linear layer
 with k_i = max(1, round(f * m_i)) (m_i: entries one sketch covers, the whole weight in tensor
 mode, one filter in filter mode, so both modes store about f of every layer) for three seeds,
@@ -27,8 +27,8 @@ import warnings
 import torch
 
 from stabkern.compress import compress_model, layer_cushions, sketchable_layers
-from stabkern.digits import accuracy, load_digits_tensors, trained_digits_net
-from stabkern.nn import NoCompressionWarning, row_length
+from stabkern.zoo.digits import accuracy, load_digits_tensors, trained_digits_net
+from stabkern.sketched import NoCompressionWarning, row_length
 
 FRACTIONS = {"tensor": (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0),
              "filter": (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)}
@@ -79,7 +79,7 @@ def run() -> dict:
         model(x_test[:1])
     for h in hooks:
         h.remove()
-    result = {"net": "stabkern.digits.trained_digits_net()", "test_samples": len(x_test), "dense_accuracy": dense_acc,
+    result = {"net": "stabkern.zoo.digits.trained_digits_net()", "test_samples": len(x_test), "dense_accuracy": dense_acc,
               "layers": [{"name": n, "shape": s, "n": c, "input_size": input_size[n]} for n, s, c in layers], "seeds": list(SEEDS), "modes": {}}
     for mode in MODES:
         cushions = layer_cushions(model, x_test, mode=mode)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from stabkern.digits import accuracy, load_digits_tensors, trained_digits_net
+from stabkern.zoo.digits import accuracy, load_digits_tensors, trained_digits_net
 from stabkern.stability import measure
 from stabkern.stability.plots import BOUND_LABELS, _pyplot, plot_attenuation, plot_bounds, plot_cushions
 

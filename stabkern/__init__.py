@@ -1,15 +1,15 @@
 """stabkern: seeded random-sign sketches and noise-stability meters for conv nets.
 
-Ops (spec stabkern-sign-v1, see `stabkern.reference`): `sign_project`, `sign_reconstruct`,
+Ops (spec stabkern-sign-v1, see `stabkern.spec`): `sign_project`, `sign_reconstruct`,
 `sign_compress`, `sign_matrix`. Compressors: `compress_model`, `choose_k`, `SketchedLinear`,
 `SketchedConv2d`. Meters: `noise_attenuation`, `measure` and one function per meter.
 `python -m stabkern.info` says which backends are usable here.
 """
 
 from .compress import choose_k, compress_model
-from .nn import SketchedConv2d, SketchedLinear
+from .sketched import SketchedConv2d, SketchedLinear
 from .ops import BackendUnavailableError, sign_compress, sign_matrix, sign_project, sign_reconstruct
-from .reference import SPEC
+from .spec import SPEC
 from .stability import (AttenuationReport, StabilityReport, activation_contraction, interlayer_cushion,
                         interlayer_smoothness, layer_cushion, measure, noise_attenuation, noise_sensitivity)
 

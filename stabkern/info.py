@@ -9,7 +9,7 @@ import torch
 
 from . import __version__
 from .backends import BACKENDS, triton_interpreting
-from .reference import SPEC
+from .spec import SPEC
 
 
 def _version(module: str) -> str:

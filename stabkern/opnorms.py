@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn import conv_padding
+from .sketched import conv_padding
 
 
 def _check(module: nn.Module) -> None:

@@ -1,7 +1,7 @@
 """The sign ops: schemas, checks, dispatch and autograd, all in one place.
 
 S is the k x n matrix S[t, j] = sign(seed, stream, t0 + t, j0 + j) of spec stabkern-sign-v1
-(`stabkern.reference.sign_block`). The public functions below validate their arguments and
+(`stabkern.spec.sign_block`). The public functions below validate their arguments and
 call `torch.ops.stabkern.*`; those custom ops pick a backend (`backends.py`) and reshape.
 Projection and unscaled reconstruction are each other's adjoint, which is their autograd.
 """
@@ -289,7 +289,7 @@ def sign_matrix(k: int, n: int, *, seed: int, stream: int = 0, row_offset: int =
     S[t, j] = sign(seed, stream, row_offset + t, col_offset + j); `sign_project(x, k, ...)`
     equals `x @ S.T` and `sign_reconstruct(y, n, ...)` equals `y @ S / k`.
     """
-    from .reference import sign_block
+    from .spec import sign_block
 
     k = _check_int("k", k, 1, MAX_ROWS + 1)
     n = _check_int("n", n, 1, MAX_COLS + 1)

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import opnorms
-from ..nn import check_int, check_mode, conv_padding, row_length
+from ..sketched import check_int, check_mode, conv_padding, row_length
 from .model import _linear_part, compress_model, fold_batchnorm, run_with_hooks, sketchable_layers
 from .report import CompressionReport
 

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from ..nn import SKETCHED_TYPES, SketchedConv2d, SketchedLinear, check_int, check_k, check_mode
+from ..sketched import SKETCHED_TYPES, SketchedConv2d, SketchedLinear, check_int, check_k, check_mode
 from .report import CompressionReport, LayerReport, OutputError
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)

@@ -107,7 +107,7 @@ class CompressionReport:
         max, eps, within_eps}}; skipped: list of {name, type, reason}; folded: list of
         {conv, batchnorm}; totals: {dense, stored, ratio}.
         """
-        from ..reference import SPEC
+        from ..spec import SPEC
 
         return {"format": REPORT_FORMAT, "spec": SPEC, "seed": self.seed, "mode": self.mode,
                 "backend": self.backend, "eps": self.eps, "layers": [r.to_dict() for r in self.layers],

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .graph import Layer, build_propagator, resolve_layers, trace_layers
+from .layers import Layer, resolve_layers, trace_layers
+from .propagate import build_propagator
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 # CPU: chunks small enough that a noisy pass's activations stay in cache (the digits net metered

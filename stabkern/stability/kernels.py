@@ -32,7 +32,7 @@ import os
 
 import torch
 
-from ..reference import philox4x32_10
+from ..spec import philox4x32_10
 
 NOISE_SPEC = "stabkern-noise-v1"
 BACKENDS = ("reference", "cpu", "triton")
@@ -191,7 +191,7 @@ def sphere_noise(x: torch.Tensor, radius: torch.Tensor, *, trials: int, seed: in
            stream, torch.get_num_threads())
         flat = flat.to(out_dtype)
     else:
-        from .. import triton_noise
+        from ..backends.triton import noise as triton_noise
         flat = triton_noise.sphere_noise(rows.contiguous(), radius, trials, seed, stream, sample0, trial0,
                                          out_dtype)
     return _unflat_rows(flat, x, trials * b)
@@ -220,5 +220,5 @@ def sq_error(y_hat: torch.Tensor, y: torch.Tensor, *, backend: str = "auto") -> 
             a, c, fn = a.contiguous(), c.float().contiguous(), _cpu_module().sq_error_f32
         fn(a.data_ptr(), c.data_ptr(), out.data_ptr(), a.shape[0], c.shape[0], c.shape[1], torch.get_num_threads())
         return out
-    from .. import triton_noise
+    from ..backends.triton import noise as triton_noise
     return triton_noise.sq_error(a.contiguous(), c.contiguous())

@@ -10,7 +10,7 @@ from .bound import bounds, choose_margin, data_stats, margins
 from .context import check_positive, check_precision, check_seed, metering, prepare
 from .meters import (_clean_meters, _jacobian_meters, activation_contraction_dict, check_meterable,
                      interlayer_cushion_dict, layer_cushion_dict, noise_sensitivity_dict, smoothness_dict)
-from .noise import attenuation_report, attenuation_sums
+from .attenuation import attenuation_report, attenuation_sums
 from .report import StabilityReport
 
 

@@ -40,7 +40,7 @@ from .. import opnorms
 from . import kernels
 from .context import (Prepared, check_finite, check_positive, check_seed, chunks, metering, plan_chunks,
                       precision_mode, prepare)
-from .graph import repeat_trials
+from .propagate import repeat_trials
 from .report import summarize
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.GELU, nn.SiLU, nn.PReLU, nn.Hardtanh, nn.Softplus,
@@ -302,7 +302,7 @@ def noise_sensitivity(model, data, *, alpha: float = 0.1, trials: int = 8, layer
                       channels_last: bool = True) -> dict:
     """Noise sensitivity psi_i of the net from layer i's input to its last metered layer, per sample,
     summarized: {name: {...}} and "psi": the max over layers and data (the paper's psi_N(M, S))."""
-    from .noise import noise_attenuation
+    from .attenuation import noise_attenuation
     rep = noise_attenuation(model, data, alpha=alpha, trials=trials, layers=layers, seed=seed,
                             memory_budget=memory_budget, method=method, backend=backend, channels_last=channels_last)
     out = noise_sensitivity_dict(rep.layers, rep.per_sample_sq, rep.alpha)

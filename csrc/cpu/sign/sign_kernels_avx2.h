@@ -1,0 +1,196 @@
+// AVX2 + FMA sign kernels (float32), compiled with a target attribute and taken only when the CPU
+// reports AVX2 and FMA at run time.
+//
+// Same shape as the AVX-512 kernels (sign_kernels_avx512.h), on 8 lanes: Philox on 8 rows of S in
+// 64-bit lanes. AVX2 has no 16-entry float permute, so projection looks up 3 columns at a time
+// (vpermps picks one of 8 entries by the low 3 bits of each lane's word): a 32-column word takes
+// 10 lookups of 3 columns and one of its last 2 (a table whose third column is zero).
+// Reconstruction turns each lane's sign bit into the float sign bit with one variable shift and
+// an andnot, then flips +y into -y with an xor.
+#pragma once
+
+#if defined(__x86_64__)
+
+// GCC 12 reports the deliberately undefined vectors inside the intrinsics (_mm512_undefined_ps)
+// as maybe-uninitialized; that is a known false positive of the compiler's own header.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+#include <cstdint>
+
+#include "common/philox.h"
+#include "kernel_contract.h"
+
+#define STABKERN_AVX2 __attribute__((target("avx2,fma")))
+
+namespace stabkern::cpu {
+
+struct Avx2Kernel {
+  using T = float;
+  static constexpr int kLanes = 8;
+  static constexpr int kLookups = 11;           // per 32-column word: columns 3i, 3i+1, 3i+2
+  static constexpr int kTable = 4 * kLookups * 8;  // 44 tables of 8 sign patterns
+
+  STABKERN_AVX2 static void words(const SignKey& key, uint32_t t, int ntg, uint32_t group, uint32_t* out) {
+    uint32_t hi0, lo0, hi1, lo1;
+    mulhilo32(kPhiloxM0, group, hi0, lo0);
+    mulhilo32(kPhiloxM1, key.stream, hi1, lo1);
+    // After round 1: c0 = hi1 ^ row ^ k0, c1 = lo1, c2 = hi0 ^ k1, c3 = lo0.
+    const __m256i c0_base = _mm256_set1_epi64x(hi1 ^ key.k0);
+    const __m256i m0 = _mm256_set1_epi64x(kPhiloxM0), m1 = _mm256_set1_epi64x(kPhiloxM1);
+    __m256i rk0[9], rk1[9];
+    for (int i = 0; i < 9; ++i) {
+      rk0[i] = _mm256_set1_epi64x(uint32_t(key.k0 + uint32_t(i + 1) * kPhiloxW0));
+      rk1[i] = _mm256_set1_epi64x(uint32_t(key.k1 + uint32_t(i + 1) * kPhiloxW1));
+    }
+    // Lane orders chosen so that shuffle_ps(a, b, 0x88) at the end yields rows 0..7 in order.
+    const __m256i off_a = _mm256_set_epi64x(5, 4, 1, 0), off_b = _mm256_set_epi64x(7, 6, 3, 2);
+    for (int g = 0; g < ntg; ++g) {
+      const __m256i row = _mm256_set1_epi64x(uint32_t(t + uint32_t(g * kLanes)));
+      __m256i a0 = _mm256_xor_si256(c0_base, _mm256_add_epi64(row, off_a));
+      __m256i b0 = _mm256_xor_si256(c0_base, _mm256_add_epi64(row, off_b));
+      __m256i a1 = _mm256_set1_epi64x(lo1), b1 = a1;
+      __m256i a2 = _mm256_set1_epi64x(hi0 ^ key.k1), b2 = a2;
+      __m256i a3 = _mm256_set1_epi64x(lo0), b3 = a3;
+      for (int i = 0; i < 9; ++i) {
+        const __m256i pa0 = _mm256_mul_epu32(a0, m0), pa1 = _mm256_mul_epu32(a2, m1);
+        const __m256i pb0 = _mm256_mul_epu32(b0, m0), pb1 = _mm256_mul_epu32(b2, m1);
+        a0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(pa1, 32), a1), rk0[i]);
+        a2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(pa0, 32), a3), rk1[i]);
+        b0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(pb1, 32), b1), rk0[i]);
+        b2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(pb0, 32), b3), rk1[i]);
+        a1 = pa1;
+        a3 = pa0;
+        b1 = pb1;
+        b3 = pb0;
+      }
+      uint32_t* o = out + g * 4 * kLanes;
+      store_low_words(o + 0 * kLanes, a0, b0);
+      store_low_words(o + 1 * kLanes, a1, b1);
+      store_low_words(o + 2 * kLanes, a2, b2);
+      store_low_words(o + 3 * kLanes, a3, b3);
+    }
+  }
+
+  // tab[word q][lookup i][pattern s] = (x0 s0 + x1 s1) + x2 s2 for columns 32 q + 3 i + {0, 1, 2}
+  // (x2 = 0 for i = 10, past the word), s_b = +1 if bit b of s.
+  STABKERN_AVX2 static void tables(const float* x, float* tab) {
+    __m256 sgn[3];
+    for (int b = 0; b < 3; ++b) sgn[b] = sign_pattern(b);
+    for (int q = 0; q < 4; ++q) {
+      for (int i = 0; i < kLookups; ++i) {
+        const float* xc = x + 32 * q + 3 * i;
+        const float x2 = i + 1 < kLookups ? xc[2] : 0.0f;
+        __m256 v = _mm256_mul_ps(_mm256_set1_ps(xc[0]), sgn[0]);
+        v = _mm256_fmadd_ps(_mm256_set1_ps(xc[1]), sgn[1], v);
+        v = _mm256_fmadd_ps(_mm256_set1_ps(x2), sgn[2], v);
+        _mm256_store_ps(tab + (q * kLookups + i) * 8, v);
+      }
+    }
+  }
+
+  STABKERN_AVX2 static void project(const float* tab, int R, const uint32_t* words, int ntg, float* part,
+                                    int64_t ldp) {
+    int r = 0;
+    if (R & 8) project_rows<8, 1>(tab, words, ntg, part, ldp), r += 8;
+    if (R & 4) project_rows<4, 1>(tab + r * kTable, words, ntg, part + r * ldp, ldp), r += 4;
+    if (R & 2) project_rows<2, 2>(tab + r * kTable, words, ntg, part + r * ldp, ldp), r += 2;
+    if (R & 1) project_rows<1, 4>(tab + r * kTable, words, ntg, part + r * ldp, ldp);
+  }
+
+  STABKERN_AVX2 static void reconstruct(const float* y, int64_t ldy, int R, const uint32_t* words, int ng, int kt,
+                                        float* part, int64_t ldp) {
+    for (int i = 0; i < ng; ++i) {
+      const uint32_t* w = words + i * kMaxChunkRows * 4;
+      float* p = part + i * kGroupCols;
+      int r = 0;
+      if (R & 8) reconstruct_rows<8, 1>(y, ldy, w, kt, p, ldp), r += 8;
+      if (R & 4) reconstruct_rows<4, 2>(y + r * ldy, ldy, w, kt, p + r * ldp, ldp), r += 4;
+      if (R & 2) reconstruct_rows<2, 4>(y + r * ldy, ldy, w, kt, p + r * ldp, ldp), r += 2;
+      if (R & 1) reconstruct_rows<1, 4>(y + r * ldy, ldy, w, kt, p + r * ldp, ldp);
+    }
+  }
+
+ private:
+  STABKERN_AVX2 static void store_low_words(uint32_t* o, __m256i a, __m256i b) {
+    const __m256 w = _mm256_shuffle_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), 0x88);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(o), _mm256_castps_si256(w));
+  }
+
+  STABKERN_AVX2 static __m256 sign_pattern(int bit) {
+    alignas(32) float s[8];
+    for (int l = 0; l < 8; ++l) s[l] = (l >> bit) & 1 ? 1.0f : -1.0f;
+    return _mm256_load_ps(s);
+  }
+
+  template <int R, int TG>
+  STABKERN_AVX2 static void project_rows(const float* tab, const uint32_t* words, int ntg, float* part,
+                                         int64_t ldp) {
+    int g = 0;
+    for (; g + TG <= ntg; g += TG) project_tile<R, TG>(tab, words + g * 4 * kLanes, part + g * kLanes, ldp);
+    for (; g < ntg; ++g) project_tile<R, 1>(tab, words + g * 4 * kLanes, part + g * kLanes, ldp);
+  }
+
+  template <int R, int TG>
+  STABKERN_AVX2 static inline __attribute__((always_inline)) void project_tile(const float* tab,
+                                                                                const uint32_t* words,
+                                                                                float* part, int64_t ldp) {
+    __m256 acc[R][TG];
+    for (int r = 0; r < R; ++r)
+      for (int g = 0; g < TG; ++g) acc[r][g] = _mm256_loadu_ps(part + r * ldp + g * kLanes);
+    for (int q = 0; q < 4; ++q) {
+      __m256i idx[TG];
+      for (int g = 0; g < TG; ++g)
+        idx[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(words + (g * 4 + q) * kLanes));
+#pragma GCC unroll 1
+      for (int i = 0; i < kLookups; ++i) {
+        for (int r = 0; r < R; ++r) {
+          const __m256 e = _mm256_load_ps(tab + r * kTable + (q * kLookups + i) * 8);
+          for (int g = 0; g < TG; ++g)
+            acc[r][g] = _mm256_add_ps(acc[r][g], _mm256_permutevar8x32_ps(e, idx[g]));
+        }
+        for (int g = 0; g < TG; ++g) idx[g] = _mm256_srli_epi32(idx[g], 3);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int g = 0; g < TG; ++g) _mm256_storeu_ps(part + r * ldp + g * kLanes, acc[r][g]);
+  }
+
+  // R rows of y, V registers of 8 columns at a time; the 16 registers of a group in steps of V.
+  template <int R, int V>
+  STABKERN_AVX2 static void reconstruct_rows(const float* y, int64_t ldy, const uint32_t* words, int kt,
+                                             float* part, int64_t ldp) {
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    for (int v0 = 0; v0 < 16; v0 += V) {
+      // Register v covers columns 8 v .. 8 v + 7 of word v / 4: shift bit 8 (v % 4) + l to bit 31.
+      const __m256i lane = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+      __m256i shift[V];
+      for (int v = 0; v < V; ++v) shift[v] = _mm256_sub_epi32(_mm256_set1_epi32(31 - 8 * ((v0 + v) & 3)), lane);
+      __m256 acc[R][V];
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < V; ++v) acc[r][v] = _mm256_loadu_ps(part + r * ldp + 8 * (v0 + v));
+      for (int t = 0; t < kt; ++t) {
+        const uint32_t* w = words + (t / kLanes) * 4 * kLanes + t % kLanes;
+        __m256 flip[V];  // sign bit set where S[t, j] = -1
+        for (int v = 0; v < V; ++v) {
+          const __m256i bits = _mm256_sllv_epi32(_mm256_set1_epi32(int(w[((v0 + v) >> 2) * kLanes])), shift[v]);
+          flip[v] = _mm256_andnot_ps(_mm256_castsi256_ps(bits), sign_bit);
+        }
+        for (int r = 0; r < R; ++r) {
+          const __m256 pos = _mm256_set1_ps(y[r * ldy + t]);
+          for (int v = 0; v < V; ++v) acc[r][v] = _mm256_add_ps(acc[r][v], _mm256_xor_ps(pos, flip[v]));
+        }
+      }
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < V; ++v) _mm256_storeu_ps(part + r * ldp + 8 * (v0 + v), acc[r][v]);
+    }
+  }
+};
+
+}  // namespace stabkern::cpu
+
+#undef STABKERN_AVX2
+
+#endif  // __x86_64__

@@ -1,0 +1,334 @@
+"""The C++ kernels of `stabkern._cpu` against `stabkern.reference`, on every instruction-set path
+this machine can run (STABKERN_CPU_ISA forces each).
+
+Tolerances come from fp32 rounding in the kernels' summation order (csrc/cpu/sign_kernels.cpp):
+a projection output is a chain of at most 171 fp32 additions of table entries (each a sum of 3 or
+4 columns) per 512-column chunk, chunks added in double, so |y - y_ref| <= gamma_d * sum|x| +
+u * |y_ref| with d = min(n, 512) / 3 + 8 and gamma_d ~ d * u (Higham, Accuracy and Stability of
+Numerical Algorithms, 4.2). Reconstruction chains at most 256 additions per chunk of rows of S.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from stabkern import spec as reference
+
+_cpu = pytest.importorskip("stabkern._cpu", reason="stabkern._cpu is not built")
+
+ISAS = ("generic", "avx2", "avx512")
+DTYPES = (torch.float32, torch.float64)
+UNIT_ROUNDOFF = {torch.float32: 2.0 ** -24, torch.float64: 2.0 ** -53}
+
+
+@pytest.fixture(params=ISAS)
+def isa(request, monkeypatch):
+    """Each instruction-set path this CPU supports, forced through STABKERN_CPU_ISA."""
+    if request.param not in _cpu.available_isas():
+        pytest.skip(f"this CPU cannot run the {request.param} path")
+    monkeypatch.setenv("STABKERN_CPU_ISA", request.param)
+    assert _cpu.isa() == request.param
+    return request.param
+
+
+def cpu_project(x, k, seed, stream=0, t0=0, j0=0, threads=2):
+    rows, n = x.shape
+    y = torch.empty(rows, k, dtype=x.dtype)
+    fn = _cpu.project_f64 if x.dtype == torch.float64 else _cpu.project_f32
+    fn(x.data_ptr(), y.data_ptr(), rows, n, k, seed, stream, t0, j0, threads)
+    return y
+
+
+def cpu_reconstruct(y, n, scale, seed, stream=0, t0=0, j0=0, threads=2):
+    rows, k = y.shape
+    out = torch.empty(rows, n, dtype=y.dtype)
+    fn = _cpu.reconstruct_f64 if y.dtype == torch.float64 else _cpu.reconstruct_f32
+    fn(y.data_ptr(), out.data_ptr(), rows, n, k, scale, seed, stream, t0, j0, threads)
+    return out
+
+
+def assert_close_to_reference(got, ref, abs_terms, chain):
+    """|got - ref| <= gamma_chain * abs_terms + u |ref| elementwise, in got's precision.
+
+    abs_terms: (rows, 1) sums of |terms| entering each output; chain: fp additions per output.
+    """
+    u = UNIT_ROUNDOFF[got.dtype]
+    bound = (chain * u / (1 - chain * u)) * abs_terms + u * ref.abs()
+    err = (got.double() - ref).abs()
+    worst = (err - bound).max().item()
+    assert worst <= 0, f"error {err.max().item():.3e} exceeds the rounding bound by {worst:.3e}"
+
+
+def projection_chain(n):
+    return min(n, 512) // 3 + 8
+
+
+# ----------------------------------------------------------------------------- Philox
+
+
+def test_philox_known_answer_vectors():
+    """Random123's kat_vectors for philox4x32_10 (DESIGN.md section 1)."""
+    assert _cpu.philox4x32_10(0, 0, 0, 0, 0, 0) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
+    m = 0xFFFFFFFF
+    assert _cpu.philox4x32_10(m, m, m, m, m, m) == (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)
+    assert _cpu.philox4x32_10(0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344, 0xA4093822, 0x299F31D0) == (
+        0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)
+
+
+# ----------------------------------------------------------------------------- exact signs
+
+
+def test_unit_vectors_give_the_sign_matrix_exactly(isa):
+    """Projecting the identity gives S^T and reconstructing it gives S, bit for bit (sums of one +-1
+    and zeros are exact), across group, chunk, panel and row-block boundaries."""
+    n, k, seed, stream = 600, 530, 2**63 + 12345, 7
+    s = reference.sign_block(seed, stream, 0, k, 0, n, dtype=torch.float32)
+    assert torch.equal(cpu_project(torch.eye(n), k, seed, stream), s.T)
+    assert torch.equal(cpu_reconstruct(torch.eye(k), n, 1.0, seed, stream), s)
+
+
+# ----------------------------------------------------------------------------- against the reference
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", (1, 31, 32, 127, 128, 129, 1000, 4099))
+def test_project_odd_sizes(isa, dtype, n):
+    gen = torch.Generator().manual_seed(n)
+    for i, k in enumerate((1, 7, 33, 100)):
+        rows = 1 + (n + i) % 5
+        x = torch.randn(rows, n, generator=gen, dtype=dtype)
+        seed = int(torch.randint(0, 2**62, (), generator=gen))
+        y = cpu_project(x, k, seed, stream=i)
+        assert y.shape == (rows, k) and y.dtype == dtype
+        ref = reference.project(x, k, seed, i)
+        assert_close_to_reference(y, ref, x.double().abs().sum(1, keepdim=True), projection_chain(n))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", (1, 31, 32, 127, 128, 129, 1000, 4099))
+def test_reconstruct_odd_sizes(isa, dtype, n):
+    gen = torch.Generator().manual_seed(1000 + n)
+    for i, k in enumerate((1, 7, 33, 100)):
+        rows = 1 + (n + i) % 5
+        y = torch.randn(rows, k, generator=gen, dtype=dtype)
+        seed = int(torch.randint(0, 2**62, (), generator=gen))
+        scale = 1.0 / k
+        out = cpu_reconstruct(y, n, scale, seed, stream=i)
+        assert out.shape == (rows, n) and out.dtype == dtype
+        ref = reference.reconstruct(y, n, seed, i, scale)
+        assert_close_to_reference(out, ref, scale * y.double().abs().sum(1, keepdim=True), min(k, 256) + 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gemm_form(isa, dtype):
+    """Many rows: several row panels (32 rows) and blocks of S rows (512), and more than 256 rows of
+    S per reconstruction chunk."""
+    gen = torch.Generator().manual_seed(5)
+    rows, n, k, seed = 37, 1100, 600, 99
+    x = torch.randn(rows, n, generator=gen, dtype=dtype)
+    ref = reference.project(x, k, seed, 3)
+    assert_close_to_reference(cpu_project(x, k, seed, 3), ref, x.double().abs().sum(1, keepdim=True),
+                              projection_chain(n))
+    y = torch.randn(rows, k, generator=gen, dtype=dtype)
+    ref = reference.reconstruct(y, n, seed, 3, 0.25)
+    assert_close_to_reference(cpu_reconstruct(y, n, 0.25, seed, 3), ref,
+                              0.25 * y.double().abs().sum(1, keepdim=True), 256 + 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_counter_offsets_at_the_ends_of_the_ranges(isa, dtype):
+    """Rows t0 + t up to 2^32 - 1 (the padded Philox lanes past them wrap) and columns from 2^37."""
+    gen = torch.Generator().manual_seed(11)
+    k, n, rows = 37, 300, 3
+    t0, j0, seed = 2**32 - k, 2**37, 2**64 - 1
+    x = torch.randn(rows, n, generator=gen, dtype=dtype)
+    ref = reference.project(x, k, seed, 2**32 - 1, t0, j0)
+    assert_close_to_reference(cpu_project(x, k, seed, 2**32 - 1, t0, j0), ref,
+                              x.double().abs().sum(1, keepdim=True), projection_chain(n))
+    y = torch.randn(rows, k, generator=gen, dtype=dtype)
+    ref = reference.reconstruct(y, n, seed, 2**32 - 1, 1.0, t0, j0)
+    assert_close_to_reference(cpu_reconstruct(y, n, 1.0, seed, 2**32 - 1, t0, j0), ref,
+                              y.double().abs().sum(1, keepdim=True), min(k, 256) + 3)
+
+
+def test_long_all_positive_vector_stays_accurate(isa):
+    """n = 512*512*9 all-positive entries (|y| ~ sqrt(n) while sum |x| ~ n): one fp32 chain over
+    the whole row loses 3.8e-6 of |y| here; 512-column fp32 chunks added in double give 2.3e-7."""
+    n, k = 2_359_296, 5
+    x = torch.rand(1, n, generator=torch.Generator().manual_seed(3))
+    ref = reference.project(x, k, 2024, 0)
+    rel = ((cpu_project(x, k, 2024).double() - ref).norm() / ref.norm()).item()
+    assert rel < 1e-6
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+def test_bitwise_identical_for_any_thread_count(isa):
+    """Same bits run to run and for 1, 2, 3 threads, in both work splits: one long vector (threads
+    split the columns) and many rows (threads split rows; 3 units, so 1 thread takes this split and
+    2 and 3 threads the column split)."""
+    gen = torch.Generator().manual_seed(8)
+    cases = [(1, 70_001, 40), (70, 70_001, 40)]
+    for rows, n, k in cases:
+        x = torch.randn(rows, n, generator=gen)
+        runs = [cpu_project(x, k, 5, threads=t) for t in (1, 2, 3, 2)]
+        assert all(torch.equal(runs[0], r) for r in runs[1:]), (rows, n, k)
+    y = torch.randn(3, 600, generator=gen)
+    runs = [cpu_reconstruct(y, 5000, 0.5, 5, threads=t) for t in (1, 2, 3, 3)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+
+
+def test_bitwise_identical_across_waves_of_spans():
+    """A vector long enough that the column split buffers its span sums in two waves (3 threads,
+    5 units of 512 rows of S): the same bits as one thread sweeping every span in order."""
+    n, k = 1_800_000, 2560
+    x = torch.randn(1, n, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(cpu_project(x, k, 77, threads=1), cpu_project(x, k, 77, threads=3))
+
+
+# ----------------------------------------------------------------------------- IEEE special values
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nan_and_inf_propagate(isa, dtype):
+    n, k, seed = 300, 40, 17
+    s = reference.sign_block(seed, 0, 0, k, 0, n, dtype=dtype)
+    gen = torch.Generator().manual_seed(1)
+
+    x = torch.randn(3, n, generator=gen, dtype=dtype)
+    x[0, 200] = float("inf")  # y[0, t] = S[t, 200] * inf
+    x[1, 5] = float("nan")  # y[1, :] = nan
+    x[2, 10], x[2, 250] = float("inf"), float("-inf")  # inf - inf = nan where S agrees, else +-inf
+    y = cpu_project(x, k, seed)
+    assert torch.equal(y[0], s[:, 200] * float("inf"))
+    assert y[1].isnan().all()
+    same = s[:, 10] == s[:, 250]
+    assert y[2][same].isnan().all()
+    assert torch.equal(y[2][~same], s[:, 10][~same] * float("inf"))
+
+    yy = torch.randn(2, k, generator=gen, dtype=dtype)
+    yy[0, 33] = float("-inf")
+    yy[1, 0] = float("nan")
+    out = cpu_reconstruct(yy, n, 0.5, seed)
+    assert torch.equal(out[0], -s[33] * float("inf"))
+    assert out[1].isnan().all()
+
+
+# ----------------------------------------------------------------------------- through the public op
+
+
+def test_public_op_uses_the_cpu_kernels():
+    import stabkern
+
+    x = torch.randn(2, 3, 515, generator=torch.Generator().manual_seed(4))
+    y = stabkern.sign_project(x, 70, seed=3, stream=1, backend="cpu")
+    ref = reference.project(x.reshape(-1, 515), 70, 3, 1).reshape(2, 3, 70)
+    abs_x = x.reshape(6, -1).double().abs().sum(1, keepdim=True)
+    assert_close_to_reference(y.reshape(6, 70), ref.reshape(6, 70), abs_x, projection_chain(515))
+    out = stabkern.sign_reconstruct(y, 515, seed=3, stream=1, backend="cpu")
+    ref = reference.reconstruct(y.reshape(6, 70), 515, 3, 1, 1 / 70).reshape(2, 3, 515)
+    assert_close_to_reference(out.reshape(6, 515), ref.reshape(6, 515),
+                              y.reshape(6, 70).double().abs().sum(1, keepdim=True) / 70, 73)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak RSS from /proc")
+def test_memory_stays_linear_in_n_plus_k():
+    """Projecting n = 2^22 onto k = 256 rows (S would be 4 GiB in fp32) raises the peak RSS of a
+    fresh process by scratch only, not by anything of size k * n.
+
+    The peak is VmHWM, reset before each step through /proc/self/clear_refs. (ru_maxrss is the
+    same peak but also keeps the RSS of the forking pytest process from before exec.)
+    """
+    code = textwrap.dedent("""
+        import torch, stabkern
+        def status_mib(key):
+            with open("/proc/self/status") as f:
+                return next(int(l.split()[1]) / 1024 for l in f if l.startswith(key + ":"))
+        def reset_peak():  # lowers the high-water mark to the current RSS (Linux >= 4.0)
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                print("no-reset")
+                raise SystemExit(0)
+            return status_mib("VmHWM")
+        n, k = 1 << 22, 256
+        x = torch.randn(n)
+        stabkern.sign_project(x[:4096], 8, seed=0, backend="cpu")  # load the op machinery and threads
+        before = reset_peak()
+        y = stabkern.sign_project(x, k, seed=1, backend="cpu")
+        project_growth = status_mib("VmHWM") - before
+        before = reset_peak()
+        out = stabkern.sign_reconstruct(y, n, seed=1, backend="cpu")  # its output is 16 MiB
+        reconstruct_growth = status_mib("VmHWM") - before
+        before = reset_peak()
+        control = torch.ones(16 << 20)  # 64 MiB: the measurement must see it
+        control_growth = status_mib("VmHWM") - before
+        print(project_growth, reconstruct_growth, control_growth, bool(out.isfinite().all()))
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    if res.stdout.strip() == "no-reset":
+        pytest.skip("this kernel does not let a process reset its peak RSS (/proc/self/clear_refs)")
+    project_growth, reconstruct_growth, control_growth, finite = res.stdout.split()
+    assert float(control_growth) > 60, res.stdout
+    assert float(project_growth) < 32, res.stdout
+    assert float(reconstruct_growth) < 16 + 32, res.stdout
+    assert finite == "True"
+
+
+# ----------------------------------------------------------------------------- bad calls
+
+
+def test_binding_rejects_bad_arguments():
+    x = torch.zeros(4, 256)
+    y = torch.zeros(4, 8)
+    p, q = x.data_ptr(), y.data_ptr()
+    good = dict(rows=4, n=256, k=8, seed=1, stream=0, t0=0, j0=0, threads=1)
+    bad = [
+        (dict(rows=0), "rows, n and k must be >= 1"),
+        (dict(n=-1), "rows, n and k must be >= 1"),
+        (dict(k=0), "rows, n and k must be >= 1"),
+        (dict(t0=2**32 - 7), "exceed the counter range"),
+        (dict(j0=2**38 - 128), "exceed the counter range"),
+        (dict(j0=64), "multiple of 128"),
+        (dict(threads=-1), "num_threads"),
+    ]
+    for change, message in bad:
+        a = {**good, **change}
+        args = (a["rows"], a["n"], a["k"], a["seed"], a["stream"], a["t0"], a["j0"], a["threads"])
+        with pytest.raises(ValueError, match=message):
+            _cpu.project_f32(p, q, *args)
+        with pytest.raises(ValueError, match=message):
+            _cpu.reconstruct_f32(q, p, *args[:3], 1.0, *args[3:])
+    with pytest.raises(ValueError, match="null data address"):
+        _cpu.project_f32(0, q, 4, 256, 8, 1, 0, 0, 0, 1)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        _cpu.reconstruct_f32(q, p, 4, 256, 8, float("nan"), 1, 0, 0, 0, 1)
+    with pytest.raises(TypeError):
+        _cpu.project_f32(p, q, 4, 256, 8, -1, 0, 0, 0, 1)  # seeds are unsigned 64-bit
+
+
+def test_isa_override(monkeypatch):
+    paths = _cpu.available_isas()
+    assert paths[0] == "generic" and set(paths) <= set(ISAS)
+    monkeypatch.delenv("STABKERN_CPU_ISA", raising=False)
+    assert _cpu.isa() == paths[-1]
+    monkeypatch.setenv("STABKERN_CPU_ISA", "sse9")
+    with pytest.raises(ValueError, match="STABKERN_CPU_ISA must be"):
+        _cpu.isa()
+    with pytest.raises(ValueError, match="STABKERN_CPU_ISA must be"):
+        cpu_project(torch.zeros(1, 8), 4, 0)
+    for name in ISAS:
+        if name not in paths:
+            monkeypatch.setenv("STABKERN_CPU_ISA", name)
+            with pytest.raises(ValueError, match="supports only up to"):
+                _cpu.isa()
