@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <string>
 
 #include "gaussian.h"
 #include "noise_kernels.h"
@@ -54,7 +55,7 @@ PYBIND11_MODULE(_noise, m) {
   m.def("sq_error_f32", &sq_error<float, float>, err_doc);
   m.def("sq_error_f64", &sq_error<double, double>, err_doc);
   m.def("sq_error_bf16", &sq_error_bf16, err_doc);
-  m.def("isa", [] { return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? "avx2" : "generic"; },
-        "noise path taken on this machine: avx2 or generic");
+  m.def("isa", [] { return std::string(nz::isa()); },
+        "noise path the kernels take now: avx2 or generic (STABKERN_CPU_ISA=generic forces the scalar one)");
   m.def("gauss4", &gauss4, "gauss4(seed, stream, sample, trial, group) -> the 4 Gaussians of one Philox call");
 }

@@ -5,13 +5,17 @@
 // and added to x in place; Philox runs once per four elements. (The Triton kernel regenerates
 // instead, because a GPU row does not stay on chip.) Rows are independent: OpenMP splits rows,
 // and each row is summed in a fixed order, so results do not depend on the thread count.
-// Noise runs 8 groups per step on AVX2 (gaussian_simd.h), chosen at run time; scalar elsewhere.
+// Noise runs 8 groups per step on AVX2 (gaussian_simd.h), chosen at run time (STABKERN_CPU_ISA=generic
+// forces the scalar path); scalar elsewhere.
 #include "noise_kernels.h"
 
 #include <omp.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 #include "gaussian.h"
 #include "gaussian_simd.h"
@@ -80,13 +84,11 @@ __attribute__((target("avx2,fma"))) double noise_groups_avx2(T* out, int64_t n, 
   return total;
 }
 
-const bool kHasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-
 template <typename T>
 void noise_row(const T* x, double radius, T* out, int64_t n, uint64_t seed, uint32_t stream, uint32_t sample,
-               uint32_t trial) {
+               uint32_t trial, bool avx2) {
   int64_t done = 0;
-  double total = kHasAvx2 ? noise_groups_avx2(out, n, seed, stream, sample, trial, done) : 0.0;
+  double total = avx2 ? noise_groups_avx2(out, n, seed, stream, sample, trial, done) : 0.0;
   total += noise_groups_scalar(out, n, done, seed, stream, sample, trial);
   const T scale = T(radius / std::sqrt(total));
 #pragma omp simd
@@ -95,12 +97,13 @@ void noise_row(const T* x, double radius, T* out, int64_t n, uint64_t seed, uint
 
 template <typename T>
 void sphere_noise_impl(const T* x, const double* radius, T* out, const NoiseArgs& a) {
+  const bool avx2 = std::strcmp(isa(), "avx2") == 0;  // read once per call, before the threads start
   const int64_t rows = a.trials * a.batch;
 #pragma omp parallel for schedule(static) num_threads(threads_of(a.num_threads))
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t t = r / a.batch, b = r % a.batch;
     noise_row(x + b * a.n, radius[b], out + r * a.n, a.n, a.seed, a.stream, uint32_t(a.sample0 + b),
-              uint32_t(a.trial0 + t));
+              uint32_t(a.trial0 + t), avx2);
   }
 }
 
@@ -137,6 +140,23 @@ void sq_error_impl(const TH* y_hat, const TY* y, double* out, int64_t rows, int6
 }
 
 }  // namespace
+
+const char* isa() {
+  // The same variable as the sign kernels: STABKERN_CPU_ISA=generic forces the scalar path (for tests on
+  // any machine); avx2 and avx512 take the AVX2 path (the noise has no AVX-512 one) where the CPU has it.
+  static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f");
+  const char* env = std::getenv("STABKERN_CPU_ISA");
+  if (env == nullptr || env[0] == '\0' || std::strcmp(env, "auto") == 0) return has_avx2 ? "avx2" : "generic";
+  if (std::strcmp(env, "generic") == 0) return "generic";
+  const bool avx512 = std::strcmp(env, "avx512") == 0;
+  if (!avx512 && std::strcmp(env, "avx2") != 0)
+    throw std::invalid_argument(std::string("STABKERN_CPU_ISA must be auto, generic, avx2 or avx512, got '") + env +
+                                "'");
+  if (avx512 ? !has_avx512 : !has_avx2)
+    throw std::invalid_argument(std::string("STABKERN_CPU_ISA=") + env + " but this CPU does not support it");
+  return "avx2";
+}
 
 void sphere_noise(const float* x, const double* radius, float* out, const NoiseArgs& a) {
   sphere_noise_impl(x, radius, out, a);

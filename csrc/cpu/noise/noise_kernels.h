@@ -16,6 +16,11 @@ struct NoiseArgs {
   int num_threads;  // 0: OpenMP's default
 };
 
+// The noise path the kernels take now, "avx2" or "generic": the CPU's best unless STABKERN_CPU_ISA forces
+// one (generic; avx2 and avx512 both mean the AVX2 path). Throws std::invalid_argument for a value that is
+// unknown or that this CPU cannot run, before any work starts.
+const char* isa();
+
 // out[t B + b] = x[b] + radius[b] z / ||z||, z the stabkern-noise-v1 Gaussian vector of
 // (sample0 + b, trial0 + t). x: (B, n), radius: (B,), out: (T B, n), all contiguous.
 void sphere_noise(const float* x, const double* radius, float* out, const NoiseArgs& a);
