@@ -19,7 +19,7 @@ import torch
 
 from stabkern.zoo.digits import accuracy, load_digits_tensors, trained_digits_net
 from stabkern.stability import measure
-from stabkern.stability.plots import BOUND_LABELS, _pyplot, plot_attenuation, plot_bounds, plot_cushions
+from stabkern.stability.plots import BOUND_LABELS, plot_attenuation, plot_bounds, plot_cushions
 
 
 def _fmt(v, digits=3):
@@ -99,7 +99,9 @@ def main(argv=None) -> None:
     d = report.to_dict()
     (out / "stability_digits.json").write_text(json.dumps(d, indent=1, allow_nan=False) + "\n")
     (out / "stability_digits.md").write_text(markdown(d, seconds, acc))
-    plt = _pyplot()
+    import matplotlib
+    matplotlib.use("Agg")  # a file, no display
+    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(18, 5))
     plot_attenuation(report.attenuation, ax=axes[0])
     plot_cushions(report, ax=axes[1])
