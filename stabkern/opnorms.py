@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import check_float, check_positive_int, check_seed
 from .sketched import conv_padding
 
 
@@ -35,6 +36,13 @@ def _check(module: nn.Module) -> None:
         return
     if not isinstance(module, nn.Linear):
         raise ValueError(f"operator norms are defined for Conv2d and Linear layers, not {type(module).__name__}")
+
+
+def _check_shape(in_shape) -> tuple:
+    """in_shape as a tuple of ints >= 1 (a per-sample shape), else a TypeError / ValueError naming it."""
+    if isinstance(in_shape, (str, bytes)) or not hasattr(in_shape, "__iter__"):
+        raise TypeError(f"in_shape must be a per-sample shape (a tuple of ints), got {type(in_shape).__name__}")
+    return tuple(check_positive_int(f"in_shape[{k}]", s) for k, s in enumerate(in_shape))
 
 
 def _padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
@@ -55,6 +63,7 @@ def _tap_mask(conv: nn.Conv2d, in_shape) -> torch.Tensor:
 def row_norms(module: nn.Module, in_shape) -> tuple[torch.Tensor, torch.Tensor]:
     """(row_sq, row_abs): squared l2 and l1 norms of every row of A, flat over output units, float64."""
     _check(module)
+    in_shape = _check_shape(in_shape)
     w = module.weight.detach().double()
     if isinstance(module, nn.Linear):
         return w.square().sum(1), w.abs().sum(1)
@@ -95,6 +104,10 @@ def spectral(module: nn.Module, in_shape, iters: int = 500, tol: float = 1e-9, s
     singular values); it stops early once a step changes it by less than tol (relative).
     """
     _check(module)
+    iters = check_positive_int("iters", iters)
+    tol = check_float("tol", tol, 0.0)
+    seed = check_seed(seed)
+    in_shape = _check_shape(in_shape)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     v = torch.randn(1, *in_shape, generator=gen).to(module.weight.device)
     single = _as_dtype(module, torch.float32)
@@ -133,6 +146,7 @@ def operator_matrix(module: nn.Module, in_shape) -> torch.Tensor:
     For checks on small layers only: memory is O(in numel * out numel).
     """
     _check(module)
+    in_shape = _check_shape(in_shape)
     n = 1
     for s in in_shape:
         n *= s

@@ -86,3 +86,18 @@ def test_unsupported_layers():
         opnorms.row_norms(nn.BatchNorm2d(3), (3, 4, 4))
     with pytest.raises(ValueError, match="too small"):
         opnorms.frobenius(nn.Conv2d(1, 1, 5), (1, 3, 3))
+
+
+def test_bad_arguments_are_named():
+    """Issue 9, item 9: spectral_iters/iters = 0 and negative sizes get a range error naming the argument."""
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    with pytest.raises(ValueError, match="iters"):
+        opnorms.spectral(conv, (2, 5, 5), iters=0)
+    with pytest.raises(TypeError, match="iters"):
+        opnorms.spectral(conv, (2, 5, 5), iters=2.0)
+    with pytest.raises(ValueError, match="tol"):
+        opnorms.spectral(conv, (2, 5, 5), tol=-1.0)
+    with pytest.raises(ValueError, match=r"in_shape\[1\]"):
+        opnorms.row_norms(conv, (2, -5, 5))
+    with pytest.raises(ValueError, match=r"in_shape\[0\]"):
+        opnorms.frobenius(nn.Linear(3, 2), (0,))

@@ -15,10 +15,23 @@ Jacobian at x^i; h_i = dim x^i.
   gives each sample's 95% interval.
 - activation contraction c_i(x) = ||u|| / ||phi(u)|| at the first activation module (ReLU and kin)
   called after layer i, u its input (for a plain chain u = x^i)                       (Definition 3)
-- interlayer smoothness rho_{i,j}(x) = ||eta|| ||x^j|| / (||x^i|| ||M^{i,j}(x^i + eta) - J^{i,j}(x^i + eta)||)
+- interlayer smoothness, bias-aware (the one the bound uses)
+      rho_{i,j}(x) = ||eta|| ||x^j|| / (||x^i|| ||M^{i,j}(x^i + eta) - M^{i,j}(x^i) - J^{i,j} eta||)
   for j > i and noise eta with ||eta|| = alpha ||x^i|| (the relative size a compression injects),
-  minimized over `draws` draws. The paper asks for rho >= 3d; large is smooth. For nets with biases
-  M(x) != J x, so the zeroth-order term counts too (the paper's nets have no bias)   (Definition 6)
+  minimized over `draws` draws: the first-order remainder of M around the clean point. The paper asks
+  rho >= 3d; large is smooth. The paper's nets have no biases, so its Definition 6 writes the remainder
+  as M(x^i + eta) - J(x^i + eta); with biases M(x^i) != J x^i and that literal form also counts the
+  constant offset M(x^i) - J x^i, so it shrinks in proportion to alpha for small alpha (on an affine
+  map it is exactly proportional) although nothing non-smooth happens. We keep the literal form as
+  `rho_literal`; on a bias-free ReLU net M(x^i) = J x^i and the two agree            (Definition 6)
+- well-distributed Jacobian (paper section 5, convolutional nets) beta_{i,j}(x)^2 =
+  P_i max_p ||J^{i,j}[:, p]||_F^2 / ||J^{i,j}||_F^2, with p one of the P_i = H_i W_i spatial positions of
+  x^i and J[:, p] the columns of its C_i channels: beta = 1 when the Jacobian's energy is spread evenly
+  over the positions, beta^2 = P_i when it all sits on one. A Linear layer's output is one position
+  (beta = 1). Estimated with reverse-mode Hutchinson probes v (E v v^T = I on x^j):
+  ||J[:, p]||_F^2 = E ||(J^T v)[:, p]||^2, all positions from the same `probes` vector-Jacobian products;
+  the max over positions of noisy estimates is biased upwards (a conservative beta). Not checked
+  against the paper's text: see `stabkern.stability.bound`.
 - noise sensitivity psi_i(x) = E ||f(x; z^i + eta) - f(x)||^2 / (alpha^2 ||f(x)||^2) for eta injected at
   layer i's input with ||eta|| = alpha ||z^i|| and f the output of the last metered layer: Definition 1
   with N the isotropic Gaussian of unit expected square norm, at finite alpha (for a linear map
@@ -30,6 +43,7 @@ Every quantity is kept per sample; reports give its distribution over the data (
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -38,8 +52,9 @@ from torch import nn
 
 from .. import opnorms
 from . import kernels
-from .context import (Prepared, check_finite, check_positive, check_seed, chunks, metering, plan_chunks,
-                      precision_mode, prepare)
+from .._checks import check_names, check_positive, check_positive_int, check_seed
+from .bound import logits_of
+from .context import Prepared, check_finite, chunks, metering, plan_chunks, precision_mode, prepare
 from .propagate import repeat_trials
 from .report import summarize
 
@@ -79,7 +94,7 @@ def _activation_after(prep: Prepared, sample: torch.Tensor) -> list:
     return after
 
 
-def _clean_meters(prep: Prepared, data: torch.Tensor, budget) -> dict:
+def clean_meters(prep: Prepared, data: torch.Tensor, budget) -> dict:
     """Per-sample layer cushion (N, L), activation contraction (N, L; NaN without an activation),
     the model outputs (N, ...) and the squared norms of the metered layers' clean outputs (N, L)."""
     n, num = data.shape[0], len(prep.layers)
@@ -113,20 +128,25 @@ def _clean_meters(prep: Prepared, data: torch.Tensor, budget) -> dict:
             cushion[s0:s1, i] = (az.flatten(1).double().norm(dim=1) / (frob[i] * z)).cpu().numpy()
             if after[i] is not None:
                 contraction[s0:s1, i] = (pre[after[i]] / post[after[i]]).cpu().numpy()
-        outputs.append(clean.logits.detach().cpu())
+        outputs.append(logits_of(clean.logits).detach().cpu())
     return {"cushion": cushion, "contraction": contraction, "frobenius": frob, "logits": torch.cat(outputs)}
 
 
-def _jacobian_meters(prep: Prepared, data: torch.Tensor, *, probes: int, draws: int, alpha: float, seed: int,
-                     budget, backend: str) -> dict:
-    """Per-sample interlayer cushion mu (N, L, L) with its relative standard error, ||J^{i,j} x^i||
-    (jx_norm) and smoothness rho (N, L, L, min over draws); NaN where j < i (rho: j <= i)."""
+def jacobian_meters(prep: Prepared, data: torch.Tensor, *, probes: int, draws: int, alpha: float, seed: int,
+                    budget, backend: str) -> dict:
+    """Per-sample interlayer cushion mu (N, L, L) with its relative standard error mu_rse, ||J^{i,j} x^i||
+    (jx_norm) and the smoothness rho (bias-aware) and rho_literal (N, L, L, min over draws).
+
+    NaN where j < i (rho: j <= i) and where layer j is not downstream of layer i (a parallel branch, e.g.
+    a residual block's 1x1 downsample conv beside its main path): there M^{i,j} does not depend on x^i.
+    Probe k and noise draw k share their direction u_k (same counters), so J eta_k is a probe's JVP
+    scaled; max(probes, draws) directions are pushed, the first `probes` give ||J||_F, the first
+    `draws` the smoothness.
+    """
     n, num = data.shape[0], len(prep.layers)
-    mu = np.full((n, num, num), np.nan)
-    jx_norm = np.full((n, num, num), np.nan)
-    mu_rse = np.full((n, num, num), np.nan)
-    rho = np.full((n, num, num), np.nan)
-    rows = 1 + probes + draws
+    mu, jx_norm, mu_rse, rho, rho_literal = (np.full((n, num, num), np.nan) for _ in range(5))
+    directions = max(probes, draws)
+    rows = 1 + directions + draws
     batch, trial_chunk = plan_chunks(prep.layers, n, 2 * rows, torch.finfo(prep.dtype).bits // 8, budget,
                                      prep.device)
     if trial_chunk < 2 * rows:
@@ -149,38 +169,87 @@ def _jacobian_meters(prep: Prepared, data: torch.Tensor, *, probes: int, draws: 
             stream = num + i  # streams 0..L-1 are the attenuation's
             probe = kernels.sphere_noise(torch.zeros_like(x_i), torch.full((b,), math.sqrt(h), dtype=torch.float64,
                                                                            device=x_i.device),
-                                         trials=probes, seed=seed, stream=stream, sample0=s0, backend=backend)
+                                         trials=directions, seed=seed, stream=stream, sample0=s0, backend=backend)
             noisy = kernels.sphere_noise(x_i, alpha * x_norm, trials=draws, seed=seed, stream=stream, sample0=s0,
                                          backend=backend)
-            primal = torch.cat([repeat_trials(x_i, 1 + probes), noisy])
+            primal = torch.cat([repeat_trials(x_i, 1 + directions), noisy])
             tangent = torch.cat([x_i, probe, torch.zeros_like(noisy)])
-            # the noisy points share their directions with probes 0..draws-1: eta_k = c_b u_k, J eta_k = c_b J p_k / sqrt(h)
+            # eta_k = c_b u_k and p_k = sqrt(h) u_k, so J eta_k = c_b J p_k / sqrt(h)
             c = (alpha * x_norm / math.sqrt(h)).view(1, b, 1)
             found = {}
 
             def observe(j, y, i=i):
                 p, t = fwAD.unpack_dual(y)
+                if t is None:  # the hooked forward reached a layer that does not depend on x^i
+                    return
                 p, t = p.flatten(1).double(), t.flatten(1).double()
                 jx = t[:b]
-                jp = t[b:(1 + probes) * b].view(probes, b, -1)
-                f2 = jp.square().sum(-1)  # (K, B): ||J p_k||^2
+                jp = t[b:(1 + directions) * b].view(directions, b, -1)
+                f2 = jp[:probes].square().sum(-1)  # (K, B): ||J p_k||^2
                 mean = f2.mean(0)
-                found[(j, "jx")] = jx.norm(dim=1)
-                found[j] = (jx.norm(dim=1) / (mean.sqrt() * x_norm),
-                            f2.std(0) / (math.sqrt(probes) * mean) if probes > 1 else torch.full_like(mean, math.nan))
-                m = p[(1 + probes) * b:].view(draws, b, -1)
-                d = m - jx.view(1, b, -1) - c * jp[:draws]
-                found[(j, "rho")] = (alpha * y_norm[j] / d.norm(dim=-1)).min(0).values
+                rse = f2.std(0) / (math.sqrt(probes) * mean) if probes > 1 else torch.full_like(mean, math.nan)
+                m = p[(1 + directions) * b:].view(draws, b, -1)
+                j_eta = c * jp[:draws]
+                remainder = m - p[:b].view(1, b, -1) - j_eta  # M(x + eta) - M(x) - J eta
+                literal = m - jx.view(1, b, -1) - j_eta  # M(x + eta) - J (x + eta)
+                found[j] = (jx.norm(dim=1), jx.norm(dim=1) / (mean.sqrt() * x_norm), rse,
+                            (alpha * y_norm[j] / remainder.norm(dim=-1)).min(0).values,
+                            (alpha * y_norm[j] / literal.norm(dim=-1)).min(0).values)
 
             with fwAD.dual_level(), precision_mode("fp32", prep.device):
                 prep.propagator.suffix(clean, i, fwAD.make_dual(primal, tangent), "output", observe)
-            for j in range(i + 1, num):
-                ratio, rse = found[j]
+            for j, (jxn, ratio, rse, r_bias, r_literal) in found.items():
+                jx_norm[s0:s1, i, j] = jxn.cpu().numpy()
                 mu[s0:s1, i, j] = ratio.cpu().numpy()
                 mu_rse[s0:s1, i, j] = (0.5 * rse).cpu().numpy()  # delta method: mu ~ (||J||_F^2)^(-1/2)
-                rho[s0:s1, i, j] = found[(j, "rho")].cpu().numpy()
-                jx_norm[s0:s1, i, j] = found[(j, "jx")].cpu().numpy()
-    return {"mu": mu, "mu_rse": mu_rse, "rho": rho, "jx_norm": jx_norm}
+                rho[s0:s1, i, j] = r_bias.cpu().numpy()
+                rho_literal[s0:s1, i, j] = r_literal.cpu().numpy()
+    return {"mu": mu, "mu_rse": mu_rse, "rho": rho, "rho_literal": rho_literal, "jx_norm": jx_norm}
+
+
+def jacobian_spread(prep: Prepared, data: torch.Tensor, *, probes: int, seed: int, budget, backend: str) -> dict:
+    """Per-sample well-distributed-Jacobian constant beta_{i,j}(x) (N, L, L) (see the module note) and
+    positions (L,): the number P_i of spatial positions of each layer's output.
+
+    1 where x^i has one position (a Linear layer), NaN where j <= i or layer j is not downstream of i.
+    Probes for output layer j use stream 2L + j (0..2L-1 are the attenuation's and the cushions').
+    """
+    n, num = data.shape[0], len(prep.layers)
+    beta = np.full((n, num, num), np.nan)
+    positions = [math.prod(layer.out_shape[1:]) if len(layer.out_shape) == 3 else 1 for layer in prep.layers]
+    batch, _ = plan_chunks(prep.layers, n, 3 * probes, torch.finfo(prep.dtype).bits // 8, budget, prep.device)
+    for s0, s1 in chunks(n, batch):
+        b = s1 - s0
+        xb = prep.batch(data[s0:s1])
+        with precision_mode("fp32", prep.device):
+            clean = prep.propagator.clean(xb)
+        for i in range(num - 1):
+            if positions[i] == 1:
+                beta[s0:s1, i, i + 1:] = 1.0
+                continue
+            x_in = repeat_trials(clean.outputs[i], probes).requires_grad_(True)
+            outs = {}
+
+            def observe(j, y):
+                if y.requires_grad:  # else the hooked forward reached a layer that does not depend on x^i
+                    outs[j] = y
+
+            with torch.enable_grad(), precision_mode("fp32", prep.device):
+                prep.propagator.suffix(clean, i, x_in, "output", observe)
+                for j, y in outs.items():
+                    m = y[0].numel()
+                    v = kernels.sphere_noise(torch.zeros_like(y[:b]), torch.full((b,), math.sqrt(m), dtype=torch.float64,
+                                                                                 device=y.device),
+                                             trials=probes, seed=seed, stream=2 * num + j, sample0=s0,
+                                             backend=backend)
+                    (g,) = torch.autograd.grad(y, x_in, v.to(y.dtype), retain_graph=True, allow_unused=True)
+                    if g is None:  # hooks: a parallel branch reads parameters but not x^i
+                        continue
+                    energy = g.detach().double().square().sum(1).reshape(probes, b, -1).mean(0)  # (B, P_i)
+                    share = energy.max(1).values / energy.sum(1)
+                    beta[s0:s1, i, j] = (positions[i] * share).sqrt().cpu().numpy()
+            del outs, x_in
+    return {"beta": beta, "positions": positions}
 
 
 def _per_layer(names, values) -> dict:
@@ -201,33 +270,51 @@ def interlayer_cushion_dict(names, mu, mu_rse) -> dict:
     Hutchinson estimate; min_ci95 the data minimum taken over each sample's 95% interval ends."""
     out = {}
     for i, name in enumerate(names):
-        with np.errstate(invalid="ignore"):
-            to_min = np.nanmin(mu[:, i, i:], axis=1)
-        entry = summarize(to_min)
+        entry = summarize(_quiet(np.nanmin, mu[:, i, i:], 1))
         entry["to"] = {}
         for j in range(i, len(names)):
             s = summarize(mu[:, i, j])
             rse = mu_rse[:, i, j]
-            s["rel_se_median"] = float(np.nanmedian(rse))
-            s["min_ci95"] = [float(np.nanmin(mu[:, i, j] * (1 - 1.96 * rse))),
-                             float(np.nanmin(mu[:, i, j] * (1 + 1.96 * rse)))]
+            s["rel_se_median"] = float(_quiet(np.nanmedian, rse, None))
+            s["min_ci95"] = [float(_quiet(np.nanmin, mu[:, i, j] * (1 - 1.96 * rse), None)),
+                             float(_quiet(np.nanmin, mu[:, i, j] * (1 + 1.96 * rse), None))]
             entry["to"][names[j]] = s
         out[name] = entry
     return out
+
+
+def _quiet(fn, values, axis):
+    """fn (np.nanmin / np.nanmax) along axis, NaN for all-NaN slices without numpy's RuntimeWarning (a layer
+    with no metered layer downstream, e.g. in a parallel branch)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(values, axis=axis)
 
 
 def smoothness_dict(names, rho) -> dict:
     """{name_i: summarize(min_{j>i} rho_{i,j}(x)) + {"to": {name_j: summarize(rho_{i,j}(x))}}}, i < L-1."""
     out = {}
     for i, name in enumerate(names[:-1]):
-        with np.errstate(invalid="ignore"):
-            entry = summarize(np.nanmin(rho[:, i, i + 1:], axis=1))
+        entry = summarize(_quiet(np.nanmin, rho[:, i, i + 1:], 1))
         entry["to"] = {names[j]: summarize(rho[:, i, j]) for j in range(i + 1, len(names))}
         out[name] = entry
     return out
 
 
+def spread_dict(names, beta, positions) -> dict:
+    """{name_i: summarize(max_{j>i} beta_{i,j}(x)) + "positions": P_i + {"to": {name_j: summarize(beta_{i,j}(x))}}},
+    i < L-1 (beta: jacobian_spread's (N, L, L))."""
+    out = {}
+    for i, name in enumerate(names[:-1]):
+        entry = summarize(_quiet(np.nanmax, beta[:, i, i + 1:], 1))
+        entry["positions"] = positions[i]
+        entry["to"] = {names[j]: summarize(beta[:, i, j]) for j in range(i + 1, len(names))}
+        out[name] = entry
+    return out
+
+
 def _run(model, data, layers, method, channels_last, fn):
+    layers = check_names("layers", layers)
     with metering(model, channels_last):
         prep = prepare(model, data, layers, method, channels_last)
         return prep, fn(prep)
@@ -238,7 +325,7 @@ def layer_cushion(model, data, *, layers=None, memory_budget=None, method: str =
     """Layer cushion mu_i per sample, summarized: {name: {min, q05, ..., median, ..., max, mean, n, frobenius}}."""
     def fn(prep):
         check_meterable(prep)
-        return _clean_meters(prep, data, memory_budget)
+        return clean_meters(prep, data, memory_budget)
     prep, m = _run(model, data, layers, method, channels_last, fn)
     return layer_cushion_dict(prep.names, m["cushion"], m["frobenius"])
 
@@ -257,7 +344,7 @@ def activation_contraction(model, data, *, layers=None, memory_budget=None, meth
     """Activation contraction per layer and sample (see `activation_contraction_dict`)."""
     def fn(prep):
         check_meterable(prep)
-        return _clean_meters(prep, data, memory_budget)
+        return clean_meters(prep, data, memory_budget)
     prep, m = _run(model, data, layers, method, channels_last, fn)
     return activation_contraction_dict(prep.names, m["contraction"])
 
@@ -265,12 +352,13 @@ def activation_contraction(model, data, *, layers=None, memory_budget=None, meth
 def interlayer_cushion(model, data, *, probes: int = 16, layers=None, seed: int = 0, memory_budget=None,
                        method: str = "auto", backend: str = "auto", channels_last: bool = True) -> dict:
     """Interlayer cushions mu_{i,j} and mu_{i->} per sample (see `interlayer_cushion_dict`)."""
-    probes = check_positive("probes", probes, integer=True)
+    probes = check_positive_int("probes", probes)
+    seed = check_seed(seed)
 
     def fn(prep):
         check_meterable(prep)
-        return _jacobian_meters(prep, data, probes=probes, draws=1, alpha=0.1, seed=check_seed(seed),
-                                budget=memory_budget, backend=backend)
+        return jacobian_meters(prep, data, probes=probes, draws=1, alpha=0.1, seed=seed, budget=memory_budget,
+                               backend=backend)
     prep, m = _run(model, data, layers, method, channels_last, fn)
     return interlayer_cushion_dict(prep.names, m["mu"], m["mu_rse"])
 
@@ -278,18 +366,33 @@ def interlayer_cushion(model, data, *, probes: int = 16, layers=None, seed: int 
 def interlayer_smoothness(model, data, *, alpha: float = 0.1, draws: int = 4, layers=None, seed: int = 0,
                           memory_budget=None, method: str = "auto", backend: str = "auto",
                           channels_last: bool = True) -> dict:
-    """Interlayer smoothness rho_{i,j} per sample (see `smoothness_dict`) and "rho": the min over all."""
+    """Interlayer smoothness per sample: the bias-aware rho_{i,j} (see `smoothness_dict`) and "rho": its min
+    over all; "literal": the same for the literal form ||M(x^i + eta) - J(x^i + eta)|| and its "rho" (see
+    the module note: on nets with biases the literal form shrinks with alpha)."""
     alpha = check_positive("alpha", alpha)
-    draws = check_positive("draws", draws, integer=True)
+    draws = check_positive_int("draws", draws)
+    seed = check_seed(seed)
 
     def fn(prep):
         check_meterable(prep)
-        return _jacobian_meters(prep, data, probes=max(draws, 2), draws=draws, alpha=alpha, seed=check_seed(seed),
-                                budget=memory_budget, backend=backend)
+        return jacobian_meters(prep, data, probes=2, draws=draws, alpha=alpha, seed=seed, budget=memory_budget,
+                               backend=backend)
     prep, m = _run(model, data, layers, method, channels_last, fn)
     out = smoothness_dict(prep.names, m["rho"])
-    out["rho"] = float(np.nanmin(m["rho"])) if len(prep.names) > 1 else math.nan
+    out["rho"] = min_or_nan(m["rho"])
+    out["literal"] = smoothness_dict(prep.names, m["rho_literal"])
+    out["literal"]["rho"] = min_or_nan(m["rho_literal"])
     return out
+
+
+def min_or_nan(values) -> float:
+    """The min over the non-NaN entries, NaN when there are none (a one-layer net has no pair i < j)."""
+    return float(_quiet(np.nanmin, np.asarray(values, dtype=np.float64), None))
+
+
+def max_or_nan(values) -> float:
+    """The max over the non-NaN entries, NaN when there are none."""
+    return float(_quiet(np.nanmax, np.asarray(values, dtype=np.float64), None))
 
 
 def noise_sensitivity_dict(names, per_sample_sq, alpha: float) -> dict:

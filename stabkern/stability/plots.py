@@ -53,7 +53,8 @@ def plot_attenuation(report, ax=None, path=None):
 
 
 BOUND_LABELS = {
-    "ours": "ours (Arora et al. 2018)",
+    "ours": "ours, chain (Arora et al. 2018, Thm 4.1)",
+    "ours_conv": "ours, conv (Arora et al. 2018, sec. 5)",
     "parameters": "# parameters",
     "spectral_bartlett2017": "spectral (Bartlett et al. 2017)",
     "pac_bayes_neyshabur2018": "PAC-Bayes (Neyshabur et al. 2018)",
@@ -62,21 +63,24 @@ BOUND_LABELS = {
 
 
 def plot_bounds(bound: dict, ax=None, path=None):
-    """The paper's log-scale bar chart of effective numbers of parameters (bound["log10"]). Returns the axes."""
+    """The paper's log-scale bar chart of effective numbers of parameters (bound["log10"]): the chain bound
+    "ours" (Theorem 4.1 on the unrolled operators) and, when measured, the conv bound "ours_conv" (with beta
+    and the filter/stride factors; see stability/bound.py) beside the norm-based bounds, all without their
+    log factors. Returns the axes."""
     plt = _pyplot()
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4))
     keys = [k for k in BOUND_LABELS if k in bound["log10"]]
     values = [bound["log10"][k] for k in keys]
     # an infinite capacity (e.g. c = inf: some sample's activation is all zero) is drawn as an empty bar
     bars = ax.bar(range(len(keys)), [v if math.isfinite(v) else 0.0 for v in values],
-                  color=["C3", "C7", "C0", "C0", "C0"][:len(keys)])
+                  color=["C3" if k.startswith("ours") else "C7" if k == "parameters" else "C0" for k in keys])
     for bar, v in zip(bars, values):
         label = f"10^{v:.1f}" if math.isfinite(v) else "infinite"
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), label, ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels([BOUND_LABELS[k] for k in keys], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("log10 effective number of parameters")
-    ax.set_title(f"capacity terms, margin gamma = {bound['gamma']:.3g}")
+    ax.set_title(f"capacity terms (log factors dropped), margin gamma = {bound['gamma']:.3g}")
     return _finish(fig, ax, path)
 
 

@@ -110,7 +110,12 @@ class AttenuationReport:
 
 @dataclass
 class StabilityReport:
-    """Everything `stabkern.measure` meters, keyed by layer (module) name; see `to_dict`."""
+    """Everything `stabkern.measure` meters, keyed by layer (module) name; see `to_dict`.
+
+    `interlayer_smoothness` is the bias-aware rho (the one the bound uses), `interlayer_smoothness_literal`
+    the paper's literal form (meters.py explains both); `jacobian_spread` the well-distributed-Jacobian
+    beta per layer (max over later layers) with its number of positions.
+    """
 
     layers: list
     layer_cushion: dict
@@ -121,18 +126,22 @@ class StabilityReport:
     attenuation: AttenuationReport
     bound: dict
     settings: dict
+    interlayer_smoothness_literal: dict = field(default_factory=dict)
+    jacobian_spread: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-ready dict with keys "layers", "layer_cushion", "interlayer_cushion",
-        "activation_contraction", "interlayer_smoothness", "noise_sensitivity", "attenuation",
-        "bound", "settings"; per-layer meters map a module name to a `summarize` dict, e.g.
-        d["layer_cushion"]["features.0"]["min"]."""
+        "activation_contraction", "interlayer_smoothness", "interlayer_smoothness_literal",
+        "jacobian_spread", "noise_sensitivity", "attenuation", "bound", "settings"; per-layer meters map
+        a module name to a `summarize` dict, e.g. d["layer_cushion"]["features.0"]["min"]."""
         return json_value({
             "layers": list(self.layers),
             "layer_cushion": self.layer_cushion,
             "interlayer_cushion": self.interlayer_cushion,
             "activation_contraction": self.activation_contraction,
             "interlayer_smoothness": self.interlayer_smoothness,
+            "interlayer_smoothness_literal": self.interlayer_smoothness_literal,
+            "jacobian_spread": self.jacobian_spread,
             "noise_sensitivity": self.noise_sensitivity,
             "attenuation": self.attenuation.to_dict(),
             "bound": self.bound,

@@ -57,9 +57,10 @@ def test_norm_bounds_on_a_linear_chain_match_numpy():
     want = {
         "spectral_bartlett2017": mean_sq * np.prod(np.square(spec)) * sum((a / s) ** (2 / 3) for a, s in
                                                                          zip(l21, spec)) ** 3 / 0.49,
-        "pac_bayes_neyshabur2018": b ** 2 * d ** 2 * h * math.log(d * h) * np.prod(np.square(spec))
+        # log factors dropped by one convention for every bound (bound.py): ln(d h) and 2 ln(2 n_0) here
+        "pac_bayes_neyshabur2018": b ** 2 * d ** 2 * h * np.prod(np.square(spec))
         * sum((f / s) ** 2 for f, s in zip(fro, spec)) / 0.49,
-        "l1_bartlett_mendelson2002": np.prod([(2 * v) ** 2 for v in l1inf]) * 2 * math.log(2 * 6) * binf ** 2 / 0.49,
+        "l1_bartlett_mendelson2002": np.prod([(2 * v) ** 2 for v in l1inf]) * binf ** 2 / 0.49,
         "parameters": 54.0,
         "ours": 1.5 ** 2 * 4 * logits.double().norm(dim=1).max().item() ** 2
         * (1 / (0.09 * 0.04) + 1 / (0.16 * 0.25)) / 0.49,
@@ -68,6 +69,11 @@ def test_norm_bounds_on_a_linear_chain_match_numpy():
         assert out["log10"][key] == pytest.approx(math.log10(value), abs=1e-6), key
         assert out["value"][key] == pytest.approx(value, rel=1e-5)
     assert out["operator_norms"]["0"]["spectral"] == pytest.approx(spec[0], rel=1e-6)
+    logs = out["log_factors_log10"]  # what each bound dropped, so it can be put back
+    assert logs["spectral_bartlett2017"] == pytest.approx(2 * math.log10(math.log(2 * h) * math.log(30)))
+    assert logs["pac_bayes_neyshabur2018"] == pytest.approx(math.log10(math.log(d * h)))
+    assert logs["l1_bartlett_mendelson2002"] == pytest.approx(math.log10(2 * math.log(2 * 6)))
+    assert "ours_conv" not in out["log10"]  # no beta given
 
 
 def test_bound_chart(tmp_path):
@@ -78,8 +84,8 @@ def test_bound_chart(tmp_path):
     x = torch.randn(30, 6)
     rep = measure(net, x, trials=2, probes=2, draws=1, spectral_iters=50)
     ax = plot_bounds(rep.bound, path=tmp_path / "b.png")
-    assert (tmp_path / "b.png").stat().st_size > 1000 and len(ax.patches) == 5
+    assert (tmp_path / "b.png").stat().st_size > 1000 and len(ax.patches) == 6
     heights = [p.get_height() for p in ax.patches]
-    want = [rep.bound["log10"][k] for k in ("ours", "parameters", "spectral_bartlett2017", "pac_bayes_neyshabur2018",
-                                            "l1_bartlett_mendelson2002")]
+    want = [rep.bound["log10"][k] for k in ("ours", "ours_conv", "parameters", "spectral_bartlett2017",
+                                            "pac_bayes_neyshabur2018", "l1_bartlett_mendelson2002")]
     assert heights == pytest.approx([v if math.isfinite(v) else 0.0 for v in want])

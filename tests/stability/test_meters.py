@@ -24,7 +24,7 @@ from stabkern import opnorms
 from stabkern.stability import (activation_contraction, interlayer_cushion, interlayer_smoothness, kernels,
                                 layer_cushion, measure, noise_attenuation, noise_sensitivity)
 from stabkern.stability.context import metering, prepare
-from stabkern.stability.meters import _jacobian_meters
+from stabkern.stability.meters import jacobian_meters
 
 
 def chain_net(bias: bool = True) -> nn.Sequential:
@@ -78,7 +78,7 @@ def test_relu_net_without_bias_is_its_jacobian(method):
     net, x = chain_net(bias=False), data()
     with metering(net):
         prep = prepare(net, x, method=method)
-        m = _jacobian_meters(prep, x, probes=4, draws=2, alpha=0.1, seed=0, budget=None, backend="auto")
+        m = jacobian_meters(prep, x, probes=4, draws=2, alpha=0.1, seed=0, budget=None, backend="auto")
         outs = [y.flatten(1).double().norm(dim=1).numpy() for y in prep.propagator.clean(x).outputs]
     for i in range(4):
         for j in range(i + 1, 4):
@@ -89,7 +89,7 @@ def test_interlayer_cushion_hutchinson_within_its_interval():
     net, x = chain_net(), data(6)
     with metering(net):
         prep = prepare(net, x)
-        m = _jacobian_meters(prep, x, probes=64, draws=1, alpha=0.1, seed=4, budget=None, backend="auto")
+        m = jacobian_meters(prep, x, probes=64, draws=1, alpha=0.1, seed=4, budget=None, backend="auto")
     for i in range(4):
         h = prep.layers[i].out_shape
         np.testing.assert_allclose(m["mu"][:, i, i], 1 / math.sqrt(math.prod(h)))
@@ -108,7 +108,8 @@ def test_interlayer_cushion_hutchinson_within_its_interval():
 
 
 def test_interlayer_smoothness_matches_direct_computation():
-    """rho_{i,j}(x) = alpha ||x^j|| / min_k ||M(x^i + eta_k) - J (x^i + eta_k)||, same noise as the meter."""
+    """rho_{i,j}(x) = alpha ||x^j|| / max_k ||M(x^i + eta_k) - M(x^i) - J eta_k|| (bias-aware) and the literal
+    alpha ||x^j|| / max_k ||M(x^i + eta_k) - J (x^i + eta_k)||, same noise as the meter."""
     net, x = chain_net(), data(6)
     alpha, draws = 0.2, 3
     d = interlayer_smoothness(net, x, alpha=alpha, draws=draws, seed=9)
@@ -118,22 +119,30 @@ def test_interlayer_smoothness_matches_direct_computation():
         xi = outs[i]
         eta = kernels.sphere_noise(xi, alpha * xi.flatten(1).double().norm(dim=1), trials=draws, seed=9,
                                    stream=4 + i).view(draws, *xi.shape) - xi
-        per_j = []
+        per_j, per_j_literal = [], []
         for j in range(i + 1, 4):
             suffix = net[LAYER_POS[i] + 1:LAYER_POS[j] + 1]
-            worst = []
+            worst, worst_literal = [], []
             for b in range(len(x)):
-                dist = []
+                dist, dist_literal = [], []
                 for k in range(draws):
                     point = xi[b] + eta[k, b]
                     m_val = suffix(point[None])[0]
-                    _, j_val = torch.func.jvp(lambda z: suffix(z[None])[0], (xi[b],), (point,))
-                    dist.append((m_val - j_val).double().norm().item())
+                    _, j_point = torch.func.jvp(lambda z: suffix(z[None])[0], (xi[b],), (point,))
+                    clean, j_eta = torch.func.jvp(lambda z: suffix(z[None])[0], (xi[b],), (eta[k, b],))
+                    dist.append((m_val - clean - j_eta).double().norm().item())
+                    dist_literal.append((m_val - j_point).double().norm().item())
                 worst.append(alpha * outs[j][b].double().norm().item() / max(dist))
+                worst_literal.append(alpha * outs[j][b].double().norm().item() / max(dist_literal))
             per_j.append(worst)
-            assert d[str(LAYER_POS[i])]["to"][str(LAYER_POS[j])]["min"] == pytest.approx(min(worst), rel=1e-3)
+            per_j_literal.append(worst_literal)
+            to = str(LAYER_POS[j])
+            assert d[str(LAYER_POS[i])]["to"][to]["min"] == pytest.approx(min(worst), rel=1e-3)
+            assert d["literal"][str(LAYER_POS[i])]["to"][to]["min"] == pytest.approx(min(worst_literal), rel=1e-3)
         assert d[str(LAYER_POS[i])]["min"] == pytest.approx(np.min(per_j), rel=1e-3)
+        assert d["literal"][str(LAYER_POS[i])]["min"] == pytest.approx(np.min(per_j_literal), rel=1e-3)
     assert d["rho"] == pytest.approx(min(d[k]["min"] for k in ("0", "3", "6")))
+    assert d["literal"]["rho"] == pytest.approx(min(d["literal"][k]["min"] for k in ("0", "3", "6")))
 
 
 def test_linear_net_is_perfectly_smooth():
@@ -186,19 +195,23 @@ def test_measure_report():
     assert net.training and all(m.training for m in net.modules())
     d = json.loads(json.dumps(rep.to_dict(), allow_nan=False))
     assert set(d) == {"layers", "layer_cushion", "interlayer_cushion", "activation_contraction",
-                      "interlayer_smoothness", "noise_sensitivity", "attenuation", "bound", "settings"}
+                      "interlayer_smoothness", "interlayer_smoothness_literal", "jacobian_spread",
+                      "noise_sensitivity", "attenuation", "bound", "settings"}
     assert d["layers"] == ["features.0", "features.2", "features.5", "classifier.1", "classifier.3"]
     for key in ("min", "q05", "q25", "median", "q75", "q95", "max", "mean", "n"):
         assert key in d["layer_cushion"]["features.0"]
     lc = layer_cushion(net, x)
     assert d["layer_cushion"]["features.2"]["median"] == pytest.approx(lc["features.2"]["median"], rel=1e-9)
     b = d["bound"]
-    assert set(b["log10"]) == {"ours", "parameters", "spectral_bartlett2017", "pac_bayes_neyshabur2018",
-                               "l1_bartlett_mendelson2002"}
+    assert set(b["log10"]) == {"ours", "ours_conv", "parameters", "spectral_bartlett2017",
+                               "pac_bayes_neyshabur2018", "l1_bartlett_mendelson2002"}
     assert b["log10"]["parameters"] == pytest.approx(math.log10(sum(p.numel() for p in net.parameters())))
     assert b["margin_loss"] == pytest.approx(0.5, abs=0.06)
     assert b["mu"][0] == pytest.approx(d["layer_cushion"]["features.0"]["min"])
-    assert b["mu_to"][1] == pytest.approx(d["interlayer_cushion"]["features.2"]["min"])
+    # the bound takes the conservative mu_{i->}: the lowest 95% interval end over samples and j >= i
+    assert b["mu_to"][1] == pytest.approx(max(0.0, min(t["min_ci95"][0] for t in
+                                                       d["interlayer_cushion"]["features.2"]["to"].values())))
+    assert b["mu_to"][1] <= d["interlayer_cushion"]["features.2"]["min"]
     assert b["c"] == pytest.approx(d["activation_contraction"]["c"])
 
 
