@@ -37,7 +37,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import nn
 
 from .. import opnorms
-from . import kernels
+from .. import ops
 from .context import (Prepared, check_finite, check_positive, check_seed, chunks, metering, plan_chunks,
                       precision_mode, prepare)
 from .propagate import repeat_trials
@@ -147,10 +147,10 @@ def _jacobian_meters(prep: Prepared, data: torch.Tensor, *, probes: int, draws: 
             if i == num - 1:
                 continue
             stream = num + i  # streams 0..L-1 are the attenuation's
-            probe = kernels.sphere_noise(torch.zeros_like(x_i), torch.full((b,), math.sqrt(h), dtype=torch.float64,
+            probe = ops.sphere_noise(torch.zeros_like(x_i), torch.full((b,), math.sqrt(h), dtype=torch.float64,
                                                                            device=x_i.device),
                                          trials=probes, seed=seed, stream=stream, sample0=s0, backend=backend)
-            noisy = kernels.sphere_noise(x_i, alpha * x_norm, trials=draws, seed=seed, stream=stream, sample0=s0,
+            noisy = ops.sphere_noise(x_i, alpha * x_norm, trials=draws, seed=seed, stream=stream, sample0=s0,
                                          backend=backend)
             primal = torch.cat([repeat_trials(x_i, 1 + probes), noisy])
             tangent = torch.cat([x_i, probe, torch.zeros_like(noisy)])

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stabkern
-from stabkern import spec as reference
+from stabkern.backends import reference
 from stabkern.ops import BackendUnavailableError, select_backend
 
 from helpers.backends import BACKEND_CASES, interpreted
