@@ -263,3 +263,63 @@ def test_bad_input():
         K.sphere_noise(x, r, trials=1, seed=0, stream=0, backend="gpu")
     with pytest.raises(ValueError, match="y_hat"):
         K.sq_error(torch.randn(5, 4), x)
+
+
+# --------------------------------------------------------------------------- custom ops and argument policy
+
+
+@pytest.mark.parametrize("device,backend", CASES, ids=IDS)
+@pytest.mark.parametrize("shape", [(3, 7), (2, 3, 4, 5)])
+def test_opcheck_noise_ops(device, backend, shape):
+    """Schema, fake implementation (shapes, strides: channels_last for 4-D), dispatch, as for the sign ops."""
+    x = torch.randn(*shape, device=device)
+    radius = torch.rand(shape[0], dtype=torch.float64, device=device) + 0.1
+    torch.library.opcheck(torch.ops.stabkern.sphere_noise.default,
+                          (x, radius, 2, -5, 3, 1, 2, torch.float32, backend))
+    y_hat = K.sphere_noise(x, radius, trials=2, seed=1, stream=0, backend=backend)
+    torch.library.opcheck(torch.ops.stabkern.sq_error.default, (y_hat, x, backend))
+
+
+def test_noise_ops_compile_fullgraph():
+    x = torch.randn(2, 3, 4, 5)
+    radius = torch.ones(2, dtype=torch.float64)
+
+    def f(x):
+        noisy = K.sphere_noise(x, radius, trials=3, seed=7, stream=1)
+        return K.sq_error(noisy, x)
+
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(x), f(x), rtol=0, atol=0)
+
+
+NOISE_POLICY = [
+    (dict(trials=2.0), TypeError, "trials must be an int"),
+    (dict(stream=1.0), TypeError, "stream must be an int"),
+    (dict(seed=1.5), TypeError, "seed must be an int"),
+    (dict(seed=True), TypeError, "seed must be an int"),
+    (dict(sample0=0.0), TypeError, "sample0 must be an int"),
+    (dict(trial0=False), TypeError, "trial0 must be an int"),
+    (dict(stream=2**63), ValueError, "stream"),
+    (dict(trials=2**63), ValueError, "trial indices"),
+]
+
+
+@pytest.mark.parametrize("change,error,match", NOISE_POLICY, ids=[m for _, _, m in NOISE_POLICY])
+def test_noise_argument_policy(change, error, match):
+    kw = dict(trials=1, seed=0, stream=0, **{k: v for k, v in change.items() if k in ("sample0", "trial0")})
+    kw.update({k: v for k, v in change.items() if k not in ("sample0", "trial0")})
+    with pytest.raises(error, match=match):
+        K.sphere_noise(torch.randn(3, 4), torch.ones(3, dtype=torch.float64), **kw)
+
+
+def test_noise_ops_refuse_sparse_and_take_numpy_ints():
+    np = pytest.importorskip("numpy")
+    from stabkern.backends import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match="cannot take torch.sparse_coo"):
+        K.sphere_noise(torch.randn(3, 4).to_sparse(), torch.ones(3), trials=1, seed=0, stream=0)
+    with pytest.raises(BackendUnavailableError, match="cannot take torch.sparse_coo"):
+        K.sq_error(torch.randn(6, 4).to_sparse(), torch.randn(3, 4))
+    x, r = torch.randn(3, 4), torch.ones(3, dtype=torch.float64)
+    want = K.sphere_noise(x, r, trials=2, seed=5, stream=1, trial0=3)
+    got = K.sphere_noise(x, r, trials=np.int64(2), seed=np.uint64(5), stream=np.int32(1), trial0=np.int8(3))
+    assert torch.equal(got, want)
