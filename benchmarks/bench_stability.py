@@ -53,7 +53,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers import stability_reference as ref  # noqa: E402
 from stabkern.zoo.digits import load_digits_tensors, trained_digits_net  # noqa: E402
 from stabkern.zoo.cifar import vgg19_cifar  # noqa: E402
-from stabkern.stability import kernels, noise_attenuation  # noqa: E402
+from stabkern import ops as kernels  # noqa: E402
+from stabkern.backends import BACKENDS  # noqa: E402
+from stabkern.stability import noise_attenuation  # noqa: E402
 from stabkern.stability.context import precision_mode  # noqa: E402
 from stabkern.stability.propagate import repeat_trials  # noqa: E402
 
@@ -213,7 +215,7 @@ def _kernel_case(benchmark, bench_report, bench_time, kernel, impl, x, dtype, ro
 @pytest.mark.parametrize("kernel", ["sphere_noise", "sq_error"])
 @pytest.mark.parametrize("impl", ["stabkern", "torch", "clone"])
 def test_cpu_kernels(benchmark, bench_report, bench_time, kernel, impl):
-    if impl == "stabkern" and kernels._cpu_module() is None:
+    if impl == "stabkern" and BACKENDS["cpu"].missing("noise") is not None:
         pytest.skip("stabkern._noise is not built")
     x = torch.randn(449, 1024)  # rows of the digits net's largest layer input (16 x 8 x 8)
     _kernel_case(benchmark, bench_report, bench_time, kernel, impl, x, torch.float32, rounds=15, inner=1)

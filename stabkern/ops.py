@@ -1,57 +1,48 @@
-"""The sign ops: schemas, checks, dispatch and autograd, all in one place.
+"""Every stabkern custom op: schemas, fake implementations, autograd and the public wrappers.
 
-S is the k x n matrix S[t, j] = sign(seed, stream, t0 + t, j0 + j) of spec stabkern-sign-v1
-(`stabkern.spec.sign_block`). The public functions below validate their arguments and
-call `torch.ops.stabkern.*`; those custom ops pick a backend (`backends.py`) and reshape.
-Projection and unscaled reconstruction are each other's adjoint, which is their autograd.
+Sign ops (spec stabkern-sign-v1): S is the k x n matrix S[t, j] = sign(seed, stream, t0 + t, j0 + j)
+(`stabkern.spec.sign_block`); `sign_project` and `sign_reconstruct` are the custom ops
+`stabkern::sign_project` / `stabkern::sign_reconstruct`, each other's adjoint (their autograd);
+`sign_compress` and `sign_matrix` are built on them and on the spec.
+Noise ops (spec stabkern-noise-v1) of the stability meters: `stabkern::sphere_noise` and
+`stabkern::sq_error` (no autograd: the meters run them on detached activations).
+
+The public functions check their arguments (`stabkern._checks`: one policy for every public
+function) and call `torch.ops.stabkern.*`; the ops pick a backend with `stabkern.backends.select`
+and reshape. No kernel lives here, and nothing here knows about models or meters.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import warnings
-
 import torch
 
-from .backends import BACKENDS, FLOAT_DTYPES, accumulation_dtype
+from . import _checks
+from .backends import BACKEND_NAMES, FLOAT_DTYPES, BackendUnavailableError, accumulation_dtype, select
+from .spec import NoiseSpec, SignSpec, flat_rows, unflat_rows
+
+__all__ = ["BackendUnavailableError", "select_backend", "sign_project", "sign_reconstruct", "sign_compress",
+           "sign_matrix", "sphere_noise", "sq_error"]
 
 PRECISIONS = ("highest", "high", "medium")
-BACKEND_NAMES = ("auto", *BACKENDS)
 
-MAX_ROWS = 1 << 32  # t0 + k <= 2^32: row t is a 32-bit Philox counter word
-MAX_COLS = 1 << 38  # j0 + n <= 2^38: j >> 7 is a 31-bit counter word
-MAX_SEED = 1 << 64
-MAX_STREAM = 1 << 32
+# The sign spec's counter ranges, under the names this module always exported.
+MAX_ROWS = SignSpec.MAX_ROWS
+MAX_COLS = SignSpec.MAX_COLS
+MAX_SEED = SignSpec.MAX_SEED
+MAX_STREAM = SignSpec.MAX_STREAM
 
 
-class BackendUnavailableError(RuntimeError):
-    """No backend (or not the requested one) can take this input; the message says why."""
+def select_backend(requested: str, device: torch.device, dtype: torch.dtype):
+    """The backend that runs a sign op on this input (`stabkern.backends.select` for the sign family)."""
+    return select("sign", requested, device, dtype)
 
 
 # --------------------------------------------------------------------------- checks
 
 
-def _check_int(name: str, value, low: int, high: int) -> int:
-    """value as an int in [low, high), else a clear error."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            import numpy as np
-
-            if isinstance(value, np.integer):
-                value = int(value)
-        except ImportError:  # pragma: no cover
-            pass
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if not low <= value < high:
-        raise ValueError(f"{name} must be in [{low}, {high}), got {value}")
-    return value
-
-
-def _seed_to_int64(seed: int) -> int:
+def _seed_to_int64(seed) -> int:
     """Seeds live in [0, 2^64); op schemas carry int64, so the upper half is stored negative."""
-    seed = _check_int("seed", seed, 0, MAX_SEED)
+    seed = _checks.check_seed(seed)
     return seed - MAX_SEED if seed >= 1 << 63 else seed
 
 
@@ -59,85 +50,60 @@ def _seed_from_int64(seed: int) -> int:
     return seed + MAX_SEED if seed < 0 else seed
 
 
-def _check_tensor(name: str, x) -> None:
+def _refuse_unusual(family: str, backend: str, x: torch.Tensor) -> None:
+    """Sparse tensors (no backend takes them) and meta tensors (only `reference` does: the op's fake
+    implementation gives the meta result) get the registry's "backend cannot take this" error here,
+    before the op's dispatcher sees them; dense tensors on real devices are selected inside the op."""
+    if x.layout != torch.strided or x.device.type == "meta":
+        select(family, backend, x.device, x.dtype, x.layout)
+
+
+def _check_tensor(name: str, x, family: str, backend, *, allow_scalar: bool = False) -> None:
+    """x is a float tensor of at least one dimension that some backend could take (dense layout)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    _refuse_unusual(family, backend, x)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {x.dtype}")
-    if x.dim() == 0:
+    if x.dim() == 0 and not allow_scalar:
         raise ValueError(f"{name} must have at least one dimension (..., size), got a scalar")
 
 
-def _check_sizes(k: int, n: int, t0: int, j0: int) -> None:
+def _check_op_args(k, n, stream, t0, j0, backend, precision) -> None:
+    """Ranges of a sign op's arguments (comparisons only, so that symbolic sizes pass under torch.compile)."""
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
     if t0 < 0 or t0 + k > MAX_ROWS:
         raise ValueError(f"rows [row_offset, row_offset + k) = [{t0}, {t0 + k}) exceed the counter range "
-                         f"[0, 2^32) of spec stabkern-sign-v1")
+                         f"[0, 2^32) of spec {SignSpec.NAME}")
     if j0 < 0 or j0 + n > MAX_COLS:
         raise ValueError(f"columns [col_offset, col_offset + n) = [{j0}, {j0 + n}) exceed the counter range "
-                         f"[0, 2^38) of spec stabkern-sign-v1")
+                         f"[0, 2^38) of spec {SignSpec.NAME}")
     if j0 % 128:
         raise ValueError(f"col_offset must be a multiple of 128 (one Philox call per 128 columns), got {j0}")
+    if not 0 <= stream < MAX_STREAM:
+        raise ValueError(f"stream must be in [0, 2^32), got {stream}")
+    _checks.check_choice("backend", backend, BACKEND_NAMES)
+    _checks.check_choice("precision", precision, PRECISIONS)
 
 
-def _check_common(stream: int, backend: str, precision: str) -> None:
-    _check_int("stream", stream, 0, MAX_STREAM)
-    if backend not in BACKEND_NAMES:
-        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {backend!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+def _check_sign_args(k, n, stream, t0, j0, backend, precision) -> tuple[int, int, int, int, int]:
+    """The public sign functions' integer arguments as Python ints: types first (a TypeError naming the
+    argument, before the op schema sees a float), then every range."""
+    k, n, stream, t0, j0 = (_checks.as_int(name, v) for name, v in (("k", k), ("n", n), ("stream", stream),
+                                                                     ("row_offset", t0), ("col_offset", j0)))
+    _check_op_args(k, n, stream, t0, j0, backend, precision)
+    return k, n, stream, t0, j0
 
 
-# --------------------------------------------------------------------------- dispatch
-
-
-def _auto_order(device: torch.device) -> tuple[str, ...]:
-    if device.type == "cpu":
-        return ("cpu", "reference")
-    if device.type == "cuda":
-        return ("cuda", "triton", "reference")
-    return ("reference",)
-
-
-_warned_fallback: set[tuple[str, str]] = set()
-
-
-def select_backend(requested: str, device: torch.device, dtype: torch.dtype):
-    """The backend that runs an op on this input; raises BackendUnavailableError with every reason.
-
-    `requested` is a backend name or "auto"; with "auto", STABKERN_BACKEND (if set) decides.
-    """
-    if requested == "auto":
-        requested = os.environ.get("STABKERN_BACKEND", "auto") or "auto"
-        if requested not in BACKEND_NAMES:
-            raise ValueError(f"STABKERN_BACKEND must be one of {BACKEND_NAMES}, got {requested!r}")
-    names = _auto_order(device) if requested == "auto" else (requested,)
-    reasons = []
-    for name in names:
-        backend = BACKENDS[name]
-        reason = backend.missing() or backend.refuses(device, dtype)
-        if reason is None:
-            if requested == "auto" and name == "reference" and device.type in ("cpu", "cuda"):
-                key = (device.type, "; ".join(reasons))
-                if key not in _warned_fallback:
-                    _warned_fallback.add(key)
-                    warnings.warn("stabkern: using the slow reference backend because "
-                                  + "; ".join(reasons), RuntimeWarning, stacklevel=3)
-            return backend
-        reasons.append(f"backend '{name}' cannot run: {reason}")
-    raise BackendUnavailableError(
-        f"no stabkern backend can take a {dtype} tensor on {device}:\n  " + "\n  ".join(reasons))
-
-
-def _run(op: str, a: torch.Tensor, out_size: int, backend: str, precision: str, call) -> torch.Tensor:
-    """Reshape a (..., m) to 2-D, run `call(backend, a2d)`, reshape to (..., out_size)."""
+def _run(a: torch.Tensor, out_size: int, backend: str, call) -> torch.Tensor:
+    """Reshape a (..., m) to 2-D, run `call(chosen_backend, a2d)`, reshape to (..., out_size)."""
     lead = a.shape[:-1]
     if a.numel() == 0:
         return a.new_empty(*lead, out_size)
-    chosen = select_backend(backend, a.device, a.dtype)
+    chosen = select("sign", backend, a.device, a.dtype)
     a2 = a.reshape(-1, a.shape[-1])
     if a2.dtype not in chosen.native_dtypes:
         a2 = a2.to(accumulation_dtype(a2.dtype))
@@ -145,49 +111,36 @@ def _run(op: str, a: torch.Tensor, out_size: int, backend: str, precision: str, 
     return out.to(a.dtype).reshape(*lead, out_size)
 
 
-# --------------------------------------------------------------------------- custom ops
+# --------------------------------------------------------------------------- sign custom ops
 
 
 @torch.library.custom_op("stabkern::sign_project", mutates_args=())
 def _sign_project(x: torch.Tensor, k: int, seed: int, stream: int, row_offset: int, col_offset: int,
                   backend: str, precision: str) -> torch.Tensor:
-    _check_project(x, k, stream, row_offset, col_offset, backend, precision)
+    _check_op_args(k, x.shape[-1], stream, row_offset, col_offset, backend, precision)
     seed = _seed_from_int64(seed)
-    return _run("sign_project", x, k, backend, precision,
-                lambda b, x2: b.project(x2, k, seed, stream, row_offset, col_offset, precision))
+    return _run(x, k, backend, lambda b, x2: b.project(x2, k, seed, stream, row_offset, col_offset, precision))
 
 
 @_sign_project.register_fake
 def _(x, k, seed, stream, row_offset, col_offset, backend, precision):
-    _check_project(x, k, stream, row_offset, col_offset, backend, precision)
+    _check_op_args(k, x.shape[-1], stream, row_offset, col_offset, backend, precision)
     return x.new_empty(*x.shape[:-1], k)
 
 
 @torch.library.custom_op("stabkern::sign_reconstruct", mutates_args=())
 def _sign_reconstruct(y: torch.Tensor, n: int, seed: int, stream: int, scale: float, row_offset: int,
                       col_offset: int, backend: str, precision: str) -> torch.Tensor:
-    _check_reconstruct(y, n, stream, row_offset, col_offset, backend, precision)
+    _check_op_args(y.shape[-1], n, stream, row_offset, col_offset, backend, precision)
     seed = _seed_from_int64(seed)
-    return _run("sign_reconstruct", y, n, backend, precision,
+    return _run(y, n, backend,
                 lambda b, y2: b.reconstruct(y2, n, scale, seed, stream, row_offset, col_offset, precision))
 
 
 @_sign_reconstruct.register_fake
 def _(y, n, seed, stream, scale, row_offset, col_offset, backend, precision):
-    _check_reconstruct(y, n, stream, row_offset, col_offset, backend, precision)
+    _check_op_args(y.shape[-1], n, stream, row_offset, col_offset, backend, precision)
     return y.new_empty(*y.shape[:-1], n)
-
-
-def _check_project(x, k, stream, t0, j0, backend, precision):
-    _check_tensor("x", x)
-    _check_sizes(k, x.shape[-1], t0, j0)
-    _check_common(stream, backend, precision)
-
-
-def _check_reconstruct(y, n, stream, t0, j0, backend, precision):
-    _check_tensor("y", y)
-    _check_sizes(y.shape[-1], n, t0, j0)
-    _check_common(stream, backend, precision)
 
 
 # Autograd: d(x S^T)/dx is S (reconstruction with scale 1); d(scale y S)/dy is scale S^T.
@@ -219,7 +172,7 @@ _sign_project.register_autograd(_project_backward, setup_context=_project_setup)
 _sign_reconstruct.register_autograd(_reconstruct_backward, setup_context=_reconstruct_setup)
 
 
-# --------------------------------------------------------------------------- public API
+# --------------------------------------------------------------------------- sign public API
 
 
 def sign_project(x: torch.Tensor, k: int, *, seed: int, stream: int = 0, row_offset: int = 0,
@@ -230,7 +183,8 @@ def sign_project(x: torch.Tensor, k: int, *, seed: int, stream: int = 0, row_off
     S[t, j] = sign(seed, stream, row_offset + t, col_offset + j) of spec stabkern-sign-v1, so
     every leading row of x meets the same S (one row: GEMV form; many rows: GEMM form).
     Equivalent to `x @ sign_matrix(k, n, seed=seed, stream=stream).T`, accumulated in float32
-    (float64 for float64 input) without ever materializing S.
+    (float64 for float64 input) without ever materializing S; the float64 reference is
+    `stabkern.backends.reference.project`.
 
     seed in [0, 2^64), stream in [0, 2^32) separates matrices under one seed. row_offset and
     col_offset select a block of a larger S (sharding rows; projecting a long vector in pieces;
@@ -238,8 +192,11 @@ def sign_project(x: torch.Tensor, k: int, *, seed: int, stream: int = 0, row_off
     "high" or "medium" let GPU backends use tensor cores (see README); the CPU ignores it.
     backend: "auto" (or STABKERN_BACKEND), "reference", "cpu", "triton", "cuda".
     NaN and Inf in x propagate as IEEE arithmetic says (each y[t] is a +-1 sum of x).
+    Meta tensors give a meta result of the right shape (the op's fake implementation).
     """
-    _check_tensor("x", x)
+    _check_tensor("x", x, "sign", backend)
+    k, _, stream, row_offset, col_offset = _check_sign_args(k, x.shape[-1], stream, row_offset, col_offset, backend,
+                                                            precision)
     return torch.ops.stabkern.sign_project(x, k, _seed_to_int64(seed), stream, row_offset, col_offset,
                                            backend, precision)
 
@@ -250,19 +207,16 @@ def sign_reconstruct(y: torch.Tensor, n: int, *, seed: int, stream: int = 0, sca
     """Reconstruct from sign coefficients: x_hat = scale * y @ S, scale defaulting to 1/k.
 
     y: (..., k) -> x_hat: (..., n), y's dtype; S as in `sign_project` (same seed, stream and
-    offsets give the same matrix). Equivalent to `scale * y @ sign_matrix(k, n, ...)`.
-    With scale=1 this is the adjoint of `sign_project`. When y holds a shard of rows
-    (row_offset > 0), pass the full count as scale=1/k_total.
+    offsets give the same matrix). Equivalent to `scale * y @ sign_matrix(k, n, ...)`
+    (`stabkern.backends.reference.reconstruct` in float64). With scale=1 this is the adjoint of
+    `sign_project`. When y holds a shard of rows (row_offset > 0), pass the full count as
+    scale=1/k_total.
     """
-    _check_tensor("y", y)
+    _check_tensor("y", y, "sign", backend)
     k = y.shape[-1]
-    if scale is None:
-        scale = 1.0 / k if k > 0 else 1.0
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float, got {type(scale).__name__}")
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
-    return torch.ops.stabkern.sign_reconstruct(y, n, _seed_to_int64(seed), stream, float(scale), row_offset,
+    _, n, stream, row_offset, col_offset = _check_sign_args(k, n, stream, row_offset, col_offset, backend, precision)
+    scale = 1.0 / k if scale is None else _checks.check_float("scale", scale)
+    return torch.ops.stabkern.sign_reconstruct(y, n, _seed_to_int64(seed), stream, scale, row_offset,
                                                col_offset, backend, precision)
 
 
@@ -270,11 +224,11 @@ def sign_compress(A: torch.Tensor, k: int, *, seed: int, stream: int = 0, backen
                   precision: str = "highest") -> torch.Tensor:
     """Algorithm 1 of Arora et al. (2018) on A viewed as one vector of n = A.numel() entries.
 
+    A: any shape (a 0-d A is one entry, n = 1) -> A_hat of A's shape and dtype.
     A_hat = (1/k) sum_t <A, M_t> M_t = sign_reconstruct(sign_project(A.reshape(-1), k), n),
-    reshaped to A's shape; unbiased, with E||A_hat - A||_F^2 = (n - 1) ||A||_F^2 / k.
-    Memory O(n + k) whatever k * n is.
+    unbiased, with E||A_hat - A||_F^2 = (n - 1) ||A||_F^2 / k. Memory O(n + k) whatever k * n is.
     """
-    _check_tensor("A", A)
+    _check_tensor("A", A, "sign", backend, allow_scalar=True)
     n = A.numel()
     if n == 0:
         raise ValueError("A is empty: there is nothing to compress")
@@ -286,18 +240,134 @@ def sign_matrix(k: int, n: int, *, seed: int, stream: int = 0, row_offset: int =
                 dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """S of shape (k, n), materialized (+-1 in `dtype`): for small checks and teaching only.
 
-    S[t, j] = sign(seed, stream, row_offset + t, col_offset + j); `sign_project(x, k, ...)`
-    equals `x @ S.T` and `sign_reconstruct(y, n, ...)` equals `y @ S / k`.
+    S[t, j] = sign(seed, stream, row_offset + t, col_offset + j) (`stabkern.spec.sign_block`);
+    `sign_project(x, k, ...)` equals `x @ S.T` and `sign_reconstruct(y, n, ...)` equals `y @ S / k`.
     """
     from .spec import sign_block
 
-    k = _check_int("k", k, 1, MAX_ROWS + 1)
-    n = _check_int("n", n, 1, MAX_COLS + 1)
-    _check_int("row_offset", row_offset, 0, MAX_ROWS)
-    _check_int("col_offset", col_offset, 0, MAX_COLS)
-    _check_sizes(k, n, row_offset, col_offset)
-    _check_int("stream", stream, 0, MAX_STREAM)
-    _check_int("seed", seed, 0, MAX_SEED)
+    k, n, stream, row_offset, col_offset = _check_sign_args(k, n, stream, row_offset, col_offset, "auto", "highest")
+    seed = _checks.check_seed(seed)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
     return sign_block(seed, stream, row_offset, k, col_offset, n, device=device, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- noise custom ops
+
+
+def _paired_rows(y_hat: torch.Tensor, y: torch.Tensor):
+    """(N, m) views of y_hat and y with the same element order, without copying y_hat: a sum over a
+    row does not care which order, only that both agree."""
+    if y_hat.dim() == 4 and y_hat.is_contiguous(memory_format=torch.channels_last) and not y_hat.is_contiguous():
+        return flat_rows(y_hat), flat_rows(y)
+    return y_hat.reshape(y_hat.shape[0], -1), y.reshape(y.shape[0], -1)
+
+
+def _check_noise_args(x, radius, trials, seed, stream, sample0, trial0, backend, *, types=True) -> tuple[int, ...]:
+    """A noise op's arguments; `types` (the public function) also checks and converts the integers."""
+    if not isinstance(x, torch.Tensor) or not isinstance(radius, torch.Tensor):
+        raise TypeError(f"x and radius must be torch.Tensors, got {type(x).__name__} and {type(radius).__name__}")
+    _refuse_unusual("noise", backend, x)
+    if x.dim() < 2 or x.shape[0] == 0 or x[0].numel() == 0:
+        raise ValueError(f"x must be (B, ...) with B >= 1 and non-empty rows; got shape {tuple(x.shape)}")
+    if not x.is_floating_point() or radius.shape != (x.shape[0],):
+        raise ValueError(f"x must be floating and radius of shape ({x.shape[0]},); got {x.dtype}, "
+                         f"{tuple(radius.shape)}")
+    if x[0].numel() >= NoiseSpec.MAX_ELEMENTS:
+        raise ValueError(f"x has {x[0].numel()} elements per sample; spec {NoiseSpec.NAME} counts at most 2^34")
+    if types:
+        trials, stream, sample0, trial0 = (_checks.as_int(name, v) for name, v in (
+            ("trials", trials), ("stream", stream), ("sample0", sample0), ("trial0", trial0)))
+        seed = _checks.check_seed(seed)
+    if trials < 1:
+        raise ValueError(f"trials must be >= 1, got {trials}")
+    if not 0 <= stream < NoiseSpec.MAX_STREAM:
+        raise ValueError(f"stream must be in [0, 2^32 - 1) (spec {NoiseSpec.NAME}), got {stream}")
+    if not 0 <= seed < NoiseSpec.MAX_SEED:
+        raise ValueError(f"seed must be in [0, 2^64), got {seed}")
+    if sample0 < 0 or sample0 + x.shape[0] > NoiseSpec.MAX_SAMPLES:
+        raise ValueError(f"sample indices [{sample0}, {sample0 + x.shape[0]}) must lie in [0, 2^32)")
+    if trial0 < 0 or trial0 + trials > NoiseSpec.MAX_TRIALS:
+        raise ValueError(f"trial indices [{trial0}, {trial0 + trials}) must lie in [0, 2^32)")
+    _checks.check_choice("backend", backend, BACKEND_NAMES)
+    return trials, seed, stream, sample0, trial0
+
+
+def _noise_out(x: torch.Tensor, trials: int, dtype: torch.dtype) -> torch.Tensor:
+    """An empty (trials B, ...) tensor laid out as the noise op returns it (4-D: channels_last)."""
+    shape = (trials * x.shape[0], *x.shape[1:])
+    if x.dim() == 4:
+        return torch.empty(shape, dtype=dtype, device=x.device, memory_format=torch.channels_last)
+    return torch.empty(shape, dtype=dtype, device=x.device)
+
+
+@torch.library.custom_op("stabkern::sphere_noise", mutates_args=())
+def _sphere_noise(x: torch.Tensor, radius: torch.Tensor, trials: int, seed: int, stream: int, sample0: int,
+                  trial0: int, out_dtype: torch.dtype, backend: str) -> torch.Tensor:
+    seed = _seed_from_int64(seed)
+    _check_noise_args(x, radius, trials, seed, stream, sample0, trial0, backend, types=False)
+    chosen = select("noise", backend, x.device, x.dtype)
+    flat = chosen.sphere_noise(flat_rows(x), radius, trials, seed, stream, sample0, trial0, out_dtype)
+    return unflat_rows(flat, x, trials * x.shape[0])
+
+
+@_sphere_noise.register_fake
+def _(x, radius, trials, seed, stream, sample0, trial0, out_dtype, backend):
+    _check_noise_args(x, radius, trials, _seed_from_int64(seed), stream, sample0, trial0, backend, types=False)
+    return _noise_out(x, trials, out_dtype)
+
+
+@torch.library.custom_op("stabkern::sq_error", mutates_args=())
+def _sq_error(y_hat: torch.Tensor, y: torch.Tensor, backend: str) -> torch.Tensor:
+    _check_error_args(y_hat, y, backend)
+    chosen = select("noise", backend, y.device, y.dtype)
+    return chosen.sq_error(*_paired_rows(y_hat, y))
+
+
+@_sq_error.register_fake
+def _(y_hat, y, backend):
+    _check_error_args(y_hat, y, backend)
+    return y_hat.new_empty(y_hat.shape[0], dtype=torch.float64)
+
+
+def _check_error_args(y_hat, y, backend) -> None:
+    if not isinstance(y_hat, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"y_hat and y must be torch.Tensors, got {type(y_hat).__name__} and {type(y).__name__}")
+    _refuse_unusual("noise", backend, y_hat)
+    _refuse_unusual("noise", backend, y)
+    if y.dim() < 1 or y.shape[0] == 0 or y_hat.shape[0] % y.shape[0] or y_hat.shape[1:] != y.shape[1:]:
+        raise ValueError(f"y_hat must be (T B, ...) over y (B, ...); got {tuple(y_hat.shape)} and {tuple(y.shape)}")
+    _checks.check_choice("backend", backend, BACKEND_NAMES)
+
+
+# --------------------------------------------------------------------------- noise public API
+
+
+def sphere_noise(x: torch.Tensor, radius: torch.Tensor, *, trials: int, seed: int, stream: int, sample0: int = 0,
+                 trial0: int = 0, out_dtype: torch.dtype | None = None, backend: str = "auto") -> torch.Tensor:
+    """Noisy copies of x at exact distance radius: x (B, ...), radius (B,) -> (trials * B, ...).
+
+    out[t B + b] = x[b] + radius[b] z / ||z||, z = the stabkern-noise-v1 vector of sample sample0 + b,
+    trial trial0 + t (4-D x: elements in (h, w, c) order, and out is channels_last), so
+    ||out[t B + b] - x[b]|| = radius[b] to rounding. Equals
+    `stabkern.backends.reference.sphere_noise_reference` to floating-point tolerance; backends agree
+    to that tolerance, not bit for bit. seed in [0, 2^64), stream in [0, 2^32 - 1), sample and trial
+    indices in [0, 2^32). out_dtype defaults to x's dtype. backend: "auto", "reference", "cpu", "triton".
+    """
+    trials, seed, stream, sample0, trial0 = _check_noise_args(x, radius, trials, seed, stream, sample0, trial0,
+                                                              backend)
+    out_dtype = out_dtype or x.dtype
+    return torch.ops.stabkern.sphere_noise(x, radius, trials, _seed_to_int64(seed), stream, sample0, trial0,
+                                           out_dtype, backend)
+
+
+def sq_error(y_hat: torch.Tensor, y: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """Per-row squared distance to the clean row: y_hat (T B, ...), y (B, ...) -> (T B,) float64.
+
+    out[r] = ||y_hat[r] - y[r mod B]||^2, accumulated in float32 blocks summed in float64 (float64 for
+    float64 input). Equals `stabkern.backends.reference.sq_error_reference` to floating-point
+    tolerance. Any memory formats (a channels_last pair is read in place); y_hat may be
+    bfloat16/float16 with a float32 y.
+    """
+    _check_error_args(y_hat, y, backend)
+    return torch.ops.stabkern.sq_error(y_hat, y, backend)

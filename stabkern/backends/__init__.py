@@ -1,187 +1,105 @@
-"""The four backends of the sign ops, each declaring what it can take.
+"""The backend registry: every backend of both op families, and the one rule that picks one.
 
-A backend answers `missing()` (why it cannot run here at all, and how to fix that) and
-`refuses(device, dtype)` (why it cannot take this input); the dispatcher in `ops.py` takes the
-first backend that answers None to both, or raises listing every reason. Backends know nothing
-above them: they get 2-D contiguous tensors and return float32 (float64 for float64 input).
+`select(family, requested, device, dtype)` is used by every op (sign and noise alike): it returns
+the backend that runs the call, or raises `BackendUnavailableError` listing every candidate's
+reason and fix; with "auto" it takes the first usable backend of `AUTO_ORDER` that serves the
+family, warning once (RuntimeWarning) when that is the slow `reference` on CPU or CUDA tensors.
+Environment variables (STABKERN_BACKEND, STABKERN_CPU_ISA) are checked here, in one place, with
+a ValueError naming the variable; `environment_problems()` lists them for `python -m stabkern.info`.
 
-    project(x: (rows, n), k, seed, stream, t0, j0, precision) -> (rows, k)
-    reconstruct(y: (rows, k), n, scale, seed, stream, t0, j0, precision) -> (rows, n)
+The backends themselves (capabilities and adapters) live in reference.py, cpu.py, cuda.py and
+triton/; their common base in base.py. Nothing here knows about ops, modules or meters.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
+import warnings
 
 import torch
 
-from .. import spec as reference
+from .base import FAMILIES, FLOAT_DTYPES, Backend, BackendUnavailableError, accumulation_dtype, triton_interpreting
+from .cpu import CpuBackend
+from .cuda import CudaBackend
+from .reference import ReferenceBackend
+from .triton import TritonBackend
 
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-class Backend:
-    name = ""
-    devices: tuple[str, ...] = ()
-    # Input dtypes the kernels read directly; others are cast to float32 by the dispatcher.
-    native_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
-
-    def missing(self) -> str | None:
-        return None
-
-    def refuses(self, device: torch.device, dtype: torch.dtype) -> str | None:
-        if device.type not in self.devices:
-            return f"it runs on {' or '.join(self.devices)} tensors, and the input is on {device}"
-        return None
-
-
-class ReferenceBackend(Backend):
-    """Plain torch on any device, float64 throughout (`stabkern.reference`)."""
-
-    name = "reference"
-    devices = ("cpu", "cuda", "mps", "xpu", "meta")
-    native_dtypes = FLOAT_DTYPES
-
-    def refuses(self, device, dtype):
-        return None
-
-    def project(self, x, k, seed, stream, t0, j0, precision):
-        return reference.project(x, k, seed, stream, t0, j0).to(accumulation_dtype(x.dtype))
-
-    def reconstruct(self, y, n, scale, seed, stream, t0, j0, precision):
-        return reference.reconstruct(y, n, seed, stream, scale, t0, j0).to(accumulation_dtype(y.dtype))
-
-
-def _import_extension(name: str):
-    """(module, None) or (None, reason) for a compiled extension of stabkern."""
-    try:
-        return importlib.import_module(f"stabkern.{name}"), None
-    except ImportError as err:
-        return None, str(err)
-
-
-class CpuBackend(Backend):
-    """C++17/OpenMP kernels of `stabkern._cpu` (csrc/cpu)."""
-
-    name = "cpu"
-    devices = ("cpu",)
-
-    def __init__(self):
-        self._module, self._error = None, None
-
-    @property
-    def module(self):
-        if self._module is None and self._error is None:
-            self._module, self._error = _import_extension("_cpu")
-        return self._module
-
-    def missing(self):
-        if self.module is None:
-            return (f"stabkern._cpu is not built or does not load ({self._error}); reinstall stabkern "
-                    "with a C++17 compiler (`pip install -e .`)")
-        return None
-
-    def project(self, x, k, seed, stream, t0, j0, precision):
-        rows, n = x.shape
-        y = torch.empty(rows, k, dtype=x.dtype)
-        fn = self.module.project_f64 if x.dtype == torch.float64 else self.module.project_f32
-        fn(x.data_ptr(), y.data_ptr(), rows, n, k, seed, stream, t0, j0, torch.get_num_threads())
-        return y
-
-    def reconstruct(self, y, n, scale, seed, stream, t0, j0, precision):
-        rows, k = y.shape
-        out = torch.empty(rows, n, dtype=y.dtype)
-        fn = self.module.reconstruct_f64 if y.dtype == torch.float64 else self.module.reconstruct_f32
-        fn(y.data_ptr(), out.data_ptr(), rows, n, k, scale, seed, stream, t0, j0, torch.get_num_threads())
-        return out
-
-
-def triton_interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-class TritonBackend(Backend):
-    """Triton kernels (`stabkern.backends.triton.sign`): CUDA tensors, or CPU tensors under TRITON_INTERPRET=1."""
-
-    name = "triton"
-    native_dtypes = FLOAT_DTYPES
-
-    def __init__(self):
-        self._module, self._error = None, None
-
-    @property
-    def devices(self):
-        return ("cuda", "cpu") if triton_interpreting() else ("cuda",)
-
-    @property
-    def module(self):
-        if self._module is None and self._error is None:
-            try:
-                self._module = importlib.import_module("stabkern.backends.triton.sign")
-            except ImportError as err:
-                self._error = str(err)
-        return self._module
-
-    def missing(self):
-        if importlib.util.find_spec("triton") is None:
-            return "Triton is not installed: `pip install triton`"
-        if self.module is None:
-            return f"stabkern's Triton kernels do not import ({self._error})"
-        return None
-
-    def refuses(self, device, dtype):
-        if device.type == "cpu" and not triton_interpreting():
-            return "it takes CPU tensors only under the Triton interpreter (TRITON_INTERPRET=1)"
-        return super().refuses(device, dtype)
-
-    def project(self, x, k, seed, stream, t0, j0, precision):
-        return self.module.project(x, k, seed, stream, t0, j0, precision)
-
-    def reconstruct(self, y, n, scale, seed, stream, t0, j0, precision):
-        return self.module.reconstruct(y, n, scale, seed, stream, t0, j0, precision)
-
-
-class CudaBackend(Backend):
-    """CUDA C++ kernels of `stabkern._cuda` (csrc/cuda)."""
-
-    name = "cuda"
-    devices = ("cuda",)
-    native_dtypes = FLOAT_DTYPES
-
-    def __init__(self):
-        self._module, self._error = None, None
-
-    @property
-    def module(self):
-        if self._module is None and self._error is None:
-            self._module, self._error = _import_extension("_cuda")
-        return self._module
-
-    def missing(self):
-        if self.module is None:
-            return (f"stabkern was built without CUDA ({self._error}): install nvcc and reinstall "
-                    "stabkern, or use backend='triton'")
-        if not torch.cuda.is_available():
-            return "torch sees no CUDA device"
-        return None
-
-    def project(self, x, k, seed, stream, t0, j0, precision):
-        from . import cuda as cuda_sign
-
-        return cuda_sign.project(self.module, x, k, seed, stream, t0, j0, precision)
-
-    def reconstruct(self, y, n, scale, seed, stream, t0, j0, precision):
-        from . import cuda as cuda_sign
-
-        return cuda_sign.reconstruct(self.module, y, n, scale, seed, stream, t0, j0, precision)
-
+__all__ = ["BACKENDS", "BACKEND_NAMES", "Backend", "BackendUnavailableError", "FLOAT_DTYPES", "accumulation_dtype",
+           "environment_problems", "select", "triton_interpreting"]
 
 BACKENDS: dict[str, Backend] = {
     b.name: b for b in (ReferenceBackend(), CpuBackend(), TritonBackend(), CudaBackend())
 }
+BACKEND_NAMES = ("auto", *BACKENDS)
+
+# Fastest first, per device type; each family uses the backends of this order that serve it.
+AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
+
+_warned_fallback: set[tuple[str, str, str]] = set()
+
+
+def env_backend() -> str:
+    """STABKERN_BACKEND ("auto" when unset or empty); a ValueError if it names no backend."""
+    value = os.environ.get("STABKERN_BACKEND", "") or "auto"
+    if value not in BACKEND_NAMES:
+        raise ValueError(f"STABKERN_BACKEND must be one of {', '.join(BACKEND_NAMES)}; got {value!r}")
+    return value
+
+
+def environment_problems() -> dict[str, str]:
+    """{variable: what is wrong with it} for every stabkern environment variable set to a bad value."""
+    problems = {}
+    try:
+        env_backend()
+    except ValueError as err:
+        problems["STABKERN_BACKEND"] = str(err)
+    isa = BACKENDS["cpu"].isa_problem()
+    if isa is not None:
+        problems["STABKERN_CPU_ISA"] = isa
+    return problems
+
+
+def _candidates(family: str, requested: str, device: torch.device) -> tuple[str, ...]:
+    if requested == "auto":
+        requested = env_backend()
+        if requested != "auto" and family not in BACKENDS[requested].families:
+            requested = "auto"  # STABKERN_BACKEND names a backend of the other family: auto for this one
+    if requested != "auto":
+        return (requested,)
+    order = AUTO_ORDER.get(device.type, ("reference",))
+    return tuple(name for name in order if family in BACKENDS[name].families)
+
+
+def select(family: str, requested: str, device: torch.device, dtype: torch.dtype,
+           layout: torch.layout = torch.strided) -> Backend:
+    """The backend that runs an op of `family` ("sign" or "noise") on this input.
+
+    `requested` is a backend name or "auto"; with "auto", STABKERN_BACKEND (if set) decides. Raises
+    ValueError for an unknown name or a bad environment variable, BackendUnavailableError (listing
+    every reason) when no candidate can take the input.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if not isinstance(requested, str) or requested not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}; got {requested!r}")
+    names = _candidates(family, requested, device)
+    reasons = []
+    for name in names:
+        backend = BACKENDS[name]
+        if family not in backend.families:
+            reason = f"it has no {family} ops (it serves the {', '.join(sorted(backend.families))} ops)"
+        else:
+            reason = backend.missing(family) or backend.refuses(device, dtype, layout)
+        if reason is None:
+            backend.check_environment(family)
+            if len(names) > 1 and name == "reference" and device.type in ("cpu", "cuda"):
+                key = (family, device.type, "; ".join(reasons))
+                if key not in _warned_fallback:
+                    _warned_fallback.add(key)
+                    warnings.warn(f"stabkern: the {family} ops use the slow reference backend because "
+                                  + "; ".join(reasons), RuntimeWarning, stacklevel=3)
+            return backend
+        reasons.append(f"backend '{name}' cannot run: {reason}")
+    raise BackendUnavailableError(
+        f"no stabkern backend can take a {dtype} {'' if layout == torch.strided else str(layout) + ' '}"
+        f"tensor on {device} for the {family} ops:\n  " + "\n  ".join(reasons))

@@ -1,58 +1,84 @@
-"""Adapter from `backends.CudaBackend` to the compiled CUDA kernels of `stabkern._cuda` (csrc/cuda).
+"""The `cuda` backend: its capabilities, and the launcher of the compiled kernels of `stabkern._cuda`
+(csrc/cuda/sign), for the sign ops only.
 
-    project(module, x: (rows, n), k, ...)     -> (rows, k)  equals reference.project
-    reconstruct(module, y: (rows, k), n, ...) -> (rows, n)  equals reference.reconstruct
+    project(module, x: (rows, n), k, ...)     -> (rows, k)  equals backends.reference.project
+    reconstruct(module, y: (rows, k), n, ...) -> (rows, n)  equals backends.reference.reconstruct
 
-It picks the form and the split of the reduction (`Plan`), allocates the output and the workspace
-with torch on x's device, and passes raw pointers, x's device index and the current stream's
-handle; the kernels run asynchronously on that stream. Forms (csrc/cuda/sign_cuda.h):
+It takes the form and the split of the reduction from `stabkern.backends.plan` (`plan.CUDA_TILES`),
+allocates the output and the workspace with torch on x's device, and passes raw pointers, x's device
+index and the current stream's handle; the kernels run asynchronously on that stream. Forms
+(csrc/cuda/sign/sign_cuda.h):
 
 - "gemv" (CUDA cores): exact float32 sums (float64 for float64 input) whatever the precision mode;
-  taken for float64, and for "highest" with up to GEMV_MAX_ROWS rows.
+  taken for float64, and for "highest" with up to `CUDA_TILES.gemv_max_rows` rows.
 - "gemm" (tensor cores, mma.sync bf16): the operand is split into bf16 terms, 3 / 2 / 1 for
   "highest" / "high" / "medium" (bf16 input needs 1, float16 input 2): per-entry errors of at
-  most 2^-24 (exact for float32), 2^-16 and 2^-8 relative, float32 accumulation. Relative
-  Frobenius error against float64 on Gaussian data (21 x 1000, k = 300, the kernels' data flow
-  emulated on the host): 2.2e-7, 2.4e-6 and 1.7e-3; the GPU tests bound them by 1e-5, 3e-5, 4e-3. With few rows
-  (rows * terms <= 16) the terms ride as extra rows of the 16-row tile, so one vector costs the
-  same in every mode: the GEMV shape of "high" and "medium" runs here too.
+  most 2^-24 (exact for float32), 2^-16 and 2^-8 relative, float32 accumulation; measured errors
+  are in README.md. With few rows (rows * terms <= 16) the terms ride as extra rows of the
+  16-row tile, so one vector costs the same in every mode: the GEMV shape of "high" and "medium"
+  runs here too.
+
+The build targets sm_80 and sm_90 only, so the backend refuses older GPUs.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .plan import Plan, cdiv, split_count, split_terms
+from . import plan as launch_plan
+from .base import FLOAT_DTYPES, Backend, import_extension
+from .plan import CUDA_TILES as TILES
+from .plan import Plan, split_terms
 
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 FORMS = {"gemv": 0, "gemm": 1}
-GEMV_MAX_ROWS = 4
 
 
-def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
+class CudaBackend(Backend):
+    """CUDA C++ kernels of the sign family on CUDA tensors of compute capability 8.0 or newer."""
 
+    name = "cuda"
+    families = frozenset({"sign"})
+    devices = ("cuda",)
+    native_dtypes = FLOAT_DTYPES
+    min_compute_capability = (8, 0)
 
-def _form(rows: int, dtype: torch.dtype, precision: str) -> str:
-    if dtype == torch.float64 or (precision == "highest" and rows <= GEMV_MAX_ROWS):
-        return "gemv"
-    return "gemm"
+    def __init__(self):
+        self._module, self._error = None, None
+
+    @property
+    def module(self):
+        if self._module is None and self._error is None:
+            self._module, self._error = import_extension("_cuda")
+        return self._module
+
+    def missing(self, family: str | None = None) -> str | None:
+        if self.module is None:
+            return (f"stabkern was built without CUDA ({self._error}): install nvcc and reinstall "
+                    "stabkern, or use backend='triton'")
+        if not torch.cuda.is_available():
+            return "torch sees no CUDA device"
+        return None
+
+    def refuses(self, device, dtype, layout=torch.strided):
+        reason = super().refuses(device, dtype, layout)
+        if reason is not None and "compute capability" in reason:
+            return reason + " (stabkern._cuda is built for sm_80 and sm_90): use backend='triton'"
+        return reason
+
+    def project(self, x, k, seed, stream, t0, j0, precision):
+        return project(self.module, x, k, seed, stream, t0, j0, precision)
+
+    def reconstruct(self, y, n, scale, seed, stream, t0, j0, precision):
+        return reconstruct(self.module, y, n, scale, seed, stream, t0, j0, precision)
 
 
 def plan_project(rows: int, n: int, k: int, dtype: torch.dtype, precision: str, device: torch.device) -> Plan:
-    form, sms = _form(rows, dtype, precision), _num_sms(device)
-    if form == "gemv":  # blocks of 512 rows t; steps are groups of 128 columns
-        return Plan(form, split_count(cdiv(k, 512) * rows, cdiv(n, 128), sms, 8))
-    units = cdiv(k, 64) * cdiv(rows, 64)  # blocks of about 64 x 64; steps are 512 columns
-    return Plan(form, 1 if 2 * units >= sms else split_count(units, cdiv(n, 512), sms // 4, 2))
+    return launch_plan.plan(TILES, "project", rows, n, k, dtype, precision, device)
 
 
 def plan_reconstruct(rows: int, n: int, k: int, dtype: torch.dtype, precision: str, device: torch.device) -> Plan:
-    form, sms = _form(rows, dtype, precision), _num_sms(device)
-    units = cdiv(n, 512) * (rows if form == "gemv" else cdiv(rows, 32))  # blocks own 4 groups of 128
-    if form == "gemv":
-        return Plan(form, split_count(units, cdiv(k, 32), sms, 4))
-    return Plan(form, 1 if 2 * units >= sms else split_count(units, cdiv(k, 32), sms // 4, 4))
+    return launch_plan.plan(TILES, "reconstruct", rows, n, k, dtype, precision, device)
 
 
 def _check_input(a: torch.Tensor, name: str) -> None:
@@ -88,7 +114,7 @@ def _launch(module, project_op: bool, a: torch.Tensor, out_cols: int, n: int, k:
 
 def project(module, x: torch.Tensor, k: int, seed: int, stream: int, t0: int, j0: int, precision: str,
             plan: Plan | None = None) -> torch.Tensor:
-    """y = x @ S[t0:t0+k, j0:j0+n].T (`reference.project`); float32 (float64 for float64 x)."""
+    """y = x @ S[t0:t0+k, j0:j0+n].T (`backends.reference.project`); float32 (float64 for float64 x)."""
     _check_input(x, "x")
     rows, n = x.shape
     plan = plan or plan_project(rows, n, k, x.dtype, precision, x.device)
@@ -97,7 +123,7 @@ def project(module, x: torch.Tensor, k: int, seed: int, stream: int, t0: int, j0
 
 def reconstruct(module, y: torch.Tensor, n: int, scale: float, seed: int, stream: int, t0: int, j0: int,
                 precision: str, plan: Plan | None = None) -> torch.Tensor:
-    """x_hat = scale * y @ S[t0:t0+k, j0:j0+n] (`reference.reconstruct`); float32 (float64 for float64 y)."""
+    """x_hat = scale * y @ S[t0:t0+k, j0:j0+n] (`backends.reference.reconstruct`); float32 (float64 for float64 y)."""
     _check_input(y, "y")
     rows, k = y.shape
     plan = plan or plan_reconstruct(rows, n, k, y.dtype, precision, y.device)

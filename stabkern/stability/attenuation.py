@@ -7,9 +7,9 @@ recorded at the output x^j of every layer j >= i (the last Linear's output is th
 How it is fast (see graph.py for the propagation): per chunk of samples the clean pass runs once, in
 float32; for each i the T trials ride in the batch (rows t B + b) through the part of the model
 downstream of layer i only; the noisy input is written by one fused kernel from counters
-(`kernels.sphere_noise`, Philox -> Box-Muller, exact norm) and each observed output is reduced to
+(`stabkern.ops.sphere_noise`, Philox -> Box-Muller, exact norm) and each observed output is reduced to
 per-row squared errors by one fused kernel against the clean output broadcast over trials
-(`kernels.sq_error`). Nothing per (sample, trial, layer) but those sums leaves the device until a
+(`stabkern.ops.sq_error`). Nothing per (sample, trial, layer) but those sums leaves the device until a
 chunk is done. The noise of (sample s, trial t, layer i) depends only on (seed, i, s, t), so results
 do not depend on the chunking.
 """
@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 import torch
 
-from . import kernels
+from .. import ops
 from .context import (Prepared, check_finite, check_positive, check_precision, check_seed, chunks, metering,
                       plan_chunks, precision_mode, prepare)
 from .report import AttenuationReport
@@ -64,11 +64,11 @@ def attenuation_sums(prep: Prepared, data: torch.Tensor, *, alpha: float, trials
             radius = alpha * x_in.flatten(1).double().norm(dim=1)
             for t0, t1 in chunks(trials, trial_chunk):
                 t = t1 - t0
-                noisy = kernels.sphere_noise(x_in, radius, trials=t, seed=seed, stream=i, sample0=s0, trial0=t0,
+                noisy = ops.sphere_noise(x_in, radius, trials=t, seed=seed, stream=i, sample0=s0, trial0=t0,
                                              out_dtype=noise_dtype, backend=backend)
 
                 def observe(j, y_hat, i=i, t=t):
-                    e2 = kernels.sq_error(y_hat, clean.outputs[j], backend=backend).view(t, b)
+                    e2 = ops.sq_error(y_hat, clean.outputs[j], backend=backend).view(t, b)
                     bad[i, j] |= ~torch.isfinite(e2).all()
                     r = e2.sqrt() / y_norm[j]
                     acc[0, :, i, j] += r.sum(0)
@@ -78,7 +78,7 @@ def attenuation_sums(prep: Prepared, data: torch.Tensor, *, alpha: float, trials
                     prop.suffix(clean, i, noisy, "input", observe)
             if floor:
                 def observe_floor(j, y_hat, i=i):
-                    e2 = kernels.sq_error(y_hat, clean.outputs[j], backend=backend)
+                    e2 = ops.sq_error(y_hat, clean.outputs[j], backend=backend)
                     acc_floor[:, i, j] = e2.sqrt() / y_norm[j]
 
                 with precision_mode(precision, prep.device):
@@ -131,7 +131,7 @@ def noise_attenuation(model, data, *, alpha: float = 0.1, trials: int = 8, layer
     stabkern-noise-v1); precision: "fp32", "tf32" or "bf16" for the noisy passes (the clean pass is
     always fp32); floor: also measure alpha = 0 (default: on for tf32/bf16); memory_budget: bytes
     per chunk of work (default: half the free CUDA memory; 32 MiB on CPU, cache-sized); method: "auto", "graph" (torch.fx) or "hooks";
-    backend: kernels' backend ("auto", "cpu", "triton", "reference"); channels_last: run the model with
+    backend: the noise ops' backend ("auto", "cpu", "triton", "reference"); channels_last: run the model with
     4-D tensors in channels_last memory format (its parameters restored after; see context.metering).
 
     Returns an `AttenuationReport` with (L, L) arrays [injection, observation]. The hook-loop

@@ -51,7 +51,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import nn
 
 from .. import opnorms
-from . import kernels
+from .. import ops
 from .._checks import check_names, check_positive, check_positive_int, check_seed
 from .bound import logits_of
 from .context import Prepared, check_finite, chunks, metering, plan_chunks, precision_mode, prepare
@@ -167,10 +167,10 @@ def jacobian_meters(prep: Prepared, data: torch.Tensor, *, probes: int, draws: i
             if i == num - 1:
                 continue
             stream = num + i  # streams 0..L-1 are the attenuation's
-            probe = kernels.sphere_noise(torch.zeros_like(x_i), torch.full((b,), math.sqrt(h), dtype=torch.float64,
+            probe = ops.sphere_noise(torch.zeros_like(x_i), torch.full((b,), math.sqrt(h), dtype=torch.float64,
                                                                            device=x_i.device),
                                          trials=directions, seed=seed, stream=stream, sample0=s0, backend=backend)
-            noisy = kernels.sphere_noise(x_i, alpha * x_norm, trials=draws, seed=seed, stream=stream, sample0=s0,
+            noisy = ops.sphere_noise(x_i, alpha * x_norm, trials=draws, seed=seed, stream=stream, sample0=s0,
                                          backend=backend)
             primal = torch.cat([repeat_trials(x_i, 1 + directions), noisy])
             tangent = torch.cat([x_i, probe, torch.zeros_like(noisy)])
@@ -238,7 +238,7 @@ def jacobian_spread(prep: Prepared, data: torch.Tensor, *, probes: int, seed: in
                 prep.propagator.suffix(clean, i, x_in, "output", observe)
                 for j, y in outs.items():
                     m = y[0].numel()
-                    v = kernels.sphere_noise(torch.zeros_like(y[:b]), torch.full((b,), math.sqrt(m), dtype=torch.float64,
+                    v = ops.sphere_noise(torch.zeros_like(y[:b]), torch.full((b,), math.sqrt(m), dtype=torch.float64,
                                                                                  device=y.device),
                                              trials=probes, seed=seed, stream=2 * num + j, sample0=s0,
                                              backend=backend)

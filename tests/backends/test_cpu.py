@@ -18,7 +18,7 @@ import textwrap
 import pytest
 import torch
 
-from stabkern import spec as reference
+from stabkern.backends import reference
 
 _cpu = pytest.importorskip("stabkern._cpu", reason="stabkern._cpu is not built")
 

@@ -1,4 +1,4 @@
-"""CUDA backend (`stabkern._cuda` via `stabkern.cuda_sign`) against `stabkern.reference`.
+"""CUDA backend (`stabkern._cuda` via `stabkern.backends.cuda`) against `stabkern.backends.reference`.
 
 Two layers:
 - Anywhere the module was built (nvcc present, no GPU needed): the host emulation of the tensor-core
@@ -8,7 +8,7 @@ Two layers:
   dtype against the reference, signs bit-exact through one-hot inputs, determinism, splits,
   Inf/NaN, streams, bad input.
 
-Tolerances as in tests/test_triton_sign.py: the bf16 split changes each operand entry by at most
+Tolerances as in tests/backends/test_triton_sign.py: the bf16 split changes each operand entry by at most
 delta = 2^-8, 2^-16, 2^-24 of itself (1, 2, 3 terms), products with +-1 are exact, and m float32
 additions add at most m 2^-23 sum|x|; so |y_t - y_ref_t| <= (delta + m 2^-23) sum_j |x_j|.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stabkern import spec as reference
+from stabkern.backends import reference
 
 _cuda = pytest.importorskip("stabkern._cuda", reason="stabkern._cuda is not built (no nvcc at install)")
 from stabkern.backends import cuda as cuda_sign  # noqa: E402
@@ -28,7 +28,7 @@ needs_gpu = pytest.mark.skipif(not ON_GPU, reason="CUDA kernels need a CUDA GPU"
 
 SEED = (1 << 63) + 0x1234_5678_9ABC
 DELTA = {1: 2.0**-8, 2: 2.0**-16, 3: 2.0**-24}
-REL_FRO = {"highest": 1e-5, "high": 3e-5, "medium": 4e-3}  # documented in stabkern/cuda_sign.py
+REL_FRO = {"highest": 1e-5, "high": 3e-5, "medium": 4e-3}  # the modes' documented bounds (README)
 U32 = 2.0**-23
 U64 = 2.0**-52
 TERMS = {"highest": 3, "high": 2, "medium": 1}

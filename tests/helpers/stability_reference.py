@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stabkern.stability.kernels import gaussian_reference
+from stabkern.spec import gaussian_reference
 
 
 def layers_in_forward_order(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:

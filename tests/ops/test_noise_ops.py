@@ -1,4 +1,4 @@
-"""The meters' noise and error kernels (`stabkern.stability.kernels`) on every backend here.
+"""The noise ops of the meters (`stabkern.ops.sphere_noise`, `stabkern.ops.sq_error`) on every backend here.
 
 The oracle is `sphere_noise_reference` / `sq_error_reference` (float64 torch), whose Gaussian mapping
 (spec stabkern-noise-v1) is itself checked against a pure-Python Philox (checked on Random123's
@@ -19,7 +19,10 @@ import math
 import pytest
 import torch
 
-from stabkern.stability import kernels as K
+from stabkern import ops as K
+from stabkern.backends import BACKENDS
+from stabkern.backends.reference import sphere_noise_reference, sq_error_reference
+from stabkern.spec import gaussian_reference
 
 try:
     import triton.language as tl
@@ -70,7 +73,7 @@ def test_reference_gaussian_is_the_spec():
     samples = torch.tensor([0, 7, 2 ** 32 - 1])
     trials = torch.tensor([0, 3, 2 ** 31 + 5])
     for j0 in (0, 6, 2 ** 33 + 1):
-        z = K.gaussian_reference(SEED, 11, samples, trials, 13, j0=j0)
+        z = gaussian_reference(SEED, 11, samples, trials, 13, j0=j0)
         for r in range(3):
             for j in range(13):
                 want = gaussian_py(SEED, 11, int(samples[r]), int(trials[r]), j0 + j)
@@ -80,7 +83,7 @@ def test_reference_gaussian_is_the_spec():
 def test_reference_gaussian_statistics():
     """2^20 values: mean, variance, KS distance to N(0, 1), and no correlation inside a Box-Muller pair."""
     n = 1 << 16
-    z = K.gaussian_reference(12345, 0, torch.arange(16), torch.zeros(16, dtype=torch.long), n).reshape(-1)
+    z = gaussian_reference(12345, 0, torch.arange(16), torch.zeros(16, dtype=torch.long), n).reshape(-1)
     count = z.numel()
     assert abs(z.mean().item()) <= 5 / math.sqrt(count)
     # Var(z^2) = 2 for N(0, 1); the cut at 5.77 sigma moves the variance by < 1e-6
@@ -94,14 +97,14 @@ def test_reference_gaussian_statistics():
 
 
 def test_cpu_gauss4_matches_reference():
-    mod = K._cpu_module()
+    mod = BACKENDS["cpu"].noise_module
     if mod is None:
         pytest.skip("stabkern._noise is not built")
     gen = torch.Generator().manual_seed(1)
     for _ in range(200):
         sample, trial, group = (int(v) for v in torch.randint(0, 2 ** 31, (3,), generator=gen))
         got = mod.gauss4(SEED, 5, sample, trial, group)
-        ref = K.gaussian_reference(SEED, 5, torch.tensor([sample]), torch.tensor([trial]), 4, j0=4 * group)[0]
+        ref = gaussian_reference(SEED, 5, torch.tensor([sample]), torch.tensor([trial]), 4, j0=4 * group)[0]
         for a, b in zip(got, ref.tolist()):
             assert abs(a - b) <= 1e-6 * max(1.0, abs(b))
 
@@ -121,7 +124,7 @@ def test_sphere_noise_matches_reference(device, backend, shape, trials):
     radius = (torch.rand(shape[0], generator=gen, dtype=torch.float64) + 0.1).to(device)
     kw = dict(trials=trials, seed=SEED, stream=9, sample0=123456, trial0=2 ** 31)
     out = K.sphere_noise(x, radius, backend=backend, **kw)
-    ref = K.sphere_noise_reference(x.cpu(), radius.cpu(), **kw)
+    ref = sphere_noise_reference(x.cpu(), radius.cpu(), **kw)
     assert out.shape == (trials * shape[0], *shape[1:]) and out.dtype == x.dtype and out.device == x.device
     assert _bound(out, ref, radius, trials).all()
 
@@ -183,11 +186,11 @@ def test_sphere_noise_channels_last_and_dtypes():
     # the (N, H, W, C) rows flattened are the 2-D case of the same vectors
     flat = K.sphere_noise(x.permute(0, 2, 3, 1).reshape(3, -1), radius, trials=2, seed=4, stream=0, backend="cpu")
     torch.testing.assert_close(out.permute(0, 2, 3, 1).reshape(6, -1), flat, rtol=0, atol=0)
-    ref = K.sphere_noise_reference(x, radius, trials=2, seed=4, stream=0)
+    ref = sphere_noise_reference(x, radius, trials=2, seed=4, stream=0)
     assert _bound(out, ref, radius, 2).all()
     x64 = torch.randn(2, 9, dtype=torch.float64)
     out64 = K.sphere_noise(x64, radius[:2], trials=2, seed=4, stream=0, backend="cpu")
-    ref = K.sphere_noise_reference(x64, radius[:2], trials=2, seed=4, stream=0)
+    ref = sphere_noise_reference(x64, radius[:2], trials=2, seed=4, stream=0)
     assert out64.dtype == torch.float64 and _bound(out64, ref, radius[:2], 2).all()
     bf = K.sphere_noise(x64.float(), radius[:2], trials=2, seed=4, stream=0, out_dtype=torch.bfloat16)
     assert bf.dtype == torch.bfloat16
@@ -195,7 +198,7 @@ def test_sphere_noise_channels_last_and_dtypes():
 
 
 def test_cpu_kernels_do_not_depend_on_thread_count():
-    if K._cpu_module() is None:
+    if BACKENDS["cpu"].noise_module is None:
         pytest.skip("stabkern._noise is not built")
     x = torch.randn(7, 3001)
     radius = torch.rand(7, dtype=torch.float64) + 0.1
@@ -222,7 +225,7 @@ def test_sq_error_matches_reference(device, backend, dtype, shape, trials):
     y_hat = (y.repeat(trials, *[1] * (len(shape) - 1)) + 0.1 * torch.randn(trials * shape[0], *shape[1:],
                                                                            generator=gen, dtype=y.dtype)).to(dtype)
     out = K.sq_error(y_hat.to(device), y.to(device), backend=backend)
-    ref = K.sq_error_reference(y_hat, y)
+    ref = sq_error_reference(y_hat, y)
     m = y[0].numel()
     # float32 accumulation of m squares: relative error <= m 2^-24 of the sum of |terms| (all positive)
     unit = 2.0 ** -52 if dtype == torch.float64 else 2.0 ** -24
@@ -235,7 +238,7 @@ def test_sq_error_mixed_memory_formats(formats):
     fmt = {"cl": torch.channels_last, "nchw": torch.contiguous_format}
     y = torch.randn(2, 3, 4, 5).contiguous(memory_format=fmt[formats[1]])
     y_hat = torch.randn(4, 3, 4, 5).contiguous(memory_format=fmt[formats[0]])
-    torch.testing.assert_close(K.sq_error(y_hat, y, backend="cpu"), K.sq_error_reference(y_hat, y), rtol=1e-6,
+    torch.testing.assert_close(K.sq_error(y_hat, y, backend="cpu"), sq_error_reference(y_hat, y), rtol=1e-6,
                                atol=0)
 
 
@@ -260,3 +263,63 @@ def test_bad_input():
         K.sphere_noise(x, r, trials=1, seed=0, stream=0, backend="gpu")
     with pytest.raises(ValueError, match="y_hat"):
         K.sq_error(torch.randn(5, 4), x)
+
+
+# --------------------------------------------------------------------------- custom ops and argument policy
+
+
+@pytest.mark.parametrize("device,backend", CASES, ids=IDS)
+@pytest.mark.parametrize("shape", [(3, 7), (2, 3, 4, 5)])
+def test_opcheck_noise_ops(device, backend, shape):
+    """Schema, fake implementation (shapes, strides: channels_last for 4-D), dispatch, as for the sign ops."""
+    x = torch.randn(*shape, device=device)
+    radius = torch.rand(shape[0], dtype=torch.float64, device=device) + 0.1
+    torch.library.opcheck(torch.ops.stabkern.sphere_noise.default,
+                          (x, radius, 2, -5, 3, 1, 2, torch.float32, backend))
+    y_hat = K.sphere_noise(x, radius, trials=2, seed=1, stream=0, backend=backend)
+    torch.library.opcheck(torch.ops.stabkern.sq_error.default, (y_hat, x, backend))
+
+
+def test_noise_ops_compile_fullgraph():
+    x = torch.randn(2, 3, 4, 5)
+    radius = torch.ones(2, dtype=torch.float64)
+
+    def f(x):
+        noisy = K.sphere_noise(x, radius, trials=3, seed=7, stream=1)
+        return K.sq_error(noisy, x)
+
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(x), f(x), rtol=0, atol=0)
+
+
+NOISE_POLICY = [
+    (dict(trials=2.0), TypeError, "trials must be an int"),
+    (dict(stream=1.0), TypeError, "stream must be an int"),
+    (dict(seed=1.5), TypeError, "seed must be an int"),
+    (dict(seed=True), TypeError, "seed must be an int"),
+    (dict(sample0=0.0), TypeError, "sample0 must be an int"),
+    (dict(trial0=False), TypeError, "trial0 must be an int"),
+    (dict(stream=2**63), ValueError, "stream"),
+    (dict(trials=2**63), ValueError, "trial indices"),
+]
+
+
+@pytest.mark.parametrize("change,error,match", NOISE_POLICY, ids=[m for _, _, m in NOISE_POLICY])
+def test_noise_argument_policy(change, error, match):
+    kw = dict(trials=1, seed=0, stream=0, **{k: v for k, v in change.items() if k in ("sample0", "trial0")})
+    kw.update({k: v for k, v in change.items() if k not in ("sample0", "trial0")})
+    with pytest.raises(error, match=match):
+        K.sphere_noise(torch.randn(3, 4), torch.ones(3, dtype=torch.float64), **kw)
+
+
+def test_noise_ops_refuse_sparse_and_take_numpy_ints():
+    np = pytest.importorskip("numpy")
+    from stabkern.backends import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match="cannot take torch.sparse_coo"):
+        K.sphere_noise(torch.randn(3, 4).to_sparse(), torch.ones(3), trials=1, seed=0, stream=0)
+    with pytest.raises(BackendUnavailableError, match="cannot take torch.sparse_coo"):
+        K.sq_error(torch.randn(6, 4).to_sparse(), torch.randn(3, 4))
+    x, r = torch.randn(3, 4), torch.ones(3, dtype=torch.float64)
+    want = K.sphere_noise(x, r, trials=2, seed=5, stream=1, trial0=3)
+    got = K.sphere_noise(x, r, trials=np.int64(2), seed=np.uint64(5), stream=np.int32(1), trial0=np.int8(3))
+    assert torch.equal(got, want)

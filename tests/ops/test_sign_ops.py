@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stabkern
-from stabkern import spec as reference
+from stabkern.backends import reference
 from stabkern.ops import BackendUnavailableError, select_backend
 
 from helpers.backends import BACKEND_CASES, interpreted
@@ -321,3 +321,65 @@ def test_sign_compress_error_matches_theory():
     expected = (n - 1) / k
     sigma = ratios.std().item() / math.sqrt(len(ratios))
     assert abs(ratios.mean().item() - expected) <= 4 * sigma
+
+
+# --------------------------------------------------------------------------- argument policy (stabkern._checks)
+
+np = pytest.importorskip("numpy")
+
+POLICY_CALLS = [  # (call, error, match): every one was a raw schema error, an overflow or a wrong answer before
+    (lambda: stabkern.sign_project(torch.randn(5), 2.0, seed=0), TypeError, "k must be an int"),
+    (lambda: stabkern.sign_project(torch.randn(5), True, seed=0), TypeError, "k must be an int"),
+    (lambda: stabkern.sign_project(torch.randn(5), 2, seed=0, stream=1.0), TypeError, "stream must be an int"),
+    (lambda: stabkern.sign_project(torch.randn(5), 2, seed=0, row_offset=0.0), TypeError, "row_offset must be an int"),
+    (lambda: stabkern.sign_project(torch.randn(5), 2, seed=0, col_offset=128.0), TypeError,
+     "col_offset must be an int"),
+    (lambda: stabkern.sign_project(torch.randn(5), 2, seed=2.0), TypeError, "seed must be an int"),
+    (lambda: stabkern.sign_reconstruct(torch.randn(3), 5.0, seed=0), TypeError, "n must be an int"),
+    (lambda: stabkern.sign_compress(torch.randn(5), 3.0, seed=0), TypeError, "k must be an int"),
+    (lambda: stabkern.sign_matrix(3, 5.0, seed=0), TypeError, "n must be an int"),
+    (lambda: stabkern.sign_project(torch.randn(5), 2**63, seed=0), ValueError, "counter range"),
+    (lambda: stabkern.sign_reconstruct(torch.randn(3), 2**63, seed=0), ValueError, "counter range"),
+    (lambda: stabkern.sign_project(torch.randn(5), 2, seed=0, row_offset=2**64), ValueError, "counter range"),
+    (lambda: stabkern.sign_project(torch.randn(5), 2, seed=0, stream=2**63), ValueError, "stream"),
+    (lambda: stabkern.sign_project(torch.randn(5, 3).to_sparse(), 2, seed=0), BackendUnavailableError,
+     "cannot take torch.sparse_coo tensors"),
+    (lambda: stabkern.sign_compress(torch.randn(5, 3).to_sparse_csr(), 2, seed=0), BackendUnavailableError,
+     "cannot take torch.sparse_csr tensors"),
+    (lambda: stabkern.sign_project(torch.randn(5, device="meta"), 2, seed=0, backend="cpu"), BackendUnavailableError,
+     "input is on meta"),
+]
+
+
+@pytest.mark.parametrize("call,error,match", POLICY_CALLS, ids=[f"{i}-{m}" for i, (_, _, m) in enumerate(POLICY_CALLS)])
+def test_argument_policy(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_numpy_integers_are_ints():
+    x = torch.randn(2, 130)
+    want = stabkern.sign_project(x, 7, seed=3, stream=2, row_offset=5, col_offset=128)
+    got = stabkern.sign_project(x, np.int64(7), seed=np.uint64(3), stream=np.int32(2), row_offset=np.int16(5),
+                                col_offset=np.int64(128))
+    assert torch.equal(got, want)
+    assert torch.equal(stabkern.sign_reconstruct(want, np.int64(130), seed=np.uint64(3), stream=np.int32(2),
+                                                 row_offset=5, col_offset=128, scale=np.float32(0.5)),
+                       stabkern.sign_reconstruct(want, 130, seed=3, stream=2, row_offset=5, col_offset=128,
+                                                 scale=0.5))
+
+
+def test_sign_compress_takes_a_0d_tensor():
+    """README: any shape; a 0-d A is one entry (n = 1), and Algorithm 1 then returns it exactly (M_t = +-1)."""
+    a = torch.tensor(2.5, dtype=torch.float64)
+    out = stabkern.sign_compress(a, 4, seed=1)
+    assert out.shape == () and out.dtype == torch.float64
+    assert out.item() == 2.5
+
+
+def test_meta_tensors_give_meta_results_on_auto_and_reference():
+    x = torch.empty(3, 2, 150, device="meta")
+    for backend in ("auto", "reference"):
+        y = stabkern.sign_project(x, 11, seed=1, backend=backend)
+        assert y.device.type == "meta" and y.shape == (3, 2, 11)
+        assert stabkern.sign_reconstruct(y, 150, seed=1, backend=backend).shape == (3, 2, 150)

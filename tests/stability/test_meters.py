@@ -21,7 +21,8 @@ import stabkern
 from stabkern.zoo.digits import DigitsNet
 from stabkern.zoo.cifar import resnet_cifar
 from stabkern import opnorms
-from stabkern.stability import (activation_contraction, interlayer_cushion, interlayer_smoothness, kernels,
+from stabkern import ops as kernels
+from stabkern.stability import (activation_contraction, interlayer_cushion, interlayer_smoothness,
                                 layer_cushion, measure, noise_attenuation, noise_sensitivity)
 from stabkern.stability.context import metering, prepare
 from stabkern.stability.meters import jacobian_meters

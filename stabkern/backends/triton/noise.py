@@ -1,4 +1,6 @@
-"""Triton kernels of the stability meters: sphere noise injection and per-row squared error.
+"""Triton kernels of the noise ops (`stabkern.ops.sphere_noise`, `stabkern.ops.sq_error`): sphere noise
+injection and per-row squared error. Kernels and their launchers only; the backend class and its
+dispatch are in `stabkern.backends.triton`.
 
 Design note. Both steps are memory-bound on a GPU when written well, so each is one sweep over
 the big tensor, with the small one read once:
@@ -13,7 +15,7 @@ the big tensor, with the small one read once:
 - Error (`sq_error`): out[r] = ||y_hat[r] - y[r mod B]||^2. A program takes one sample b and one
   block for all T trials, so the clean y block is read once and y_hat streams once.
 
-The noise is spec stabkern-noise-v1 (see `stabkern.stability.kernels`): Philox4x32-10 with counter
+The noise is spec stabkern-noise-v1 (see `stabkern.spec`): Philox4x32-10 with counter
 (j >> 2, sample, trial, stream + 1) via `tl.philox` with explicit uint32 counters (the Random123
 function; `tl.randint` is not used), four Gaussians per call by Box-Muller. It agrees with the
 float64 reference to float32 tolerance (`tl.log`, `tl.cos`, `tl.sin` differ from libm in the

@@ -1,7 +1,10 @@
 """Triton kernels of the sign ops (backend "triton"): projection and reconstruction, GEMV and GEMM forms.
 
-    project(x: (rows, n), k, ...)     -> (rows, k)  equals reference.project:     x @ S[t0:t0+k, j0:j0+n].T
-    reconstruct(y: (rows, k), n, ...) -> (rows, n)  equals reference.reconstruct: scale * y @ S[t0:t0+k, j0:j0+n]
+    project(x: (rows, n), k, ...)     -> (rows, k)  equals backends.reference.project:     x @ S[t0:t0+k, j0:j0+n].T
+    reconstruct(y: (rows, k), n, ...) -> (rows, n)  equals backends.reference.reconstruct: scale * y @ S[t0:t0+k, j0:j0+n]
+
+The launch plan (form, split) comes from `stabkern.backends.plan` with this file's tile sizes
+(`plan.TRITON_TILES`); the backend class and its dispatch are in `stabkern.backends.triton`.
 
 S is spec stabkern-sign-v1: Philox4x32-10(key = seed, counter = (j >> 7, t, stream, 0)) gives the
 signs of 128 columns of row t; bit j & 31 of word (j >> 5) & 3, set meaning +1.
@@ -28,9 +31,8 @@ Design note (why the kernels look the way they do).
     "high":    x ~ hi + mid, two dots: each x loses at most 2^-16 of itself (round to nearest).
     "medium":  x ~ hi (x rounded to bf16), one dot: each x loses at most 2^-8 of itself.
   bf16 inputs need one term and float16 inputs two for exactness, so they never take more.
-  Measured under the interpreter (21 x 1000 Gaussian x, k = 300): relative Frobenius error against
-  float64 1.2e-7 (highest), 2.4e-6 (high), 1.7e-3 (medium), the same for reconstruction; the tests
-  bound them by 1e-5, 3e-5 and 4e-3. The GEMV form is exact float32 in every mode (1.5e-7).
+  The GEMV form sums in exact float32 (float64 for float64 input) in every mode. Measured errors
+  are in README.md; the tests bound them by the derived per-entry bounds above.
 - The bf16 rounding of the split is done with integer operations (round to nearest even on the
   bit pattern) rather than `.to(tl.bfloat16)`: Triton 3.9's interpreter truncates in that cast and
   multiplies raw bf16 bit patterns in `tl.dot`, so the interpreter runs the same split with an
@@ -54,7 +56,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..plan import Plan, split_count, split_terms
+from .. import plan as launch_plan
+from ..plan import TRITON_TILES as TILES
+from ..plan import Plan, split_terms
 
 # Read once, like Triton itself, which decides at @triton.jit time whether a kernel is interpreted.
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -65,11 +69,6 @@ _W0 = tl.constexpr(0x9E3779B9)
 _W1 = tl.constexpr(0xBB67AE85)
 _SIGN_BIT = tl.constexpr(0x80000000)
 
-# Rows up to this many take the GEMV form (Philox per row is then cheaper than a padded tile).
-GEMV_MAX_ROWS = 4
-_GEMV_PROJECT_BLOCK_T = 256
-_GEMV_RECONSTRUCT_BLOCK_T = 128
-_GEMM_BLOCK_N = 128  # rows t of S per projection program
 _REDUCE_BLOCK = 1024
 # Reduction lengths are padded with zeros to this multiple (and operands to this alignment in
 # bytes) so that Triton sees divisible strides and vectorizes the loads: unaligned 2-D tiles need a
@@ -199,6 +198,17 @@ def _sign_tile(w0, w1, word_index, bit):
     return ((((~word) << (31 - bit)) & _SIGN_BIT) | 0x3F800000).to(tl.float32, bitcast=True)
 
 
+@triton.jit
+def _opening(pid, n_a, n_b, key0, key1, stream, t0, group0):
+    """What every sign kernel starts with: the program id split into (a, b, c) for a grid of
+    n_a * n_b * (...) programs, and the uint32 scalars (key words, stream, t0, first group)."""
+    a = pid % n_a
+    b = (pid // n_a) % n_b
+    c = pid // (n_a * n_b)
+    return a, b, c, key0.to(tl.uint32), key1.to(tl.uint32), stream.to(tl.uint32), t0.to(tl.uint32), \
+        group0.to(tl.uint32)
+
+
 # --------------------------------------------------------------------------- kernels
 
 
@@ -210,16 +220,10 @@ def _project_gemv_kernel(x_ptr, out_ptr, rows, n, k, key0, key1, stream, t0, gro
 
     Grid: n_tblocks * n_splits * rows programs; a split owns `groups_per_split` groups of 128 columns.
     """
-    pid = tl.program_id(0)
-    tb = pid % n_tblocks
-    split = (pid // n_tblocks) % n_splits
-    row = pid // (n_tblocks * n_splits)
-    k0 = key0.to(tl.uint32)
-    k1 = key1.to(tl.uint32)
-    st = stream.to(tl.uint32)
-    g0 = group0.to(tl.uint32)
+    tb, split, row, k0, k1, st, t0u, g0 = _opening(tl.program_id(0), n_tblocks, n_splits, key0, key1, stream, t0,
+                                                   group0)
     t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
-    ctr_t = t0.to(tl.uint32) + t.to(tl.uint32)
+    ctr_t = t0u + t.to(tl.uint32)
 
     n_groups = tl.cdiv(n, 128)
     g_begin = split * groups_per_split
@@ -242,14 +246,9 @@ def _reconstruct_gemv_kernel(y_ptr, out_ptr, rows, n, k, scale, key0, key1, stre
 
     Grid: n_groups * n_splits * rows programs; a split owns `rows_per_split` rows t (a BLOCK_T multiple).
     """
-    pid = tl.program_id(0)
-    g = pid % n_groups
-    split = (pid // n_groups) % n_splits
-    row = pid // (n_groups * n_splits)
-    k0 = key0.to(tl.uint32)
-    k1 = key1.to(tl.uint32)
-    st = stream.to(tl.uint32)
-    group = group0.to(tl.uint32) + tl.cast(g, tl.uint32)
+    g, split, row, k0, k1, st, t0u, g0 = _opening(tl.program_id(0), n_groups, n_splits, key0, key1, stream, t0,
+                                                  group0)
+    group = g0 + tl.cast(g, tl.uint32)
     t_begin = split * rows_per_split
     t_end = tl.minimum(t_begin + rows_per_split, k)
     y_row = y_ptr + row.to(tl.int64) * k
@@ -261,7 +260,7 @@ def _reconstruct_gemv_kernel(y_ptr, out_ptr, rows, n, k, scale, key0, key1, stre
     for tb in range(t_begin, t_end, BLOCK_T):
         t = tb + tl.arange(0, BLOCK_T)
         yv = tl.load(y_row + t, mask=t < t_end, other=0.0).to(dtype)
-        w0, w1, w2, w3 = _sign_words(group, t0.to(tl.uint32) + t.to(tl.uint32), st, k0, k1)
+        w0, w1, w2, w3 = _sign_words(group, t0u + t.to(tl.uint32), st, k0, k1)
         acc0 = _reconstruct_word(acc0, yv, w0, F64)
         acc1 = _reconstruct_word(acc1, yv, w1, F64)
         acc2 = _reconstruct_word(acc2, yv, w2, F64)
@@ -284,17 +283,11 @@ def _project_gemm_kernel(x_ptr, out_ptr, rows, n, k, key0, key1, stream, t0, gro
     Grid: n_mblocks * n_tblocks * n_splits programs; two (BLOCK_M, 64) x (64, BLOCK_N) dots per term
     and group of 128 columns.
     """
-    pid = tl.program_id(0)
-    mb = pid % n_mblocks
-    tb = (pid // n_mblocks) % n_tblocks
-    split = pid // (n_mblocks * n_tblocks)
-    k0 = key0.to(tl.uint32)
-    k1 = key1.to(tl.uint32)
-    st = stream.to(tl.uint32)
-    g0 = group0.to(tl.uint32)
+    mb, tb, split, k0, k1, st, t0u, g0 = _opening(tl.program_id(0), n_mblocks, n_tblocks, key0, key1, stream, t0,
+                                                  group0)
     m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
     t = tb * BLOCK_N + tl.arange(0, BLOCK_N)
-    ctr_t = t0.to(tl.uint32) + t.to(tl.uint32)
+    ctr_t = t0u + t.to(tl.uint32)
     jj = tl.arange(0, 64)
     word_index = (jj // 32)[:, None]
     bit = (jj % 32).to(tl.uint32)[:, None]
@@ -329,14 +322,9 @@ def _reconstruct_gemm_kernel(y_ptr, out_ptr, rows, n, k, scale, key0, key1, stre
     Grid: n_mblocks * n_groups * n_splits programs; a program owns 128 columns (one group) and
     runs two (BLOCK_M, BLOCK_T) x (BLOCK_T, 64) dots per term over each block of its rows t.
     """
-    pid = tl.program_id(0)
-    mb = pid % n_mblocks
-    g = (pid // n_mblocks) % n_groups
-    split = pid // (n_mblocks * n_groups)
-    k0 = key0.to(tl.uint32)
-    k1 = key1.to(tl.uint32)
-    st = stream.to(tl.uint32)
-    group = group0.to(tl.uint32) + tl.cast(g, tl.uint32)
+    mb, g, split, k0, k1, st, t0u, g0 = _opening(tl.program_id(0), n_mblocks, n_groups, key0, key1, stream, t0,
+                                                 group0)
+    group = g0 + tl.cast(g, tl.uint32)
     m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
     jj = tl.arange(0, 64)
     word_index = (jj // 32)[None, :]
@@ -351,7 +339,7 @@ def _reconstruct_gemm_kernel(y_ptr, out_ptr, rows, n, k, scale, key0, key1, stre
     acc_b = tl.zeros((BLOCK_M, 64), dtype=tl.float32)
     for tb in range(t_begin, t_end, BLOCK_T):
         t = tb + tl.arange(0, BLOCK_T)
-        w0, w1, w2, w3 = _sign_words(group, t0.to(tl.uint32) + t.to(tl.uint32), st, k0, k1)
+        w0, w1, w2, w3 = _sign_words(group, t0u + t.to(tl.uint32), st, k0, k1)
         yt = tl.load(y_rows + t[None, :], mask=row_ok & (t < t_end)[None, :], other=0.0).to(tl.float32)
         s = _sign_tile(w0[:, None], w1[:, None], word_index, bit)  # (BLOCK_T, 64)
         acc_a = _dot_terms(yt, s, acc_a, TERMS, INTERPRET)
@@ -377,44 +365,14 @@ def _sum_splits_kernel(part_ptr, out_ptr, size, n_splits, BLOCK: tl.constexpr):
 # --------------------------------------------------------------------------- launch wrappers
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 4  # the interpreter: a few programs, so that tests exercise splitting
+def plan_project(rows: int, n: int, k: int, dtype: torch.dtype, device: torch.device,
+                 precision: str = "highest") -> Plan:
+    return launch_plan.plan(TILES, "project", rows, n, k, dtype, precision, device)
 
 
-def _form(rows: int, dtype: torch.dtype) -> str:
-    return "gemv" if dtype == torch.float64 or rows <= GEMV_MAX_ROWS else "gemm"
-
-
-def plan_project(rows: int, n: int, k: int, dtype: torch.dtype, device: torch.device) -> Plan:
-    form = _form(rows, dtype)
-    groups = triton.cdiv(n, 128)
-    sms = _num_sms(device)
-    if form == "gemv":
-        units = triton.cdiv(k, _GEMV_PROJECT_BLOCK_T) * rows
-        return Plan(form, split_count(units, groups, sms, 8))
-    units = triton.cdiv(rows, _gemm_block_m(rows)) * triton.cdiv(k, _GEMM_BLOCK_N)
-    return Plan(form, 1 if 2 * units >= sms else split_count(units, groups, sms // 4, 4))
-
-
-def plan_reconstruct(rows: int, n: int, k: int, dtype: torch.dtype, device: torch.device) -> Plan:
-    form = _form(rows, dtype)
-    groups = triton.cdiv(n, 128)
-    sms = _num_sms(device)
-    if form == "gemv":
-        return Plan(form, split_count(groups * rows, triton.cdiv(k, _GEMV_RECONSTRUCT_BLOCK_T), sms, 4))
-    units = triton.cdiv(rows, _gemm_block_m(rows)) * groups
-    return Plan(form, 1 if 2 * units >= sms else split_count(units, triton.cdiv(k, _gemm_block_t(rows)), sms // 4, 4))
-
-
-def _gemm_block_m(rows: int) -> int:
-    return min(128, max(16, triton.next_power_of_2(rows)))
-
-
-def _gemm_block_t(rows: int) -> int:
-    """Rows t of S per reconstruction step (the dot's K): 64 for a 16-row tile, 32 above (registers)."""
-    return 64 if _gemm_block_m(rows) <= 16 else 32
+def plan_reconstruct(rows: int, n: int, k: int, dtype: torch.dtype, device: torch.device,
+                     precision: str = "highest") -> Plan:
+    return launch_plan.plan(TILES, "reconstruct", rows, n, k, dtype, precision, device)
 
 
 def _padded(a: torch.Tensor) -> torch.Tensor:
@@ -439,7 +397,7 @@ def _check_input(a: torch.Tensor, name: str) -> None:
         raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {a.dtype}")
     if a.device.type != "cuda" and not (_INTERPRET and a.device.type == "cpu"):
         raise ValueError(f"the triton backend takes CUDA tensors (CPU tensors only under TRITON_INTERPRET=1 "
-                         f"set before stabkern.triton_sign is imported); {name} is on {a.device}")
+                         f"set before stabkern.backends.triton.sign is imported); {name} is on {a.device}")
 
 
 def _finish(part: torch.Tensor, out: torch.Tensor, splits: int) -> torch.Tensor:
@@ -458,14 +416,14 @@ def _buffers(rows: int, cols: int, splits: int, dtype: torch.dtype, device: torc
 
 def project(x: torch.Tensor, k: int, seed: int, stream: int, t0: int, j0: int, precision: str,
             plan: Plan | None = None) -> torch.Tensor:
-    """y = x @ S[t0:t0+k, j0:j0+n].T, equal to `reference.project`. x: (rows, n) -> (rows, k).
+    """y = x @ S[t0:t0+k, j0:j0+n].T, equal to `backends.reference.project`. x: (rows, n) -> (rows, k).
 
     float32 out (float64 for float64 x). `plan` overrides the form and split (tests use it).
     """
     _check_input(x, "x")
     rows, n = x.shape
     terms = split_terms(precision, x.dtype)
-    plan = plan or plan_project(rows, n, k, x.dtype, x.device)
+    plan = plan or plan_project(rows, n, k, x.dtype, x.device, precision)
     f64 = x.dtype == torch.float64
     out, part = _buffers(rows, k, plan.splits, torch.float64 if f64 else torch.float32, x.device)
     x = _padded(x)
@@ -474,18 +432,19 @@ def project(x: torch.Tensor, k: int, seed: int, stream: int, t0: int, j0: int, p
     per_split = triton.cdiv(groups, plan.splits)
     keys = (_u32_arg(seed), _u32_arg(seed >> 32), _u32_arg(stream), _u32_arg(t0), _u32_arg(j0 >> 7))
     if plan.form == "gemv":
-        n_tblocks = triton.cdiv(k, _GEMV_PROJECT_BLOCK_T)
+        block_t = TILES.project.gemv_out
+        n_tblocks = triton.cdiv(k, block_t)
         grid = (n_tblocks * plan.splits * rows,)
         _project_gemv_kernel[grid](x, part, rows, n, k, *keys, per_split, n_tblocks, plan.splits,
-                                   BLOCK_T=_GEMV_PROJECT_BLOCK_T, F64=f64, num_warps=4)
+                                   BLOCK_T=block_t, F64=f64, num_warps=4)
     elif plan.form == "gemm":
         if f64:
             raise ValueError("the GEMM form takes float32/float16/bfloat16 input; float64 runs in the GEMV form")
-        block_m = _gemm_block_m(rows)
-        n_mblocks, n_tblocks = triton.cdiv(rows, block_m), triton.cdiv(k, _GEMM_BLOCK_N)
+        block_m, block_n = TILES.project.block_rows(rows), TILES.project.gemm_out
+        n_mblocks, n_tblocks = triton.cdiv(rows, block_m), triton.cdiv(k, block_n)
         grid = (n_mblocks * n_tblocks * plan.splits,)
         _project_gemm_kernel[grid](x, part, rows, n, k, *keys, per_split, n_mblocks, n_tblocks, plan.splits,
-                                   BLOCK_M=block_m, BLOCK_N=_GEMM_BLOCK_N, TERMS=terms, INTERPRET=_INTERPRET,
+                                   BLOCK_M=block_m, BLOCK_N=block_n, TERMS=terms, INTERPRET=_INTERPRET,
                                    num_warps=8 if block_m >= 128 else 4, num_stages=3 if block_m > 16 else 2)
     else:
         raise ValueError(f"plan.form must be 'gemv' or 'gemm', got {plan.form!r}")
@@ -494,14 +453,14 @@ def project(x: torch.Tensor, k: int, seed: int, stream: int, t0: int, j0: int, p
 
 def reconstruct(y: torch.Tensor, n: int, scale: float, seed: int, stream: int, t0: int, j0: int, precision: str,
                 plan: Plan | None = None) -> torch.Tensor:
-    """x_hat = scale * y @ S[t0:t0+k, j0:j0+n], equal to `reference.reconstruct`. y: (rows, k) -> (rows, n).
+    """x_hat = scale * y @ S[t0:t0+k, j0:j0+n], equal to `backends.reference.reconstruct`. y: (rows, k) -> (rows, n).
 
     float32 out (float64 for float64 y; its scale is then applied in float64 after the kernel).
     """
     _check_input(y, "y")
     rows, k = y.shape
     terms = split_terms(precision, y.dtype)
-    plan = plan or plan_reconstruct(rows, n, k, y.dtype, y.device)
+    plan = plan or plan_reconstruct(rows, n, k, y.dtype, y.device, precision)
     f64 = y.dtype == torch.float64
     out, part = _buffers(rows, n, plan.splits, torch.float64 if f64 else torch.float32, y.device)
     y = _padded(y)
@@ -510,7 +469,7 @@ def reconstruct(y: torch.Tensor, n: int, scale: float, seed: int, stream: int, t
     keys = (_u32_arg(seed), _u32_arg(seed >> 32), _u32_arg(stream), _u32_arg(t0), _u32_arg(j0 >> 7))
     kernel_scale = 1.0 if f64 else float(scale)  # Triton passes floats as float32
     if plan.form == "gemv":
-        block_t = _GEMV_RECONSTRUCT_BLOCK_T
+        block_t = TILES.reconstruct.gemv_step
         per_split = triton.cdiv(triton.cdiv(k, block_t), plan.splits) * block_t
         grid = (groups * plan.splits * rows,)
         _reconstruct_gemv_kernel[grid](y, part, rows, n, k, kernel_scale, *keys, per_split, groups, plan.splits,
@@ -518,7 +477,7 @@ def reconstruct(y: torch.Tensor, n: int, scale: float, seed: int, stream: int, t
     elif plan.form == "gemm":
         if f64:
             raise ValueError("the GEMM form takes float32/float16/bfloat16 input; float64 runs in the GEMV form")
-        block_m, block_t = _gemm_block_m(rows), _gemm_block_t(rows)
+        block_m, block_t = TILES.reconstruct.block_rows(rows), TILES.reconstruct.block_step(rows)
         n_mblocks = triton.cdiv(rows, block_m)
         per_split = triton.cdiv(triton.cdiv(k, block_t), plan.splits) * block_t
         grid = (n_mblocks * groups * plan.splits,)
