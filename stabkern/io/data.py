@@ -11,6 +11,7 @@ Every problem with the input is an `InputError` whose message names the fix.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import pickle
@@ -211,24 +212,30 @@ def _check_pixels(x: np.ndarray, name: str) -> np.ndarray:
 
 def _digits(limit):
     """The test split of `stabkern.zoo.digits.load_digits_tensors`, before its standardization."""
+    images, target = _digits_arrays()
+    # the same permutation and split as zoo.digits.load_digits_tensors(seed=0, test_fraction=0.25)
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0)).numpy()
+    test = perm[:int(round(len(images) * 0.25))][:limit]
+    y, _ = _check_labels(target[test], len(test), 10, "digits")
+    return images[test], y, "digits (scikit-learn, test split)", "digits", 10, digits_normalization()
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays():
+    """scikit-learn's digits as ((N, 1, 8, 8) float32 on the [0, 1] scale, (N,) labels); read-only."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
         raise InputError("the digits data come from scikit-learn: pip install scikit-learn") from None
     data = load_digits()
     images = data.images.astype(np.float32)[:, None] / 16.0
-    # the same permutation and split as zoo.digits.load_digits_tensors(seed=0, test_fraction=0.25)
-    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0)).numpy()
-    test = perm[:int(round(len(images) * 0.25))][:limit]
-    y, _ = _check_labels(data.target[test], len(test), 10, "digits")
-    return images[test], y, "digits (scikit-learn, test split)", "digits", 10, digits_normalization()
+    images.flags.writeable = False
+    return images, data.target
 
 
 def digits_normalization():
     """((mean,), (std,)) that `zoo.digits.load_digits_tensors` standardizes the [0, 1] digits with."""
-    from sklearn.datasets import load_digits
-
-    x = torch.tensor(load_digits().images, dtype=torch.float32) / 16.0
+    x = torch.from_numpy(np.array(_digits_arrays()[0]))
     return (x.mean().item(),), (x.std().item(),)
 
 
