@@ -95,6 +95,9 @@ def load_data(spec: str, *, limit: int | None = None, trust_pickle: bool = False
         x = _interpolate(x, size)
     if channels is not None:
         x = _convert_channels(x, channels, name)
+    if normalization is None and default is not None and len(default[0]) not in (1, x.shape[1]):
+        raise InputError(f"{name} was converted to {x.shape[1]} channel(s), so its {len(default[0])}-channel "
+                         f"statistics do not apply: give the normalization the model expects")
     mean, std = _check_normalization(normalization if normalization is not None else default, x.shape[1])
     if mean is not None:
         x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
@@ -129,7 +132,8 @@ def _check_normalization(normalization, c: int):
         mean = [float(v) for v in np.atleast_1d(np.asarray(mean, dtype=np.float64))]
         std = [float(v) for v in np.atleast_1d(np.asarray(std, dtype=np.float64))]
     except (TypeError, ValueError):
-        raise InputError(f"normalization must be (mean, std), two sequences of numbers, got {normalization!r}") from None
+        raise InputError(f"normalization must be (mean, std), two sequences of numbers, "
+                         f"got {normalization!r}") from None
     if len(mean) != len(std) or len(mean) not in (1, c):
         raise InputError(f"normalization has {len(mean)} means and {len(std)} stds for {c}-channel data: "
                          f"give 1 or {c} of each")

@@ -70,6 +70,14 @@ def test_cifar10_binary_train_batches_in_order_with_limit(tmp_path):
     assert data.y.tolist() == want.tolist()
 
 
+def test_cifar_to_gray_needs_the_model_statistics(tmp_path):
+    content = write_cifar10_bin(tmp_path / "c")
+    with pytest.raises(InputError, match="statistics do not apply: give the normalization"):
+        load_data(tmp_path / "c", channels=1)
+    data = load_data(tmp_path / "c", channels=1, normalization=((0.5,), (0.5,)))
+    assert data.x.shape == (6, 1, 32, 32) and data.y.tolist() == content["test_batch.bin"][1].tolist()
+
+
 def test_cifar_folder_found_one_level_down(tmp_path):
     write_cifar10_bin(tmp_path / "downloads" / "cifar-10-batches-bin")
     assert load_data(tmp_path / "downloads").format == "cifar10"
