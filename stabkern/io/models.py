@@ -84,7 +84,8 @@ def load_model(spec: str, *, num_classes: int | None = None, trust_pickle: bool 
 
 
 def _looks_like_arch(prefix: str) -> bool:
-    """"resnet18" in "resnet18:w.pt"; not a drive letter or a URL scheme-like path piece with / or ."""
+    """A bare name like "resnet18" (letters, digits, underscores): the ARCH of "ARCH:WEIGHTS". Longer
+    than one character, so the drive of a Windows path ("C:...") is not taken for one."""
     return len(prefix) > 1 and prefix.replace("_", "").isalnum()
 
 
