@@ -6,10 +6,10 @@ for bench_sign_gpu.py. Not a profiler: nothing here times a kernel.
 
 How the core clock is measured, and why so. A chain of dependent instructions of known latency runs
 at one instruction per latency, whatever else the core could issue, so (instructions x latency) /
-seconds is the clock. The earlier probe timed a one-add loop by the wall clock and read 1.45 GHz
-on an AMD EPYC whose /proc/cpuinfo says 2.45 GHz (1.2-1.5 GHz on a 2-vCPU Intel VM at 2.1 GHz
-nominal, where this probe reads about 3 GHz): on a shared machine the wall clock counts the time
-the process waits while others run. So:
+seconds is the clock. The earlier probe timed a one-add loop by the wall clock and read well below
+/proc/cpuinfo's nominal clock on shared machines, by a factor that followed the load
+(benchmarks/results/clock-2026-11-30.txt): the wall clock counts the time the process waits while
+others run. So:
 - time is the thread's CPU time (CLOCK_THREAD_CPUTIME_ID), which stops while the thread is
   descheduled, and the best of many short samples is taken: interruptions only lengthen a sample;
 - the chain is 64 register-register adds per loop turn inside one asm volatile block, so the

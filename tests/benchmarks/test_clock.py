@@ -6,14 +6,18 @@ wall-clock probe):
 - the compiled chain is what the probe's arithmetic assumes: 64 dependent register adds (and imuls)
   per loop turn in the disassembly, nothing folded;
 - two chains of different latency (add: 1 cycle, imul: 3 cycles) give the same clock within 10%.
-  The samples' spread on a loaded 2-vCPU VM was under 3%; a wrong latency assumption, a shortened
-  chain or a clock reading that counts time the thread did not run is off by 1.5x or more;
+  Their samples alternate, so both see the same clock; what differs is the timer (ns on ~10 ms) and
+  the refill after an interruption (microseconds), far below 1%, and 10% leaves room for a turbo
+  step between neighbouring samples. A wrong latency is off by 4/3 or more (latencies are whole
+  cycles), a shortened or folded chain by more;
 - the clock is within a documented factor of what the OS says, where it says something:
-  /proc/cpuinfo "cpu MHz" (in a VM: the nominal clock) <= bounds [0.7, 2.5] x that: a busy core runs
-  at or above nominal less throttling, and no x86 server part turbos past 2.1x its base (2.5 leaves
-  margin); the old probe read 0.57-0.70x on a loaded VM here and 0.59x on an AMD EPYC. With cpufreq
-  (bare metal, where "cpu MHz" is a momentary sample), the bounds are [0.7 x min, 1.1 x max] of
-  cpufreq's limits.
+  /proc/cpuinfo "cpu MHz" (in a VM: the nominal clock), bounds [0.7, 2.5] x that: a busy core runs
+  at or above its nominal clock unless throttled, and x86 server parts turbo to at most about 2.1x
+  their base (2.5 leaves margin). With cpufreq (bare metal, where "cpu MHz" is a momentary sample)
+  the bounds are [0.7 x min, 1.1 x max] of cpufreq's limits;
+- the regression test of the wall-clock probe: a busy process on the same CPU leaves the reading
+  unchanged.
+Readings of both probes on the 2-vCPU VM: benchmarks/results/clock-2026-11-30.txt.
 """
 
 from __future__ import annotations
@@ -92,12 +96,15 @@ def test_clock_record_says_how(clock):
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity (Linux)")
-def test_clock_is_the_same_when_another_process_shares_the_core(machine, clock):
-    """The regression test of the wall-clock probe (it read half the clock here): a busy process pinned
-    to the probe's CPU takes half its wall time; the thread's CPU time does not see it. Bound: the two
-    readings seconds apart agree within 15% (the clock itself moved < 3% between back-to-back readings
-    on the loaded VM; a wall-clock reading drops to ~0.5x)."""
-    alone = clock
+def test_clock_is_the_same_when_another_process_shares_the_core(machine):
+    """A busy process pinned to the probe's CPU takes about half its wall time, and at least a third
+    even when a sample of ~10 ms meets only one scheduler slice (<= 5 ms) of it, so a wall-clock
+    reading drops to 0.67x or less; the thread's CPU time does not see it. Bound: the readings alone
+    and shared, seconds apart, agree within [0.75, 1/0.75], which leaves room for the clock's own
+    turbo moves between them and fails the wall-clock probe."""
+    alone = machine.measure_clock(perf=False)
+    if alone["add_chain_ghz"] is None:
+        pytest.skip("no C compiler for the clock probe")
     old = os.sched_getaffinity(0)
     cpu = min(old)
     hog = subprocess.Popen([sys.executable, "-c", "import os\nos.sched_setaffinity(0, {%d})\nwhile True: pass" % cpu])
@@ -109,5 +116,5 @@ def test_clock_is_the_same_when_another_process_shares_the_core(machine, clock):
         os.sched_setaffinity(0, old)
         hog.kill()
         hog.wait()
-    assert shared["wall_clock_ghz"] < 0.75 * shared["add_chain_ghz"], "the busy process did not share the core"
-    assert 0.85 <= shared["ghz"] / alone["ghz"] <= 1 / 0.85, (alone, shared)
+    assert shared["wall_clock_ghz"] < 0.8 * shared["add_chain_ghz"], "the busy process did not share the core"
+    assert 0.75 <= shared["ghz"] / alone["ghz"] <= 1 / 0.75, (alone, shared)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -109,3 +110,13 @@ def test_median_seconds_is_the_median_per_call(monkeypatch):
 def test_gpu_check_script_parses():
     done = subprocess.run(["bash", "-n", str(BENCH / "gpu_check.sh")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_gpu_check_names_existing_tests_and_suites():
+    """gpu_check.sh runs on a rare, time-boxed GPU machine: a path it names that a move left behind
+    would cost that run a step."""
+    script = (BENCH / "gpu_check.sh").read_text()
+    paths = set(re.findall(r"\b((?:tests|benchmarks)/[\w/]+\.py)\b", script))
+    assert len(paths) >= 10, paths
+    missing = [p for p in sorted(paths) if not (BENCH.parent / p).is_file()]
+    assert not missing, missing
