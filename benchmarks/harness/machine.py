@@ -223,10 +223,11 @@ def cpu_clock_ghz() -> dict:
 
 def measure_clock(perf: bool = True) -> dict:
     """The core clock, measured as the module note says: {"ghz", "how"} plus every reading beside it
-    (add_chain_ghz, mul_chain_ghz, wall_clock_ghz, cpuinfo_mhz, cpufreq_min_mhz, cpufreq_max_mhz,
+    (add_chain_ghz, mul_chain_ghz, wall_clock_ghz, cpuinfo_mhz, cpuinfo_how, cpufreq_min_mhz, cpufreq_max_mhz,
     perf_ghz, perf_how; perf=False skips perf). Falls back to /proc/cpuinfo's MHz without a C compiler."""
     info = dict(ghz=None, how="unknown", add_chain_ghz=None, mul_chain_ghz=None, wall_clock_ghz=None,
-                cpuinfo_mhz=cpuinfo_mhz(), cpufreq_min_mhz=cpufreq_mhz("cpuinfo_min_freq"),
+                cpuinfo_mhz=cpuinfo_mhz(), cpuinfo_how='largest "cpu MHz" of /proc/cpuinfo (in a VM the nominal '
+                'clock; on bare metal a momentary sample)', cpufreq_min_mhz=cpufreq_mhz("cpuinfo_min_freq"),
                 cpufreq_max_mhz=cpufreq_mhz("cpuinfo_max_freq"), perf_ghz=None, perf_how="not run")
     with tempfile.TemporaryDirectory() as tmp:
         built = compile_probe(Path(tmp))

@@ -118,3 +118,18 @@ def test_clock_is_the_same_when_another_process_shares_the_core(machine):
         hog.wait()
     assert shared["wall_clock_ghz"] < 0.8 * shared["add_chain_ghz"], "the busy process did not share the core"
     assert 0.75 <= shared["ghz"] / alone["ghz"] <= 1 / 0.75, (alone, shared)
+
+
+def test_perf_reading_is_cycles_over_task_clock(machine, tmp_path, monkeypatch):
+    """Where perf can count cycles (not in this VM), its CSV (`perf stat -x ,`) is read as cycles per
+    nanosecond of task-clock; a fake perf stands in for it here."""
+    fake = tmp_path / "perf"
+    fake.write_text("#!/bin/sh\necho '600000000,,cycles:u,200000000,100.00,,' >&2\n"
+                    "echo '200.00,msec,task-clock:u,200000000,100.00,1.0,CPUs utilized' >&2\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert machine._perf_ghz(tmp_path / "probe") == (3.0, "perf stat -e cycles,task-clock: cycles / task-clock "
+                                                          "of the add chain")
+    fake.write_text("#!/bin/sh\necho '<not supported>,,cycles,0,100.00,,' >&2\n")
+    ghz, how = machine._perf_ghz(tmp_path / "probe")
+    assert ghz is None and "not supported" in how
