@@ -11,7 +11,7 @@ and reconstruction of (rows, n) with k rows of S do rows * n * k of them; GEMM r
 (2 per MAC) to compare with cuBLAS. Baselines and ceilings are measured in the same run:
 
 - GEMV (n = 2,359,296, k = 4096, float32, one row): baseline "torch materialized": materialize chunks
-  of a sign matrix (torch.randint) and matmul, what users do without stabkern (DESIGN.md s6); ceiling:
+  of a sign matrix (torch.randint) and matmul, what users do without stabkern (README, "GPU backends"); ceiling:
   the CUDA-core ALU estimate, SMs x max SM clock x 128 lanes / 3 instructions per sign (shift, LOP3,
   FADD). Target >= 10 T sign-MAC/s.
 - GEMM (512 x 4608, k = 4096 and 16384): ceiling cuBLAS bf16 on a materialized sign matrix of the same

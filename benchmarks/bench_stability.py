@@ -28,7 +28,7 @@ times measured here at T B rows, contiguous); the rest of the speed-up comes fro
 on rows the size of the digits net's largest layer input (449 rows of 1024 = 16 x 8 x 8, 8 trials).
 
 GPU cases (skipped without CUDA): VGG-19 CIFAR shape (`vgg19_cifar()`), batch 256, 8 trials, all 19
-layers, fp32 (TF32 off), tf32 and bf16 (targets <= 120 ms fp32/TF32, <= 50 ms bf16; DESIGN.md s6 anchors:
+layers, fp32 (TF32 off), tf32 and bf16 (targets <= 120 ms fp32/TF32, <= 50 ms bf16; H100 anchors:
 hook loop 806 ms, batched torch 197 ms fp32 / 112 ms bf16, FLOP floor ~26 ms), the same engine with
 the fused kernels replaced by plain torch ops (what the kernels save), the kernels on (256, 64, 32, 32)
 rows (target >= 80% of the clone), and a VGG-19 at 224x224 (16 images, 8 trials; one run each, cuDNN

@@ -124,7 +124,7 @@ print("gpu_check summary:", json.dumps({k: v for k, v in summary.items() if k !=
 
 
 def si(v):
-    """3 significant digits with an SI prefix, as conftest.py's tables."""
+    """3 significant digits with an SI prefix, as benchmarks/harness/report.py's tables."""
     if v is None:
         return "-"
     for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):

@@ -1,4 +1,4 @@
-"""Noise attenuation (Arora et al. 2018, Figure 3 / DESIGN.md idea 2), batched.
+"""Noise attenuation (Arora et al. 2018, Figure 3; README, "Noise-stability meters"), batched.
 
 For every injection layer i and sample x: Gaussian noise eta with ||eta|| = alpha ||x^{i-1}|| exactly
 is added to layer i's input x^{i-1}, and the relative error r[i, j] = ||x_hat^j - x^j|| / ||x^j|| is

@@ -73,7 +73,7 @@ def projection_chain(n):
 
 
 def test_philox_known_answer_vectors():
-    """Random123's kat_vectors for philox4x32_10 (DESIGN.md section 1)."""
+    """Random123's kat_vectors for philox4x32_10 (docs/spec.md, section 1)."""
     assert _cpu.philox4x32_10(0, 0, 0, 0, 0, 0) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
     m = 0xFFFFFFFF
     assert _cpu.philox4x32_10(m, m, m, m, m, m) == (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)

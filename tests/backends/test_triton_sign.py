@@ -4,7 +4,7 @@ Without a GPU the kernels run under the Triton interpreter on CPU tensors: the m
 TRITON_INTERPRET=1 and re-imports stabkern.backends.triton.sign (Triton decides at @triton.jit time whether
 a kernel is interpreted), then restores both. With a GPU the same tests run the compiled kernels on
 CUDA tensors, plus a few sizes too large for the interpreter: the interpreter proves semantics, not
-the compiled kernel.
+the compiled kernel (README, "GPU backends").
 
 Tolerances come from each mode's rounding. The GEMM operand x is replaced by x~ with
 |x~_j - x_j| <= delta |x_j| (delta = 2^-8, 2^-16, 2^-24 for 1, 2, 3 bf16 terms, round to nearest;
@@ -116,7 +116,7 @@ _PHILOX = None  # the kernels module's Philox, bound by the test below (Triton r
 
 
 def test_philox_known_answers(ts):
-    """Our Philox4x32-10 in Triton reproduces Random123's known-answer vectors (spec stabkern-sign-v1)."""
+    """Our Philox4x32-10 in Triton reproduces Random123's known-answer vectors (docs/spec.md, section 1)."""
     global _PHILOX
     _PHILOX = ts._philox4x32_10
     tl = triton.language

@@ -1,4 +1,5 @@
-"""The benchmark suites under benchmarks/ still import and gpu_check.sh still parses; no timing runs.
+"""The benchmark suites under benchmarks/ still import, the harness (benchmarks/harness/) reports and
+writes as documented, and gpu_check.sh still parses; no timing runs (the clock probe: test_clock.py).
 
 CI runs tests/ only, so without this a syntax error or a renamed import in a benchmark would be
 found on the next (rare, time-boxed) GPU run.
@@ -6,7 +7,10 @@ found on the next (rare, time-boxed) GPU run.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,6 +28,12 @@ def _load(name: str):
     return module
 
 
+def _harness(module: str, monkeypatch):
+    """benchmarks/harness/<module>.py, imported as the suites import it (benchmarks/ on sys.path)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    return importlib.import_module(f"harness.{module}")
+
+
 def test_the_four_suites_are_found():
     assert SUITES == ["bench_compress.py", "bench_sign_cpu.py", "bench_sign_gpu.py", "bench_stability.py"]
 
@@ -39,9 +49,22 @@ def test_helper_imports(name):
     _load(name)
 
 
-def test_bench_report_rows_resolve_baseline_and_ceiling():
+@pytest.mark.parametrize("module", ["report", "timer", "machine"])
+def test_harness_modules_import(module, monkeypatch):
+    assert _harness(module, monkeypatch).__doc__
+
+
+def test_conftest_keeps_the_fixtures_and_uses_the_harness(monkeypatch):
+    conftest = _load("conftest.py")
+    for name in ("bench_report", "bench_time", "cpu_clock", "gpu", "pytest_collect_file", "pytest_sessionfinish"):
+        assert hasattr(conftest, name), name
+    assert conftest.median_seconds is _harness("timer", monkeypatch).median_seconds
+    assert conftest.BenchReport is _harness("report", monkeypatch).BenchReport
+
+
+def test_bench_report_rows_resolve_baseline_and_ceiling(monkeypatch):
     """The shared report: a row's baseline and measured ceiling are found by key whatever the order."""
-    report = _load("conftest.py").BenchReport("smoke")
+    report = _harness("report", monkeypatch).BenchReport("smoke")
     report.write = lambda: None  # no results file from a test
     fast = report.add("c", shape=(2, 3), dtype="float32", device="cpu", backend="fast", median_s=1.0, work=8.0,
                       unit="op/s", baseline="base", ceiling="copy")
@@ -57,7 +80,43 @@ def test_bench_report_rows_resolve_baseline_and_ceiling():
                    key="base")
 
 
+def test_bench_report_writes_json_and_table_to_bench_out(tmp_path, monkeypatch):
+    """$STABKERN_BENCH_OUT decides where a report goes; the JSON holds machine, notes and rows."""
+    report_mod = _harness("report", monkeypatch)
+    monkeypatch.setattr(report_mod, "machine_info", lambda: {"cpu": "test"})  # no clock probe here
+    monkeypatch.setenv("STABKERN_BENCH_OUT", str(tmp_path))
+    report = report_mod.BenchReport("smoke")
+    report.add("c", shape=(4,), dtype="float32", device="cpu", backend="b", median_s=0.5, work=2.0, unit="op/s",
+               key="b", baseline="b")
+    report.notes["n"] = "a note"
+    path = report.write()
+    assert path.parent == tmp_path and path.name.startswith("smoke-")
+    doc = json.loads(path.read_text())
+    assert doc["machine"]["cpu"] == "test" and doc["notes"] == {"n": "a note"}
+    assert [(r["rate"], r["speedup"]) for r in doc["rows"]] == [(4.0, 1.0)]
+    assert "a note" in path.with_suffix(".txt").read_text()
+
+
+def test_median_seconds_is_the_median_per_call(monkeypatch):
+    timer = _harness("timer", monkeypatch)
+    ticks = iter([0.0, 3.0, 10.0, 11.0, 20.0, 22.0])  # rounds of 3, 1 and 2 seconds
+    monkeypatch.setattr(timer.time, "perf_counter", lambda: next(ticks))
+    calls = []
+    assert timer.median_seconds(lambda: calls.append(1), rounds=3, inner=2, warmup=1) == 1.0
+    assert len(calls) == 8  # one warm-up round and three timed rounds of two calls
+
+
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_check_script_parses():
     done = subprocess.run(["bash", "-n", str(BENCH / "gpu_check.sh")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_gpu_check_names_existing_tests_and_suites():
+    """gpu_check.sh runs on a rare, time-boxed GPU machine: a path it names that a move left behind
+    would cost that run a step."""
+    script = (BENCH / "gpu_check.sh").read_text()
+    paths = set(re.findall(r"\b((?:tests|benchmarks)/[\w/]+\.py)\b", script))
+    assert len(paths) >= 10, paths
+    missing = [p for p in sorted(paths) if not (BENCH.parent / p).is_file()]
+    assert not missing, missing

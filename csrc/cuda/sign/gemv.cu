@@ -4,7 +4,7 @@
 // instruction count per sign: the Philox call (~40 instructions) is made once per 128 signs of one
 // row t, and a sign is applied without a branch or a multiply by flipping the float's sign bit,
 // x ^ ((~word << (31 - b)) & 0x80000000): one shift, one LOP3 (and + xor) and one FADD per sign,
-// the budget of the ~10 T sign-MAC/s ALU estimate on an H100 (DESIGN.md s6).
+// the budget of the ~10 T sign-MAC/s ALU estimate on an H100 (benchmarks/bench_sign_gpu.py).
 //
 // Projection (y[t] = sum_j x[j] S[t, j]): a thread owns 4 rows t (2 for float64; one Philox call
 // each per group of 128 columns) and every thread of a block walks the same columns, so its x loads
