@@ -20,6 +20,8 @@
 //   vector) threads take (unit, span) tasks, a wave of spans at a time, and the span sums are added
 //   in span order afterwards: the same additions either way. Reconstruction units are (8 rows of y,
 //   512 columns); each sweeps all rows of S. Philox words are generated per unit, shared by its rows.
+// - The GEMM form (many rows) can instead take the FMA kernels of sign_gemm.h (own summation order
+//   and work split, documented there); use_gemm() below says when.
 #include "sign_kernels.h"
 
 #if defined(_OPENMP)
