@@ -7,17 +7,21 @@ rows of S (np.random.Generator(np.random.Philox(seed)).integers(0, 2, int8) -> f
 about 64 MiB per chunk) and matmul. For the GEMV cases the baseline runs at k = 16 (its rate per
 sign-MAC does not depend on k; k = 256 would take ~6 s a round).
 
-Ceiling: the shuffle-port bound of the table-lookup method: one vpermps per cycle per core applies
-64 sign-MACs (16 rows of S x 4 columns, AVX-512) or 24 (8 x 3, AVX2), so
-ceiling = threads x clock x 64 (or 24), with the clock measured by conftest.cpu_clock_ghz (scalar,
-one core: an upper bound for vector code). Philox, shifts and adds compete for the other ports, so
-the GEMV form cannot reach it; the figure says how much of the machine's shuffle unit is used.
-The numpy rows are set against the best ISA's bound at their thread count.
+Ceilings: the table-lookup kernels are bounded by the shuffle port: one vpermps per cycle per core
+applies 64 sign-MACs (16 rows of S x 4 columns, AVX-512) or 24 (8 x 3, AVX2), so
+vpermps ceiling = threads x clock x 64 (or 24). The GEMM-form FMA kernels (csrc/cpu/sign/sign_gemm.h)
+are bounded by the FMA ports: FMA ceiling = threads x clock x FMA lanes x FMA ports per cycle
+= threads x clock x 16 x 2 (AVX-512) or 8 x 2 (AVX2); parts with one 512-bit FMA unit reach half
+the AVX-512 figure. The clock is measured by conftest.cpu_clock_ghz (scalar, one core: an upper
+bound for vector code). Each row's ceiling is its kernel's; the notes give both for the GEMM case.
+Philox, shifts and adds compete for the other ports, so the GEMV form cannot reach it. The numpy
+rows are set against the best ISA's vpermps bound at their thread count.
 
 Cases: GEMV projection and reconstruction at n = 512*512*9 = 2,359,296, k = 256 (the acceptance
 case) with 1 and 2 threads (torch.set_num_threads; the cpu backend uses torch.get_num_threads()),
 also with the AVX2 path forced (STABKERN_CPU_ISA=avx2) for machines without AVX-512; GEMM form
-512 x 4608 (a 512x512x3x3 conv's filters), k = 4096, with 1 and 2 threads.
+512 x 4608 (a 512x512x3x3 conv's filters), k = 4096, with 1 and 2 threads, on both paths and with
+each kernel family forced (STABKERN_CPU_KERNEL=table|fma; the notes say which one is the default).
 
     PYTHONPATH=. python -m pytest benchmarks/bench_sign_cpu.py -q
 """
@@ -38,6 +42,8 @@ GEMV = dict(rows=1, n=2_359_296, k=256)
 GEMM = dict(rows=512, n=4608, k=4096)
 GEMV_BASELINE_K = 16
 SIGN_MACS_PER_VPERMPS = {"avx512": 64, "avx2": 24}
+FMA_LANES = {"avx512": 16, "avx2": 8}
+FMA_PORTS = 2
 SEED = 2024
 RATES: dict[tuple, float] = {}
 
@@ -111,17 +117,23 @@ def _isas():
     return [best] + (["avx2"] if best == "avx512" else [])
 
 
+@pytest.mark.parametrize("kernel", ("auto", "table", "fma"))
 @pytest.mark.parametrize("n_threads", (1, 2))
 @pytest.mark.parametrize("isa", _isas())
 @pytest.mark.parametrize("case", list(CASES))
-def test_stabkern_cpu(benchmark, bench_report, bench_time, cpu_clock, threads, monkeypatch, case, isa, n_threads):
+def test_stabkern_cpu(benchmark, bench_report, bench_time, cpu_clock, threads, monkeypatch, case, isa, n_threads,
+                      kernel):
     shape, op = CASES[case]
     rows, n, k = shape["rows"], shape["n"], shape["k"]
-    if isa != _cpu.available_isas()[-1] and rows > 1:
-        pytest.skip("the forced AVX2 path is shown on the GEMV cases only")
+    if rows == 1 and kernel != "auto":
+        pytest.skip("the FMA kernels are for the GEMM form")
     if n_threads > (os.cpu_count() or 1):
         pytest.skip(f"this machine has {os.cpu_count()} CPUs")
     monkeypatch.setenv("STABKERN_CPU_ISA", isa)
+    if rows > 1 and kernel == "auto":
+        bench_report("sign-cpu").notes[f"default kernel, {case}, {isa}"] = _cpu.kernel(op, rows)
+        pytest.skip("the table and fma rows cover the GEMM form; the notes say which one is the default")
+    monkeypatch.setenv("STABKERN_CPU_KERNEL", kernel)
     threads(n_threads)
     gen = torch.Generator().manual_seed(0)
     if op == "project":
@@ -131,29 +143,39 @@ def test_stabkern_cpu(benchmark, bench_report, bench_time, cpu_clock, threads, m
         y = torch.randn(rows, k, generator=gen)
         fn = lambda: stabkern.sign_reconstruct(y, n, seed=SEED, backend="cpu")  # noqa: E731
     median = bench_time(fn, rounds=7 if rows == 1 else 5, warmup=1, benchmark=benchmark)
-    row = _add(bench_report, cpu_clock, case, "stabkern cpu", median, (rows, n, k), n_threads, isa=isa)
+    row = _add(bench_report, cpu_clock, case, "stabkern cpu", median, (rows, n, k), n_threads, isa=isa,
+               kernel=_cpu.kernel(op, rows))
     if row is None:
         return
     report = bench_report("sign-cpu")
-    RATES[(case, isa, n_threads)] = row["rate"]
-    one = RATES.get((case, isa, 1))
+    RATES[(case, isa, kernel, n_threads)] = row["rate"]
+    one = RATES.get((case, isa, kernel, 1))
     if n_threads == 2 and one:
-        report.notes[f"scaling 1 -> 2 threads, {case}, {isa}"] = f"{row['rate'] / one:.2f}x"
+        report.notes[f"scaling 1 -> 2 threads, {case}, {isa}, {row['kernel']}"] = f"{row['rate'] / one:.2f}x"
 
 
-def _add(bench_report, cpu_clock, case, backend, median, shape, n_threads, isa, key=None):
-    """One row of sign-cpu: baseline numpy at the same case, ceiling the shuffle-port bound at n_threads."""
+def _add(bench_report, cpu_clock, case, backend, median, shape, n_threads, isa, key=None, kernel="table"):
+    """One row of sign-cpu: baseline numpy at the same case, ceiling the bound of the row's kernel
+    (vpermps for the table kernels, FMA for the GEMM-form FMA kernels) at n_threads."""
     rows, n, k = shape
     clock = cpu_clock["ghz"]
     bound_isa = isa if isa in SIGN_MACS_PER_VPERMPS else _cpu.available_isas()[-1]
-    per_cycle = SIGN_MACS_PER_VPERMPS.get(bound_isa)
+    per_cycle = (FMA_LANES if kernel == "fma" else SIGN_MACS_PER_VPERMPS).get(bound_isa)
+    per_cycle = per_cycle * FMA_PORTS if per_cycle and kernel == "fma" else per_cycle
     ceiling = n_threads * clock * 1e9 * per_cycle if clock and per_cycle else None
     report = bench_report("sign-cpu")
-    report.notes["ceiling"] = ("threads x clock x sign-MACs per vpermps (64 AVX-512, 24 AVX2; the best ISA here "
-                               f"for the numpy rows); clock {clock} GHz: {cpu_clock['how']}")
+    report.notes["ceiling"] = ("threads x clock x sign-MACs per cycle: table kernels one vpermps (64 AVX-512, 24 "
+                               f"AVX2; the best ISA here for the numpy rows), FMA kernels FMA lanes x {FMA_PORTS} "
+                               f"ports (32 AVX-512, 16 AVX2); clock {clock} GHz: {cpu_clock['how']}")
     report.notes["baseline"] = (f"numpy Philox int8 -> float32 sign chunks + matmul; GEMV baseline at k = "
                                 f"{GEMV_BASELINE_K}")
+    if clock and rows > 1:
+        for t in (1, 2):
+            bounds = ", ".join(f"{name} FMA {t * clock * FMA_LANES[name] * FMA_PORTS:.0f} G/s, vpermps "
+                               f"{t * clock * SIGN_MACS_PER_VPERMPS[name]:.0f} G/s" for name in FMA_LANES)
+            report.notes[f"GEMM ceilings, {t} thread{'s' * (t > 1)}"] = bounds
+    name = f"{'FMA' if kernel == 'fma' else 'vpermps'} bound {bound_isa}"
     return report.add(case, shape=shape, dtype=torch.float32, device="cpu", backend=backend, median_s=median,
                       work=rows * n * k, unit="sign-MAC/s", key=key, baseline=f"numpy {case}",
-                      ceiling=f"vpermps bound {bound_isa}" if ceiling else None, ceiling_rate=ceiling,
-                      threads=n_threads, isa=isa)
+                      ceiling=name if ceiling else None, ceiling_rate=ceiling, threads=n_threads, isa=isa,
+                      **({} if isa == "-" else {"kernel": kernel}))

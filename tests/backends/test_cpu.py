@@ -6,6 +6,10 @@ a projection output is a chain of at most 171 fp32 additions of table entries (e
 4 columns) per 512-column chunk, chunks added in double, so |y - y_ref| <= gamma_d * sum|x| +
 u * |y_ref| with d = min(n, 512) / 3 + 8 and gamma_d ~ d * u (Higham, Accuracy and Stability of
 Numerical Algorithms, 4.2). Reconstruction chains at most 256 additions per chunk of rows of S.
+The GEMM-form FMA kernels (csrc/cpu/sign/sign_gemm.h, float32 on the AVX2 and AVX-512 paths) chain
+at most 128 fmas by +-1 (each rounds like one addition) per chunk of 128 columns (projection) or
+rows of S (reconstruction), chunks added in double: chain = min(n or k, 128) + 1, the + 1 covering
+the double sum of at most 2^32 / 128 chunk partials (2^25 * 2^-53 < 2^-24).
 """
 
 from __future__ import annotations
@@ -34,6 +38,24 @@ def isa(request, monkeypatch):
         pytest.skip(f"this CPU cannot run the {request.param} path")
     monkeypatch.setenv("STABKERN_CPU_ISA", request.param)
     assert _cpu.isa() == request.param
+    return request.param
+
+
+@pytest.fixture(params=("table", "fma"))
+def kernel(request, monkeypatch):
+    """Each float32 kernel family, forced through STABKERN_CPU_KERNEL (the generic path has only "table")."""
+    monkeypatch.setenv("STABKERN_CPU_KERNEL", request.param)
+    return request.param
+
+
+@pytest.fixture(params=("avx2", "avx512"))
+def fma_isa(request, monkeypatch):
+    """The paths with GEMM-form FMA kernels, forced, with the FMA kernels forced for any row count."""
+    if request.param not in _cpu.available_isas():
+        pytest.skip(f"this CPU cannot run the {request.param} path")
+    monkeypatch.setenv("STABKERN_CPU_ISA", request.param)
+    monkeypatch.setenv("STABKERN_CPU_KERNEL", "fma")
+    assert _cpu.kernel("project", 1) == _cpu.kernel("reconstruct", 1) == "fma"
     return request.param
 
 
@@ -84,7 +106,7 @@ def test_philox_known_answer_vectors():
 # ----------------------------------------------------------------------------- exact signs
 
 
-def test_unit_vectors_give_the_sign_matrix_exactly(isa):
+def test_unit_vectors_give_the_sign_matrix_exactly(isa, kernel):
     """Projecting the identity gives S^T and reconstructing it gives S, bit for bit (sums of one +-1
     and zeros are exact), across group, chunk, panel and row-block boundaries."""
     n, k, seed, stream = 600, 530, 2**63 + 12345, 7
@@ -193,11 +215,108 @@ def test_bitwise_identical_across_waves_of_spans():
     assert torch.equal(cpu_project(x, k, 77, threads=1), cpu_project(x, k, 77, threads=3))
 
 
+# ----------------------------------------------------------------------------- GEMM-form FMA kernels
+
+
+def fma_chain(length):
+    """fp32 additions per output of the FMA kernels: one 128-long chain per chunk, chunks in double."""
+    return min(length, 128) + 1
+
+
+def check_both_directions(x, y, k, n, seed, stream, t0=0, j0=0, threads=2, scale=0.5):
+    """Project x (rows, n) and reconstruct y (rows, k) with the kernels chosen now; compare to the reference
+    with the FMA bound for float32 and the table kernels' bound for float64 (always the generic path)."""
+    fma = x.dtype == torch.float32
+    ref = reference.project(x, k, seed, stream, t0, j0)
+    got = cpu_project(x, k, seed, stream, t0, j0, threads)
+    assert got.shape == ref.shape and got.dtype == x.dtype
+    assert_close_to_reference(got, ref, x.double().abs().sum(1, keepdim=True),
+                              fma_chain(n) if fma else projection_chain(n))
+    ref = reference.reconstruct(y, n, seed, stream, scale, t0, j0)
+    got = cpu_reconstruct(y, n, scale, seed, stream, t0, j0, threads)
+    assert got.shape == ref.shape and got.dtype == y.dtype
+    assert_close_to_reference(got, ref, scale * y.double().abs().sum(1, keepdim=True),
+                              fma_chain(k) if fma else min(k, 256) + 3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows", (1, 2, 3, 4, 5, 6, 7, 8, 9, 137))
+def test_fma_kernels_odd_sizes(fma_isa, dtype, rows):
+    """Every micro-kernel row count (1..6 and tails of 7..9), two row panels (137 > 128); n and k
+    not multiples of 128, of the strip (16 or 64) or of the register width, across column blocks (256)."""
+    gen = torch.Generator().manual_seed(rows)
+    shapes = [(1, 1), (100, 17), (301, 63)] if rows > 9 else [(1, 1), (100, 17), (129, 65), (301, 63), (1000, 300)]
+    for i, (n, k) in enumerate(shapes):
+        x = torch.randn(rows, n, generator=gen, dtype=dtype)
+        y = torch.randn(rows, k, generator=gen, dtype=dtype)
+        check_both_directions(x, y, k, n, seed=int(torch.randint(0, 2**62, (), generator=gen)), stream=i)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fma_kernels_counter_offsets(fma_isa, dtype):
+    """Row offsets t0 (also up to 2^32 - 1, where the expanded padding rows wrap) and column offsets j0
+    (multiples of 128, up to 2^37)."""
+    gen = torch.Generator().manual_seed(21)
+    for rows, n, k, t0, j0 in [(11, 260, 70, 1000, 128), (7, 300, 37, 2**32 - 37, 2**37), (40, 500, 300, 5, 384)]:
+        x = torch.randn(rows, n, generator=gen, dtype=dtype)
+        y = torch.randn(rows, k, generator=gen, dtype=dtype)
+        check_both_directions(x, y, k, n, seed=2**64 - 1 - rows, stream=2**32 - 1, t0=t0, j0=j0)
+
+
+def test_fma_kernels_bitwise_identical_for_any_thread_count(fma_isa):
+    """2 row panels x 3 column blocks of units, taken by 1, 2 or 3 threads: the same bits."""
+    gen = torch.Generator().manual_seed(12)
+    rows, n, k = 137, 1100, 600
+    x, y = torch.randn(rows, n, generator=gen), torch.randn(rows, k, generator=gen)
+    runs = [cpu_project(x, k, 8, threads=t) for t in (1, 2, 3, 2)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+    runs = [cpu_reconstruct(y, n, 0.25, 8, threads=t) for t in (1, 2, 3, 3)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+
+
+def test_fma_kernels_same_bits_on_avx2_and_avx512(monkeypatch):
+    """Both FMA kernels follow one summation order (sign_gemm.h), so they agree bit for bit."""
+    if "avx512" not in _cpu.available_isas():
+        pytest.skip("this CPU cannot run the avx512 path")
+    monkeypatch.setenv("STABKERN_CPU_KERNEL", "fma")
+    gen = torch.Generator().manual_seed(13)
+    x, y = torch.randn(45, 777, generator=gen), torch.randn(45, 300, generator=gen)
+    got = {}
+    for isa in ("avx2", "avx512"):
+        monkeypatch.setenv("STABKERN_CPU_ISA", isa)
+        got[isa] = cpu_project(x, 300, 4, stream=2), cpu_reconstruct(y, 777, 0.5, 4, stream=2)
+    assert all(torch.equal(a, b) for a, b in zip(got["avx2"], got["avx512"]))
+
+
+def test_kernel_choice(monkeypatch):
+    """Auto: the FMA kernels for AVX2 reconstruction from 32 rows (and AVX2 projection on AMD), the
+    table kernels otherwise; STABKERN_CPU_KERNEL forces one except on the generic path."""
+    monkeypatch.delenv("STABKERN_CPU_KERNEL", raising=False)
+    monkeypatch.setenv("STABKERN_CPU_ISA", "generic")
+    assert _cpu.kernel("project", 512) == _cpu.kernel("reconstruct", 512) == "table"
+    monkeypatch.setenv("STABKERN_CPU_KERNEL", "fma")
+    assert _cpu.kernel("reconstruct", 512) == "table"
+    monkeypatch.setenv("STABKERN_CPU_ISA", "avx2")
+    assert _cpu.kernel("project", 1) == "fma"
+    monkeypatch.setenv("STABKERN_CPU_KERNEL", "table")
+    assert _cpu.kernel("reconstruct", 512) == "table"
+    monkeypatch.setenv("STABKERN_CPU_KERNEL", "auto")
+    assert _cpu.kernel("reconstruct", 31) == "table" and _cpu.kernel("reconstruct", 32) == "fma"
+    monkeypatch.setenv("STABKERN_CPU_KERNEL", "gemm")
+    with pytest.raises(ValueError, match="STABKERN_CPU_KERNEL must be"):
+        _cpu.kernel("project", 512)
+    with pytest.raises(ValueError, match="STABKERN_CPU_KERNEL must be"):
+        cpu_project(torch.zeros(40, 8), 4, 0)
+    monkeypatch.delenv("STABKERN_CPU_KERNEL")
+    with pytest.raises(ValueError, match="op must be"):
+        _cpu.kernel("matmul", 512)
+
+
 # ----------------------------------------------------------------------------- IEEE special values
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_nan_and_inf_propagate(isa, dtype):
+def test_nan_and_inf_propagate(isa, kernel, dtype):
     n, k, seed = 300, 40, 17
     s = reference.sign_block(seed, 0, 0, k, 0, n, dtype=dtype)
     gen = torch.Generator().manual_seed(1)

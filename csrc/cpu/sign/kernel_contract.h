@@ -20,6 +20,12 @@
 //       kMaxChunkRows * 4 apart), j < 128, t < kt <= kMaxChunkRows, r < R <= 8. Each (r, j) is ONE
 //       chain in increasing t, adding either +-y[t] (exact) or, in kernels that tabulate y, the
 //       signed sum of 4 consecutive rows ((+-y0 +-y1) +-y2) +-y3; each kernel always does the same.
+//
+// The GEMM-form FMA kernels (Avx2Gemm, Avx512Gemm; driver and blocking in sign_gemm.h) share only
+// words() and the row-group layout above. Their order: the reduction axis (columns of x, or rows of
+// S) in chunks of 128; per chunk one fp32 chain from 0 adding +-1 * a[p] by fma in p order (<= 128
+// roundings, each like an addition); the chunk partials added in double in order. Both FMA kernels
+// follow it exactly, so AVX2 and AVX-512 give the same bits.
 #pragma once
 
 #include <cstddef>

@@ -20,6 +20,8 @@
 //   vector) threads take (unit, span) tasks, a wave of spans at a time, and the span sums are added
 //   in span order afterwards: the same additions either way. Reconstruction units are (8 rows of y,
 //   512 columns); each sweeps all rows of S. Philox words are generated per unit, shared by its rows.
+// - The GEMM form (many rows) can instead take the FMA kernels of sign_gemm.h (own summation order
+//   and work split, documented there); use_gemm() below says when.
 #include "sign_kernels.h"
 
 #if defined(_OPENMP)
@@ -34,6 +36,7 @@
 
 #include "common/philox.h"
 #include "kernel_contract.h"
+#include "sign_gemm.h"
 #include "sign_kernels_avx2.h"
 #include "sign_kernels_avx512.h"
 #include "sign_kernels_generic.h"
@@ -48,6 +51,7 @@ constexpr int kBlockRows = 512;                               // rows of S per p
 constexpr int kRecBlockGroups = 4;                            // Philox groups per reconstruction unit
 constexpr int64_t kSpanChunks = 64;                           // chunks per double span sum
 constexpr int64_t kWaveBytes = int64_t(1) << 20;              // span sums buffered per wave
+constexpr int64_t kGemmMinRows = 32;                          // rows from which the FMA kernels may win
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -267,6 +271,18 @@ Isa best_isa() {
   return Isa::kGeneric;
 }
 
+bool is_amd() {
+#if defined(__x86_64__)
+  static const bool amd = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd") != 0;
+  }();
+  return amd;
+#else
+  return false;
+#endif
+}
+
 Isa chosen_isa() {
   static const Isa best = best_isa();
   const char* env = std::getenv("STABKERN_CPU_ISA");
@@ -282,13 +298,40 @@ Isa chosen_isa() {
                               "'");
 }
 
+// Whether a float32 call takes the GEMM kernels (sign_gemm.h) instead of the lookup-table kernels.
+// The table kernels apply 64 (AVX-512) or 24 (AVX2) sign-MACs per vpermps, one vpermps per cycle on
+// Intel; an FMA applies 16 or 8, two FMAs per cycle at most (one zmm FMA on some AVX-512 parts). So
+// the FMA kernels win only where vpermps is slow or the table kernel wastes it: AVX2 reconstruction
+// (its table kernel adds one +-y per 8 columns), and AVX2 projection on AMD (vpermps ymm is not one
+// per cycle there). From kGemmMinRows rows, where the tile expansion is amortized. On AVX-512 the
+// table kernels stay. STABKERN_CPU_KERNEL=fma|table forces one (read at every call, for tests).
+bool use_gemm(Isa isa, bool project, int64_t rows) {
+  const char* env = std::getenv("STABKERN_CPU_KERNEL");
+  bool gemm;
+  if (env == nullptr || env[0] == '\0' || std::strcmp(env, "auto") == 0)
+    gemm = isa == Isa::kAvx2 && rows >= kGemmMinRows && (!project || is_amd());
+  else if (std::strcmp(env, "fma") == 0)
+    gemm = true;
+  else if (std::strcmp(env, "table") == 0)
+    gemm = false;
+  else
+    throw std::invalid_argument(std::string("STABKERN_CPU_KERNEL must be auto, fma or table, got '") + env + "'");
+  return gemm && isa != Isa::kGeneric;
+}
+
 }  // namespace
 
 void project(const float* x, float* y, const SketchArgs& a) {
-  switch (chosen_isa()) {
+  const Isa isa = chosen_isa();
+  [[maybe_unused]] const bool gemm = use_gemm(isa, true, a.rows);
+  switch (isa) {
 #if defined(__x86_64__)
-    case Isa::kAvx512: return project_run<Avx512Kernel>(x, y, a);
-    case Isa::kAvx2: return project_run<Avx2Kernel>(x, y, a);
+    case Isa::kAvx512:
+      if (gemm) return gemm_run<Avx512Gemm>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
+      return project_run<Avx512Kernel>(x, y, a);
+    case Isa::kAvx2:
+      if (gemm) return gemm_run<Avx2Gemm>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
+      return project_run<Avx2Kernel>(x, y, a);
 #endif
     default: return project_run<GenericKernel<float>>(x, y, a);
   }
@@ -300,10 +343,16 @@ void project(const double* x, double* y, const SketchArgs& a) {
 }
 
 void reconstruct(const float* y, float* out, double scale, const SketchArgs& a) {
-  switch (chosen_isa()) {
+  const Isa isa = chosen_isa();
+  [[maybe_unused]] const bool gemm = use_gemm(isa, false, a.rows);
+  switch (isa) {
 #if defined(__x86_64__)
-    case Isa::kAvx512: return reconstruct_run<Avx512Kernel>(y, out, scale, a);
-    case Isa::kAvx2: return reconstruct_run<Avx2Kernel>(y, out, scale, a);
+    case Isa::kAvx512:
+      if (gemm) return gemm_run<Avx512Gemm>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
+      return reconstruct_run<Avx512Kernel>(y, out, scale, a);
+    case Isa::kAvx2:
+      if (gemm) return gemm_run<Avx2Gemm>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
+      return reconstruct_run<Avx2Kernel>(y, out, scale, a);
 #endif
     default: return reconstruct_run<GenericKernel<float>>(y, out, scale, a);
   }
@@ -315,6 +364,12 @@ void reconstruct(const double* y, double* out, double scale, const SketchArgs& a
 }
 
 const char* isa() { return kIsaNames[int(chosen_isa())]; }
+
+const char* kernel(const std::string& op, int64_t rows) {
+  if (op != "project" && op != "reconstruct")
+    throw std::invalid_argument("op must be 'project' or 'reconstruct', got '" + op + "'");
+  return use_gemm(chosen_isa(), op == "project", rows) ? "fma" : "table";
+}
 
 std::vector<std::string> available_isas() {
   std::vector<std::string> names;

@@ -189,6 +189,78 @@ struct Avx2Kernel {
   }
 };
 
+// The GEMM form (sign_gemm.h): tiles of S expanded once into +-1.0f, then an FMA micro-kernel of
+// 6 rows x 2 registers (16 columns of the tile): 12 accumulators, 2 loads of signs and 6 broadcasts
+// per 12 FMAs (15 of the 16 ymm registers), bounded by the two FMA ports.
+struct Avx2Gemm {
+  using Words = Avx2Kernel;
+  static constexpr int kW = 8;
+  static constexpr int kNV = 2;
+  static constexpr int kStrip = kNV * kW;
+  static constexpr int kMR = 6;
+
+  // As Avx512Gemm::expand_rows, groups of 8 rows of S.
+  STABKERN_AVX2 static void expand_rows(const uint32_t* words, int strips, float* bp) {
+    const __m256i sign = _mm256_set1_epi32(int(0x80000000u)), minus_one = _mm256_set1_epi32(int(0xBF800000u));
+    for (int g = 0; g < strips * kNV; ++g) {
+      float* out = bp + (g / kNV) * kGroupCols * kStrip + (g % kNV) * kW;
+      for (int q = 0; q < 4; ++q) {
+        const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(words + (g * 4 + q) * kW));
+        for (int b = 0; b < 32; ++b) {  // bit b set (S = +1) flips the sign of -1.0f
+          const __m256i bit = _mm256_and_si256(_mm256_slli_epi32(w, 31 - b), sign);
+          _mm256_store_si256(reinterpret_cast<__m256i*>(out + (32 * q + b) * kStrip), _mm256_xor_si256(bit, minus_one));
+        }
+      }
+    }
+  }
+
+  // As Avx512Gemm::expand_cols, 8 columns per register.
+  STABKERN_AVX2 static void expand_cols(const uint32_t* words, int64_t wstride, int ng, int kt, float* bp) {
+    const __m256i sign = _mm256_set1_epi32(int(0x80000000u)), minus_one = _mm256_set1_epi32(int(0xBF800000u));
+    const __m256i lane = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+    __m256i shift[4];  // register v % 4 of a word: bits 8 (v % 4) + lane to bit 31
+    for (int h = 0; h < 4; ++h) shift[h] = _mm256_sub_epi32(_mm256_set1_epi32(31 - 8 * h), lane);
+    for (int i = 0; i < ng; ++i)
+      for (int t = 0; t < kt; ++t) {
+        const uint32_t* w = words + i * wstride + (t / kW) * 4 * kW + t % kW;
+        for (int v = 0; v < kGroupCols / kW; ++v) {
+          const int c = i * kGroupCols + v * kW;
+          const __m256i x = _mm256_sllv_epi32(_mm256_set1_epi32(int(w[(v / 4) * kW])), shift[v % 4]);
+          const __m256i e = _mm256_xor_si256(_mm256_and_si256(x, sign), minus_one);
+          _mm256_store_si256(reinterpret_cast<__m256i*>(bp + (c / kStrip) * kGroupCols * kStrip + t * kStrip + c % kStrip),
+                             e);
+        }
+      }
+  }
+
+  // As Avx512Gemm::micro.
+  template <int R>
+  STABKERN_AVX2 static void micro(const float* a, int64_t lda, const float* bp, int np, double* acc, int64_t ldacc) {
+    __m256 c[R][kNV];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < kNV; ++v) c[r][v] = _mm256_setzero_ps();
+    for (int p = 0; p < np; ++p) {
+      __m256 b[kNV];
+      for (int v = 0; v < kNV; ++v) b[v] = _mm256_load_ps(bp + p * kStrip + v * kW);
+  #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+        const __m256 x = _mm256_broadcast_ss(a + r * lda + p);
+        for (int v = 0; v < kNV; ++v) c[r][v] = _mm256_fmadd_ps(x, b[v], c[r][v]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < kNV; ++v) {
+        double* d = acc + r * ldacc + v * kW;
+        const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(c[r][v]));
+        const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(c[r][v], 1));
+        _mm256_storeu_pd(d, _mm256_add_pd(_mm256_loadu_pd(d), lo));
+        _mm256_storeu_pd(d + 4, _mm256_add_pd(_mm256_loadu_pd(d + 4), hi));
+      }
+  }
+};
+
 }  // namespace stabkern::cpu
 
 #undef STABKERN_AVX2

@@ -223,6 +223,83 @@ struct Avx512Kernel {
   }
 };
 
+// The GEMM form (sign_gemm.h): tiles of S expanded once into +-1.0f, then an FMA micro-kernel of
+// 6 rows x 4 registers (64 columns of the tile): 24 accumulators, 4 loads of signs and 6 broadcasts
+// per 24 FMAs, so it is bounded by the two FMA ports, not by the shuffle port.
+struct Avx512Gemm {
+  using Words = Avx512Kernel;
+  static constexpr int kW = 16;              // lanes per register
+  static constexpr int kNV = 4;              // registers per strip
+  static constexpr int kStrip = kNV * kW;    // tile columns per micro-kernel call
+  static constexpr int kMR = 6;              // rows per micro-kernel call
+
+  // Projection tile (sign_gemm.h): bp[s][j][c] = S[t0 + s * kStrip + c, j] for the 128 columns j of
+  // one group, from words of ntg = strips * kNV groups of 16 rows (kernel_contract.h layout).
+  STABKERN_AVX512 static void expand_rows(const uint32_t* words, int strips, float* bp) {
+    const __m512i sign = _mm512_set1_epi32(int(0x80000000u)), minus_one = _mm512_set1_epi32(int(0xBF800000u));
+    for (int g = 0; g < strips * kNV; ++g) {
+      float* out = bp + (g / kNV) * kGroupCols * kStrip + (g % kNV) * kW;
+      for (int q = 0; q < 4; ++q) {
+        const __m512i w = _mm512_load_si512(reinterpret_cast<const __m512i*>(words + (g * 4 + q) * kW));
+        for (int b = 0; b < 32; ++b) {  // bit b set (S = +1) flips the sign of -1.0f: (w << 31-b) & sign ^ -1.0f
+          const __m512i v = _mm512_ternarylogic_epi32(_mm512_slli_epi32(w, 31 - b), sign, minus_one, 0x6A);
+          _mm512_store_si512(reinterpret_cast<__m512i*>(out + (32 * q + b) * kStrip), v);
+        }
+      }
+    }
+  }
+
+  // Reconstruction tile: bp[s][t][c] = S[t0 + t, c0 + s * kStrip + c] for t < kt, the columns of ng
+  // groups of 128 (words of group i at words + i * wstride, rows in groups of 16).
+  STABKERN_AVX512 static void expand_cols(const uint32_t* words, int64_t wstride, int ng, int kt, float* bp) {
+    const __m512i sign = _mm512_set1_epi32(int(0x80000000u)), minus_one = _mm512_set1_epi32(int(0xBF800000u));
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i shift_lo = _mm512_sub_epi32(_mm512_set1_epi32(31), lane);
+    const __m512i shift_hi = _mm512_sub_epi32(_mm512_set1_epi32(15), lane);
+    for (int i = 0; i < ng; ++i)
+      for (int t = 0; t < kt; ++t) {
+        const uint32_t* w = words + i * wstride + (t / kW) * 4 * kW + t % kW;
+        for (int v = 0; v < kGroupCols / kW; ++v) {  // columns 16 v .. 16 v + 15 of the group
+          const int c = i * kGroupCols + v * kW;
+          const __m512i x = _mm512_sllv_epi32(_mm512_set1_epi32(int(w[(v / 2) * kW])), v % 2 ? shift_hi : shift_lo);
+          const __m512i e = _mm512_ternarylogic_epi32(x, sign, minus_one, 0x6A);
+          _mm512_store_si512(reinterpret_cast<__m512i*>(bp + (c / kStrip) * kGroupCols * kStrip + t * kStrip + c % kStrip),
+                             e);
+        }
+      }
+  }
+
+  // acc[r * ldacc + c] += double(fp32 chain over p < np of a[r * lda + p] * bp[p * kStrip + c]),
+  // r < R, c < kStrip; each chain starts at 0 and adds its products in p order (fma by +-1: exact product).
+  template <int R>
+  STABKERN_AVX512 static void micro(const float* a, int64_t lda, const float* bp, int np, double* acc, int64_t ldacc) {
+    __m512 c[R][kNV];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < kNV; ++v) c[r][v] = _mm512_setzero_ps();
+    for (int p = 0; p < np; ++p) {
+      __m512 b[kNV];
+      for (int v = 0; v < kNV; ++v) b[v] = _mm512_load_ps(bp + p * kStrip + v * kW);
+  #pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+        const __m512 x = _mm512_set1_ps(a[r * lda + p]);
+        for (int v = 0; v < kNV; ++v) c[r][v] = _mm512_fmadd_ps(x, b[v], c[r][v]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < kNV; ++v) {
+        double* d = acc + r * ldacc + v * kW;
+        // maskz forms: the plain ones merge into undefined vectors that GCC 12 warns about
+        const __m512d cv = _mm512_castps_pd(c[r][v]);
+        const __m512d lo = _mm512_maskz_cvtps_pd(0xFF, _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, cv, 0)));
+        const __m512d hi = _mm512_maskz_cvtps_pd(0xFF, _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, cv, 1)));
+        _mm512_storeu_pd(d, _mm512_add_pd(_mm512_loadu_pd(d), lo));
+        _mm512_storeu_pd(d + 8, _mm512_add_pd(_mm512_loadu_pd(d + 8), hi));
+      }
+  }
+};
+
 }  // namespace stabkern::cpu
 
 #undef STABKERN_AVX512
