@@ -7,7 +7,8 @@ import math
 import numpy as np
 
 from .bound import bounds, choose_margin, data_stats, margins
-from .context import check_positive, check_precision, check_seed, metering, prepare
+from .._checks import check_positive, check_positive_int, check_seed
+from .context import check_precision, metering, prepare
 from .meters import (_clean_meters, _jacobian_meters, activation_contraction_dict, check_meterable,
                      interlayer_cushion_dict, layer_cushion_dict, noise_sensitivity_dict, smoothness_dict)
 from .attenuation import attenuation_report, attenuation_sums
@@ -30,9 +31,9 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     Per-layer entries of `to_dict()` are keyed by module name (d["layer_cushion"]["features.0"]["min"]).
     """
     alpha = check_positive("alpha", alpha)
-    trials = check_positive("trials", trials, integer=True)
-    probes = check_positive("probes", probes, integer=True)
-    draws = check_positive("draws", draws, integer=True)
+    trials = check_positive_int("trials", trials)
+    probes = check_positive_int("probes", probes)
+    draws = check_positive_int("draws", draws)
     seed = check_seed(seed)
     if margin is not None:
         margin = check_positive("margin", margin)
@@ -40,7 +41,7 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
         prep = prepare(model, data, layers, method, channels_last)
         check_meterable(prep)
         precision = check_precision(precision)
-        floor = precision != "fp32" if floor is None else bool(floor)
+        floor = precision != "highest" if floor is None else bool(floor)
         clean = _clean_meters(prep, data, memory_budget)
         sum_r, sum_r2, floor_r = attenuation_sums(prep, data, alpha=alpha, trials=trials, seed=seed,
                                                   precision=precision, floor=floor, memory_budget=memory_budget,

@@ -38,8 +38,8 @@ from torch import nn
 
 from .. import opnorms
 from . import kernels
-from .context import (Prepared, check_finite, check_positive, check_seed, chunks, metering, plan_chunks,
-                      precision_mode, prepare)
+from .._checks import check_positive, check_positive_int, check_seed
+from .context import Prepared, check_finite, chunks, metering, plan_chunks, precision_mode, prepare
 from .propagate import repeat_trials
 from .report import summarize
 
@@ -265,7 +265,7 @@ def activation_contraction(model, data, *, layers=None, memory_budget=None, meth
 def interlayer_cushion(model, data, *, probes: int = 16, layers=None, seed: int = 0, memory_budget=None,
                        method: str = "auto", backend: str = "auto", channels_last: bool = True) -> dict:
     """Interlayer cushions mu_{i,j} and mu_{i->} per sample (see `interlayer_cushion_dict`)."""
-    probes = check_positive("probes", probes, integer=True)
+    probes = check_positive_int("probes", probes)
 
     def fn(prep):
         check_meterable(prep)
@@ -280,7 +280,7 @@ def interlayer_smoothness(model, data, *, alpha: float = 0.1, draws: int = 4, la
                           channels_last: bool = True) -> dict:
     """Interlayer smoothness rho_{i,j} per sample (see `smoothness_dict`) and "rho": the min over all."""
     alpha = check_positive("alpha", alpha)
-    draws = check_positive("draws", draws, integer=True)
+    draws = check_positive_int("draws", draws)
 
     def fn(prep):
         check_meterable(prep)

@@ -175,21 +175,23 @@ def _probe_downstream(model: nn.Module, layers: list[Layer], sample: torch.Tenso
 
     found = []
     try:
-        for layer in layers:
-            seen = []
-            handles = [layer.module.register_forward_pre_hook(
-                lambda m, a: (fwAD.make_dual(a[0], torch.zeros_like(a[0])), *a[1:]))]
-            handles += [other.module.register_forward_hook(
-                lambda m, a, o, j=other.index: seen.append(j) if fwAD.unpack_dual(o).tangent is not None else None)
-                for other in layers]
-            try:
-                with fwAD.dual_level(), torch.no_grad():
-                    model(sample)
-            finally:
-                for h in handles:
-                    h.remove()
-            found.append(sorted(set(seen)))
-    except Exception:  # noqa: BLE001 - an op without forward AD: every later layer counts as downstream
+        with warnings.catch_warnings():  # a probe: the model's own warnings come from the metered passes
+            warnings.simplefilter("ignore")
+            for layer in layers:
+                seen = []
+                handles = [layer.module.register_forward_pre_hook(
+                    lambda m, a: (fwAD.make_dual(a[0], torch.zeros_like(a[0])), *a[1:]))]
+                handles += [other.module.register_forward_hook(
+                    lambda m, a, o, j=other.index: seen.append(j) if fwAD.unpack_dual(o).tangent is not None
+                    else None) for other in layers]
+                try:
+                    with fwAD.dual_level(), torch.no_grad():
+                        model(sample)
+                finally:
+                    for h in handles:
+                        h.remove()
+                found.append(sorted(set(seen)))
+    except (RuntimeError, NotImplementedError, TypeError):  # an op without forward AD: all later layers count
         return None
     return found
 
