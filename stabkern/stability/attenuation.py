@@ -4,7 +4,7 @@ For every injection layer i and sample x: Gaussian noise eta with ||eta|| = alph
 is added to layer i's input x^{i-1}, and the relative error r[i, j] = ||x_hat^j - x^j|| / ||x^j|| is
 recorded at the output x^j of every layer j >= i (the last Linear's output is the logits).
 
-How it is fast (see graph.py for the propagation): per chunk of samples the clean pass runs once, in
+How it is fast (see propagate.py for the propagation): per chunk of samples the clean pass runs once, in
 float32; for each i the T trials ride in the batch (rows t B + b) through the part of the model
 downstream of layer i only; the noisy input is written by one fused kernel from counters
 (`stabkern.ops.sphere_noise`, Philox -> Box-Muller, exact norm) and each observed output is reduced to
@@ -23,22 +23,24 @@ import numpy as np
 import torch
 
 from .. import ops
-from .context import (Prepared, check_finite, check_positive, check_precision, check_seed, chunks, metering,
-                      plan_chunks, precision_mode, prepare)
+from .._checks import check_positive, check_positive_int, check_seed
+from .context import Prepared, check_finite, check_precision, chunks, metering, plan_chunks, precision_mode, prepare
 from .report import AttenuationReport
 
 
 def _noise_dtype(prep: Prepared, precision: str) -> torch.dtype:
-    # bf16 on CUDA: the noisy input is written in bf16, the dtype autocast feeds the convs anyway
-    if precision == "bf16" and prep.device.type == "cuda":
+    # "medium" (bf16) on CUDA: the noisy input is written in bf16, the dtype autocast feeds the convs anyway
+    if precision == "medium" and prep.device.type == "cuda":
         return torch.bfloat16
     return prep.dtype
 
 
 def attenuation_sums(prep: Prepared, data: torch.Tensor, *, alpha: float, trials: int, seed: int,
                      precision: str, floor: bool, memory_budget, backend: str):
-    """Per-sample sums over trials of r and r^2, (N, L, L) float64 numpy (zero below the diagonal),
-    and the alpha = 0 floor (N, L, L) or None."""
+    """Per-sample sums over trials of r and r^2, (N, L, L) float64 numpy, and the alpha = 0 floor
+    (N, L, L) or None. NaN where r is undefined: layer j does not depend on layer i's input (below the
+    diagonal, or a parallel branch: nothing propagates, so there is no attenuation to report) or
+    layer j's clean output is zero."""
     n, num = data.shape[0], len(prep.layers)
     sum_r = np.zeros((n, num, num))
     sum_r2 = np.zeros((n, num, num))
@@ -47,10 +49,13 @@ def attenuation_sums(prep: Prepared, data: torch.Tensor, *, alpha: float, trials
     batch, trial_chunk = plan_chunks(prep.layers, n, trials, element, memory_budget, prep.device)
     noise_dtype = _noise_dtype(prep, precision)
     prop = prep.propagator
+    undefined = torch.ones(num, num, dtype=torch.bool, device=prep.device)  # [i, j]: j not downstream of i
+    for i in range(num):
+        undefined[i, prop.downstream(i)] = False
     for s0, s1 in chunks(n, batch):
         xb = prep.batch(data[s0:s1])
         b = s1 - s0
-        with precision_mode("fp32", prep.device):
+        with precision_mode("highest", prep.device):
             clean = prop.clean(xb)
         for layer in prep.layers:
             check_finite(clean.outputs[layer.index], f"at the output of layer {layer.name!r} "
@@ -83,6 +88,7 @@ def attenuation_sums(prep: Prepared, data: torch.Tensor, *, alpha: float, trials
 
                 with precision_mode(precision, prep.device):
                     prop.suffix(clean, i, x_in.to(noise_dtype).clone(), "input", observe_floor)
+        bad &= ~undefined
         if bad.any():
             i, j = [int(v) for v in bad.nonzero()[0]]
             raise FloatingPointError(f"non-finite values (NaN or Inf) at the output of layer "
@@ -90,6 +96,8 @@ def attenuation_sums(prep: Prepared, data: torch.Tensor, *, alpha: float, trials
                                      f"(alpha={alpha}, {precision})")
         zero = torch.stack(y_norm, dim=1) == 0  # (B, L): relative error undefined there
         acc[:, zero[:, None, :].expand(b, num, num)] = math.nan
+        acc[:, :, undefined] = math.nan
+        acc_floor[:, undefined] = math.nan
         sum_r[s0:s1], sum_r2[s0:s1] = acc[0].cpu().numpy(), acc[1].cpu().numpy()
         if floor:
             floor_r[s0:s1] = acc_floor.cpu().numpy()
@@ -119,31 +127,36 @@ def _lower_nan(a: np.ndarray) -> np.ndarray:
 
 
 def noise_attenuation(model, data, *, alpha: float = 0.1, trials: int = 8, layers=None, seed: int = 0,
-                      precision: str = "fp32", floor: bool | None = None, memory_budget: int | None = None,
+                      precision: str = "highest", floor: bool | None = None, memory_budget: int | None = None,
                       method: str = "auto", backend: str = "auto", channels_last: bool = True) -> AttenuationReport:
     """Attenuation of Gaussian noise injected at each layer's input, observed at every later layer.
 
     model: an nn.Module on CPU or CUDA (float32/float64), metered in eval mode (its training flags
     are restored); data: (N, ...) the batch model(data) takes (moved to the model's device chunk by chunk).
     alpha: ||eta|| / ||x|| per sample (> 0); trials: noise draws per sample and layer (>= 1);
-    layers: None (every Conv2d and Linear, forward order) or module names / modules;
+    layers: None (every Conv2d and Linear, forward order) or a list of module names / modules;
     seed: noise seed in [0, 2^64) (noise of (seed, layer i, sample s, trial t) is fixed, spec
-    stabkern-noise-v1); precision: "fp32", "tf32" or "bf16" for the noisy passes (the clean pass is
-    always fp32); floor: also measure alpha = 0 (default: on for tf32/bf16); memory_budget: bytes
-    per chunk of work (default: half the free CUDA memory; 32 MiB on CPU, cache-sized); method: "auto", "graph" (torch.fx) or "hooks";
+    stabkern-noise-v1); precision: "highest" (float32), "high" (TF32) or "medium" (bf16) for the noisy
+    passes, "fp32"/"tf32"/"bf16" accepted for them (context.py; the clean pass is always float32);
+    floor: also measure alpha = 0 (default: on for "high"/"medium"); memory_budget: bytes (>= 1)
+    per chunk of work (default: half the free CUDA memory; 32 MiB on CPU, cache-sized); method: "auto",
+    "graph" (torch.fx; exact under in-place ops, see propagate.py) or "hooks";
     backend: the noise ops' backend ("auto", "cpu", "triton", "reference"); channels_last: run the model with
     4-D tensors in channels_last memory format (its parameters restored after; see context.metering).
 
-    Returns an `AttenuationReport` with (L, L) arrays [injection, observation]. The hook-loop
-    reference it equals within Monte Carlo error lives in tests/test_stability_attenuation.py.
+    Returns an `AttenuationReport` with (L, L) arrays [injection, observation], NaN where layer j does
+    not depend on layer i's input. The hook-loop reference it equals within Monte Carlo error is
+    tests/helpers/stability_reference.py.
     """
     alpha = check_positive("alpha", alpha)
-    trials = check_positive("trials", trials, integer=True)
+    trials = check_positive_int("trials", trials)
     seed = check_seed(seed)
+    if memory_budget is not None:
+        memory_budget = check_positive_int("memory_budget", memory_budget)
     with metering(model, channels_last):
-        prep = prepare(model, data, layers, method, channels_last)
         precision = check_precision(precision)
-        floor = precision != "fp32" if floor is None else bool(floor)
+        prep = prepare(model, data, layers, method, channels_last)
+        floor = precision != "highest" if floor is None else bool(floor)
         sum_r, sum_r2, floor_r = attenuation_sums(prep, data, alpha=alpha, trials=trials, seed=seed,
                                                   precision=precision, floor=floor, memory_budget=memory_budget,
                                                   backend=backend)

@@ -2,10 +2,14 @@
 
 A meter runs the model in eval mode under no_grad and restores each module's training flag
 afterwards, exception or not. The clean pass always runs in float32 with TF32 off (the reference
-every relative error is measured against); the noisy passes run in the requested precision:
+every relative error is measured against); the noisy passes run in the requested precision, named
+with the words of the ops and of torch.set_float32_matmul_precision, one meaning each:
 
-    "fp32"  float32, TF32 off          "tf32"  float32 with TF32 matmul/conv on (CUDA)
-    "bf16"  torch.autocast(bfloat16)   (CPU or CUDA)
+    "highest" (alias "fp32")  float32, TF32 off
+    "high"    (alias "tf32")  float32 with TF32 matmul/conv on (CUDA; CPU runs it as float32)
+    "medium"  (alias "bf16")  torch.autocast(bfloat16), CPU or CUDA
+
+Reports carry the first word ("highest", "high", "medium"), whichever word was passed.
 
 Work is split into chunks of samples (and of trials, if one sample's trials do not fit) so that
 the clean values kept for a chunk plus its noisy activations fit `memory_budget` bytes (default: half
@@ -21,10 +25,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._checks import check_choice, check_positive_int
 from .layers import Layer, resolve_layers, trace_layers
 from .propagate import build_propagator
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("highest", "high", "medium")
+PRECISION_ALIASES = {"fp32": "highest", "tf32": "high", "bf16": "medium"}
 # CPU: chunks small enough that a noisy pass's activations stay in cache (the digits net metered
 # 25% faster in chunks of ~100 samples, ~35 MB, than in one 140 MB chunk of 449 samples).
 CPU_DEFAULT_BUDGET = 32 << 20  # bytes
@@ -62,26 +68,11 @@ def check_data(data) -> torch.Tensor:
     return data
 
 
-def check_positive(name: str, value, integer: bool = False):
-    if integer:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < (1 << 64):
-        raise ValueError(f"seed must be an integer in [0, 2^64), got {seed!r}")
-    return seed
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    return precision
+def check_precision(precision) -> str:
+    """"highest", "high" or "medium" (see the module note); "fp32", "tf32", "bf16" are read as those."""
+    if isinstance(precision, str) and precision in PRECISION_ALIASES:
+        return PRECISION_ALIASES[precision]
+    return check_choice("precision", precision, PRECISIONS + tuple(PRECISION_ALIASES))
 
 
 @contextlib.contextmanager
@@ -119,12 +110,13 @@ def metering(model: nn.Module, channels_last: bool = False):
 @contextlib.contextmanager
 def precision_mode(precision: str, device: torch.device):
     """Run the enclosed ops in `precision` (see the module note); global flags restored on exit."""
+    precision = check_precision(precision)
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    tf32 = precision == "tf32"
+    tf32 = precision == "high"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     try:
-        if precision == "bf16":
+        if precision == "medium":
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 yield
         else:
@@ -199,9 +191,7 @@ def plan_chunks(layers: list[Layer], n: int, trials: int, element_size: int, bud
         budget = default_budget(device)
         if device.type != "cuda":
             budget = max(budget, kept + trials * per_trial)
-    budget = int(budget)
-    if budget <= 0:
-        raise ValueError(f"memory_budget must be > 0 bytes, got {budget}")
+    budget = check_positive_int("memory_budget", budget)
     samples = budget // (kept + trials * per_trial)
     if samples >= 1:
         return int(min(samples, n)), trials

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._checks import check_names
+
 INJECTABLE = (nn.Conv2d, nn.Linear)
 
 
@@ -27,8 +29,9 @@ class Layer:
 
 
 def resolve_layers(model: nn.Module, layers=None) -> list[tuple[str, nn.Module]]:
-    """(name, module) pairs to meter: every Conv2d and Linear by default, else the given names/modules."""
+    """(name, module) pairs to meter: every Conv2d and Linear by default, else the given list of names/modules."""
     named = {id(m): name for name, m in model.named_modules()}
+    layers = check_names("layers", layers)  # a bare string is refused, not read letter by letter
     if layers is None:
         found = [(name, m) for name, m in model.named_modules() if isinstance(m, INJECTABLE)]
         if not found:

@@ -16,7 +16,7 @@ from .._checks import check_choice, check_float, check_int, check_names, check_p
     check_seed
 from .attenuation import attenuation_report, attenuation_sums
 from .bound import bounds, check_labels, choose_margin, data_stats, logits_of, margins, small_margin
-from .context import PRECISIONS, check_data, metering, prepare
+from .context import check_data, check_precision, metering, prepare
 from .meters import (activation_contraction_dict, check_meterable, clean_meters, interlayer_cushion_dict,
                      jacobian_meters, jacobian_spread, layer_cushion_dict, max_or_nan, min_or_nan,
                      noise_sensitivity_dict, smoothness_dict, spread_dict)
@@ -43,7 +43,7 @@ def conservative_mu_to(mu: np.ndarray, mu_rse: np.ndarray) -> np.ndarray:
 
 def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, probes: int = 16, draws: int = 4,
             layers=None, seed: int = 0, margin: float | None = None, margin_quantile: float = 0.1,
-            precision: str = "fp32", floor: bool | None = None, memory_budget: int | None = None,
+            precision: str = "highest", floor: bool | None = None, memory_budget: int | None = None,
             method: str = "auto", backend: str = "auto", spectral_iters: int = 500,
             channels_last: bool = True) -> StabilityReport:
     """Layer and interlayer cushions, activation contraction, interlayer smoothness (bias-aware and
@@ -70,7 +70,7 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     if margin is not None:
         margin = check_positive("margin", margin)
     margin_quantile = check_float("margin_quantile", margin_quantile, 0.0, 1.0, low_open=True, high_open=True)
-    precision = check_choice("precision", precision, PRECISIONS)
+    precision = check_precision(precision)
     floor = _check_flag("floor", floor)
     if memory_budget is not None:
         memory_budget = check_positive_int("memory_budget", memory_budget)
@@ -80,7 +80,7 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     layers = check_names("layers", layers)
     data = check_data(data)
     labels = check_labels(labels, data.shape[0])
-    floor = precision != "fp32" if floor is None else floor
+    floor = precision != "highest" if floor is None else floor
     with metering(model, channels_last):
         prep = prepare(model, data, layers, method, channels_last)
         check_meterable(prep)

@@ -113,7 +113,7 @@ def clean_meters(prep: Prepared, data: torch.Tensor, budget) -> dict:
         handles += [m.register_forward_hook(lambda m, a, o: post.append(o.flatten(1).double().norm(dim=1)))
                     for m in acts]
         try:
-            with precision_mode("fp32", prep.device):
+            with precision_mode("highest", prep.device):
                 clean = prep.propagator.clean(xb)
         finally:
             for h in handles:
@@ -155,7 +155,7 @@ def jacobian_meters(prep: Prepared, data: torch.Tensor, *, probes: int, draws: i
     for s0, s1 in chunks(n, batch):
         b = s1 - s0
         xb = prep.batch(data[s0:s1])
-        with precision_mode("fp32", prep.device):
+        with precision_mode("highest", prep.device):
             clean = prep.propagator.clean(xb)
         y_norm = [y.flatten(1).double().norm(dim=1) for y in clean.outputs]
         for i in range(num):
@@ -196,7 +196,7 @@ def jacobian_meters(prep: Prepared, data: torch.Tensor, *, probes: int, draws: i
                             (alpha * y_norm[j] / remainder.norm(dim=-1)).min(0).values,
                             (alpha * y_norm[j] / literal.norm(dim=-1)).min(0).values)
 
-            with fwAD.dual_level(), precision_mode("fp32", prep.device):
+            with fwAD.dual_level(), precision_mode("highest", prep.device):
                 prep.propagator.suffix(clean, i, fwAD.make_dual(primal, tangent), "output", observe)
             for j, (jxn, ratio, rse, r_bias, r_literal) in found.items():
                 jx_norm[s0:s1, i, j] = jxn.cpu().numpy()
@@ -221,7 +221,7 @@ def jacobian_spread(prep: Prepared, data: torch.Tensor, *, probes: int, seed: in
     for s0, s1 in chunks(n, batch):
         b = s1 - s0
         xb = prep.batch(data[s0:s1])
-        with precision_mode("fp32", prep.device):
+        with precision_mode("highest", prep.device):
             clean = prep.propagator.clean(xb)
         for i in range(num - 1):
             if positions[i] == 1:
@@ -234,7 +234,7 @@ def jacobian_spread(prep: Prepared, data: torch.Tensor, *, probes: int, seed: in
                 if y.requires_grad:  # else the hooked forward reached a layer that does not depend on x^i
                     outs[j] = y
 
-            with torch.enable_grad(), precision_mode("fp32", prep.device):
+            with torch.enable_grad(), precision_mode("highest", prep.device):
                 prep.propagator.suffix(clean, i, x_in, "output", observe)
                 for j, y in outs.items():
                     m = y[0].numel()

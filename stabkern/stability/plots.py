@@ -29,19 +29,29 @@ def _finish(fig, ax, path):
 
 def plot_attenuation(report, ax=None, path=None):
     """One curve per injection layer i: mean r[i, j] over observation layers j >= i, log-scale y, with the
-    95% interval as a band and, in reduced precision, the alpha = 0 floor dotted. Returns the axes."""
+    95% interval as a band and, in reduced precision, the alpha = 0 floor dotted. Returns the axes.
+
+    Undefined entries (NaN: layer j does not depend on layer i, or its output is zero) are left out, not
+    drawn; where an interval reaches zero only its upper half is drawn (a log axis has no zero).
+    """
     plt = _pyplot()
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8, 4.5))
     num = len(report.layers)
     colors = plt.cm.viridis(np.linspace(0, 0.9, num))
     for i in range(num):
         j = np.arange(i, num)
-        ax.plot(j, report.mean[i, i:], marker="o", ms=3, color=colors[i], label=report.layers[i])
-        lo = np.maximum(report.ci_low[i, i:], 1e-12)
-        ax.fill_between(j, lo, report.ci_high[i, i:], color=colors[i], alpha=0.15, linewidth=0)
+        mean, lo, hi = report.mean[i, i:], report.ci_low[i, i:], report.ci_high[i, i:]
+        shown = np.isfinite(mean) & (mean > 0)
+        ax.plot(j[shown], mean[shown], marker="o", ms=3, color=colors[i], label=report.layers[i])
+        band = shown & np.isfinite(lo) & np.isfinite(hi)
+        ax.fill_between(j[band], np.where(lo > 0, lo, mean)[band], hi[band], color=colors[i], alpha=0.15,
+                        linewidth=0)
     if report.floor is not None:
-        floor = np.nanmax(report.floor, axis=0)
-        ax.plot(np.arange(num), floor, ls=":", color="gray", label=f"floor ({report.precision}, alpha = 0)")
+        with np.errstate(invalid="ignore"):
+            floor = np.array([np.nan if np.all(np.isnan(c)) else np.nanmax(c) for c in report.floor.T])
+        shown = np.isfinite(floor) & (floor > 0)
+        ax.plot(np.arange(num)[shown], floor[shown], ls=":", color="gray",
+                label=f"floor ({report.precision}, alpha = 0)")
     ax.set_yscale("log")
     ax.set_xticks(range(num))
     ax.set_xticklabels(report.layers, rotation=45, ha="right", fontsize=7)

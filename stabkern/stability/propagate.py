@@ -6,24 +6,43 @@ what the noisy passes need, and a noisy pass runs only the part of the model dow
 with trials riding in the batch (row t B + b is trial t of sample b). Two ways to know "downstream":
 
 - `GraphPropagator` (method "graph"): a torch.fx trace of the model. The nodes downstream of layer i
-  are its descendants in the graph; any other value they read (a skip connection from before layer
+  are those whose inputs depend on it; any other value they read (a skip connection from before layer
   i, a parameter) comes from the clean pass, repeated over the trials when it has a batch dimension.
-  Right for any graph, residual nets included, and nothing upstream of layer i is recomputed.
+  Nothing upstream of layer i is recomputed.
 - `HookPropagator` (method "hooks"): for models fx cannot trace. The whole model runs on the input
   repeated over the trials, with a forward hook that replaces layer i's input (or output) and hooks
   that observe later layers; the forward stops after the last observed layer. The prefix before
-  layer i is recomputed (T times), which is correct for any graph but slower.
+  layer i is recomputed (T times), which is correct for any forward but slower.
 
-Both call `observe(j, y_hat)` with the output of every layer j >= i as soon as it exists, before any
-in-place op downstream can change it, and keep no noisy activation longer than the graph needs it.
+In-place writes. A forward may write into a tensor after other nodes have read it (`a.relu_()`,
+`nn.ReLU(inplace=True)`, `out += identity`, `x[:, 0] = 0`, `out=`). The graph path does not guess
+which calls write: on the sample it runs the graph once and reads the tensors' version counters (any
+in-place write to a tensor or a view of it bumps the counter its views share) to learn which storage
+each node writes and how many writes each argument has received when a node reads it. Then
+- "downstream" also takes in every node that reads a storage a downstream node wrote into or aliased
+  (`a.add_(noisy_b); fc2(a)`), not only the graph descendants;
+- a clean value is kept as it is when the downstream node reads it (after the writes made before that
+  read), not as it was made: `a = fc0(x); b = fc1(a); a.relu_(); fc2(b + a)` reads the rectified `a`;
+- a clean value that the noisy pass writes into is copied once and that copy is read by every later
+  reader, as the forward shares the tensor.
+What a copy cannot reproduce (two different clean values aliasing a storage the noisy pass writes, a
+node writing a tensor it is not given) makes the graph path refuse; method "auto" then warns and uses
+hooks. The graph must also replay the clean outputs with zero noise, and every clean pass checks that
+the version counters move as they did on the sample.
+
+Both call `observe(j, y_hat)` with the output of layer j as soon as it exists, before any in-place op
+downstream can change it; `downstream(i)` lists the layers whose output depends on layer i's input
+(the graph path observes only those). This file is not what the meters compute (attenuation.py, meters.py).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
+from torch.utils._pytree import tree_leaves, tree_map
 
 from .layers import Layer, first_tensor
 
@@ -32,14 +51,15 @@ from .layers import Layer, first_tensor
 class Clean:
     """What the noisy passes of one data chunk need from its clean pass (batch B).
 
-    `inputs[i]` / `outputs[i]`: layer i's input and output (copies taken when computed), `logits`:
-    the model's output, `x`: the chunk itself; `values`: the graph values the noisy passes read.
+    `inputs[i]` / `outputs[i]`: layer i's input (as the layer read it) and output (as it was made),
+    copies; `logits`: the model's output; `x`: the chunk itself; `values`: the graph values the noisy
+    passes read, keyed by (node, in-place writes it had received when read).
     """
 
     x: torch.Tensor
     inputs: list
     outputs: list
-    logits: torch.Tensor
+    logits: object
     values: dict = field(default_factory=dict)
 
     @property
@@ -55,8 +75,25 @@ def repeat_trials(v: torch.Tensor, trials: int) -> torch.Tensor:
     return torch.cat([v] * trials, dim=0)
 
 
+def _copy(v):
+    """v with every tensor in it detached and cloned (v may be a tuple, list or dict of tensors)."""
+    return tree_map(lambda t: t.detach().clone() if isinstance(t, torch.Tensor) else t, v)
+
+
 class _Stop(Exception):
     """Ends a hooked forward after its last observed layer."""
+
+
+class NotTraceable(Exception):
+    """The model cannot be run from a torch.fx graph; the reason is the message.
+
+    `warn`: the fallback to hooks deserves a warning (the model traces, but its in-place writes
+    cannot be replayed from the graph), not a silent switch.
+    """
+
+    def __init__(self, message: str, warn: bool = False):
+        super().__init__(message)
+        self.warn = warn
 
 
 class HookPropagator:
@@ -64,24 +101,36 @@ class HookPropagator:
 
     method = "hooks"
 
-    def __init__(self, model: nn.Module, layers: list[Layer]):
+    def __init__(self, model: nn.Module, layers: list[Layer], sample: torch.Tensor | None = None):
         self.model = model
         self.layers = layers
+        self._downstream = _probe_downstream(model, layers, sample) if sample is not None else None
+
+    def downstream(self, i: int) -> list[int]:
+        """Layers j whose output depends on layer i's input (forward-mode AD on the sample; all j >= i
+        when the model does not support it)."""
+        if self._downstream is None:
+            return list(range(i, len(self.layers)))
+        return self._downstream[i]
 
     def clean(self, x: torch.Tensor) -> Clean:
         inputs, outputs = [None] * len(self.layers), [None] * len(self.layers)
         handles = []
         for layer in self.layers:
-            def hook(module, args, output, i=layer.index):
+            # the input is copied before the layer runs (a layer may write into its input)
+            def pre(module, args, i=layer.index):
                 inputs[i] = first_tensor(args).detach().clone()
+
+            def hook(module, args, output, i=layer.index):
                 outputs[i] = output.detach().clone()
+            handles.append(layer.module.register_forward_pre_hook(pre))
             handles.append(layer.module.register_forward_hook(hook))
         try:
             logits = self.model(x)
         finally:
             for h in handles:
                 h.remove()
-        return Clean(x, inputs, outputs, logits.detach().clone() if isinstance(logits, torch.Tensor) else logits)
+        return Clean(x, inputs, outputs, _copy(logits))
 
     def suffix(self, clean: Clean, i: int, value: torch.Tensor, at: str, observe) -> None:
         trials = value.shape[0] // clean.batch
@@ -119,6 +168,34 @@ class HookPropagator:
                 h.remove()
 
 
+def _probe_downstream(model: nn.Module, layers: list[Layer], sample: torch.Tensor):
+    """For each layer i, the layers j whose output carries a forward-mode tangent when layer i's input
+    is made a dual tensor (zero tangent): exactly those that depend on it. None if forward AD fails."""
+    import torch.autograd.forward_ad as fwAD
+
+    found = []
+    try:
+        with warnings.catch_warnings():  # a probe: the model's own warnings come from the metered passes
+            warnings.simplefilter("ignore")
+            for layer in layers:
+                seen = []
+                handles = [layer.module.register_forward_pre_hook(
+                    lambda m, a: (fwAD.make_dual(a[0], torch.zeros_like(a[0])), *a[1:]))]
+                handles += [other.module.register_forward_hook(
+                    lambda m, a, o, j=other.index: seen.append(j) if fwAD.unpack_dual(o).tangent is not None
+                    else None) for other in layers]
+                try:
+                    with fwAD.dual_level(), torch.no_grad():
+                        model(sample)
+                finally:
+                    for h in handles:
+                        h.remove()
+                found.append(sorted(set(seen)))
+    except (RuntimeError, NotImplementedError, TypeError):  # an op without forward AD: all later layers count
+        return None
+    return found
+
+
 class _LeafTracer(fx.Tracer):
     """torch.fx tracer that keeps the metered layers as leaves (call_module nodes)."""
 
@@ -130,12 +207,55 @@ class _LeafTracer(fx.Tracer):
         return id(m) in self.leaves or super().is_leaf_module(m, qualname)
 
 
-class NotTraceable(Exception):
-    """The model cannot be run from a torch.fx graph; the reason is the message."""
+def _tensors(v) -> list:
+    return [t for t in tree_leaves(v) if isinstance(t, torch.Tensor)]
 
 
-def _map_nodes(a, fn):
-    return fx.node.map_arg(a, fn)
+def _versions(v) -> tuple:
+    """Version counters of the tensors in v (in-place writes so far to each, or to a view of it)."""
+    try:
+        return tuple(t._version for t in _tensors(v))
+    except RuntimeError as err:  # inference tensors keep no version counter
+        raise NotTraceable(f"cannot follow in-place writes: {err}", warn=True) from err
+
+
+def _writes_since(v, made: tuple) -> tuple:
+    return tuple(now - then for now, then in zip(_versions(v), made))
+
+
+def _storage(t: torch.Tensor):
+    """What identifies the memory t lives in (tensors sharing it alias each other)."""
+    try:
+        ptr = t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        ptr = 0
+    return (str(t.device), ptr) if ptr else ("tensor", id(t))
+
+
+def _arg_nodes(a) -> list:
+    found = []
+    fx.node.map_arg(a, lambda n: found.append(n) if n not in found else None)
+    return found
+
+
+@dataclass
+class _Run:
+    """What one instrumented run of the graph saw, per node: `storages` its value lives in, `writes`
+    the storages it wrote in place, `reads` {argument node: writes it had received when read}."""
+
+    storages: dict
+    writes: dict
+    reads: dict
+
+
+@dataclass
+class _Plan:
+    """A noisy pass: `steps` (node, {argument node: env key}, first argument replaced, keys to free
+    after it); `written` the clean-value keys it writes into; `observed` the layers it computes."""
+
+    steps: list
+    written: set
+    observed: list
 
 
 class GraphPropagator:
@@ -150,7 +270,7 @@ class GraphPropagator:
             graph = _LeafTracer({id(layer.module) for layer in layers}).trace(model)
         except Exception as err:  # noqa: BLE001 - any tracing failure means: use hooks
             raise NotTraceable(f"torch.fx cannot trace {type(model).__name__}: {type(err).__name__}: {err}") from err
-        self.nodes = [n for n in graph.nodes]
+        self.nodes = list(graph.nodes)
         placeholders = [n for n in self.nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
             raise NotTraceable(f"forward takes {len(placeholders)} inputs; the graph path needs exactly one")
@@ -165,59 +285,138 @@ class GraphPropagator:
             if len(found) != 1:
                 raise NotTraceable(f"layer {layer.name!r} appears {len(found)} times in the traced graph")
             self.layer_nodes.append(found[0])
-        position = {n: k for k, n in enumerate(self.nodes)}
-        if [position[n] for n in self.layer_nodes] != sorted(position[n] for n in self.layer_nodes):
+        self.position = {n: k for k, n in enumerate(self.nodes)}
+        if [self.position[n] for n in self.layer_nodes] != sorted(self.position[n] for n in self.layer_nodes):
             raise NotTraceable("the traced graph orders the layers differently from the forward call")
-        self.position = position
         self.layer_of = {n: k for k, n in enumerate(self.layer_nodes)}
-        self.batched = self._descendants(placeholders[0]) | {placeholders[0]}
+        with torch.no_grad():
+            run = self._instrumented_run(sample)
+        self.batched = self._batched(run, placeholders[0])
         self.plans = {}
         for i, node in enumerate(self.layer_nodes):
-            below = self._descendants(node)
-            self.plans[(i, "input")] = self._plan([node] + self._ordered(below), replaced=None)
-            self.plans[(i, "output")] = self._plan(self._ordered(below), replaced=node)
-        self.kept = set()
-        for order, boundary, _ in self.plans.values():
-            self.kept |= boundary
-        self.kept |= {n.args[0] for n in self.layer_nodes if isinstance(n.args[0], fx.Node)}
-        with torch.no_grad():  # the graph must reproduce the model on a sample, else use hooks
-            ours, theirs = self.clean(sample).logits, model(sample)
-            scale = float(torch.nan_to_num(theirs, nan=0.0, posinf=0.0, neginf=0.0).abs().max())
-            if not torch.allclose(ours, theirs, rtol=1e-4, atol=1e-6 * scale, equal_nan=True):
-                raise NotTraceable("the traced graph does not reproduce model(sample)")
+            for at in ("input", "output"):
+                self.plans[(i, at)] = self._plan(run, node, at)
+        self.input_keys = [(n.args[0], run.reads[n][n.args[0]]) if isinstance(n.args[0], fx.Node) else None
+                           for n in self.layer_nodes]
+        needed = {key for plan in self.plans.values() for _, keys, _, _ in plan.steps for key in keys.values()
+                  if isinstance(key, tuple)} | {key for key in self.input_keys if key is not None}
+        self.snap_before, self.made_of = {}, {key[0] for key in needed}
+        for n in self.nodes:  # copy each kept value just before its first reader that sees it so
+            for a, writes in run.reads.get(n, {}).items():
+                if (a, writes) in needed:
+                    needed.discard((a, writes))
+                    self.snap_before.setdefault(n, []).append((a, writes))
+        with torch.no_grad():
+            self._check(model, sample)
 
-    def _descendants(self, node) -> set:
-        seen, stack = set(), [node]
-        while stack:
-            for user in stack.pop().users:
-                if user not in seen and user.op != "output":
-                    seen.add(user)
-                    stack.append(user)
-        return seen
+    # -- the instrumented run and the plans ------------------------------------------------------------
 
-    def _ordered(self, nodes) -> list:
-        return sorted(nodes, key=self.position.__getitem__)
+    def _instrumented_run(self, x: torch.Tensor) -> _Run:
+        env, made, live, seen = {}, {}, [], set()
+        storages, writes, reads = {}, {}, {}
+        for n in self.nodes:
+            if n.op == "output":
+                continue
+            args = _arg_nodes((n.args, n.kwargs))
+            reads[n] = {a: _writes_since(env[a], made[a]) for a in args}
+            env[n] = self._value(n, env, x)
+            written = set()
+            for t, key, last in live:
+                if t._version != last[0]:
+                    written.add(key)
+                    last[0] = t._version
+            for t in _tensors(env[n]):
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    live.append((t, _storage(t), [t._version]))
+            made[n] = _versions(env[n])
+            storages[n] = frozenset(_storage(t) for t in _tensors(env[n]))
+            given = frozenset().union(*(storages[a] for a in args))
+            if written - given:
+                raise NotTraceable(f"graph node {n.name} ({n.op} {n.target}) writes in place into a tensor it is "
+                                   "not given; the graph cannot replay it", warn=True)
+            writes[n] = frozenset(written)
+        return _Run(storages, writes, reads)
 
-    def _plan(self, order, replaced):
-        """(order, boundary, dies_at): the clean values `order` reads, and after which step each value dies."""
-        inside = set(order) | ({replaced} if replaced is not None else set())
-        boundary, last_use = set(), {}
-        for k, n in enumerate(order):
-            reads = []
-            _map_nodes((n.args, n.kwargs), lambda a: reads.append(a) or a)
-            if k == 0 and replaced is None:  # the layer's own input is replaced
-                reads = [a for a in reads if a is not n.args[0]]
-            for a in reads:
-                last_use[a] = k
-                if a not in inside:
-                    boundary.add(a)
-        dies_at = [[] for _ in order]
-        for a, k in last_use.items():
-            dies_at[k].append(a)
-        for k, n in enumerate(order):
-            if n not in last_use:  # nothing downstream reads it
-                dies_at[k].append(n)
-        return order, boundary, dies_at
+    def _batched(self, run: _Run, placeholder) -> set:
+        """Nodes whose value depends on the input batch (through arguments or in-place writes)."""
+        batched, memory = {placeholder}, set(run.storages[placeholder])
+        for n in self.nodes[self.position[placeholder] + 1:]:
+            if n.op != "output" and any(a in batched or run.storages[a] & memory for a in run.reads[n]):
+                batched.add(n)
+                memory |= run.storages[n] | run.writes[n]
+        return batched
+
+    def _plan(self, run: _Run, src, at: str) -> _Plan:
+        """The noisy pass for noise at layer node src's input or output (see the module note)."""
+        down = {src}
+        noisy = set(run.storages[src])  # memory whose contents depend on the noise
+        copies = {}  # storage -> keys of the clean values read into the noisy pass that live in it
+        carrier = {}  # storage made before src that the noisy pass writes or aliases -> its one copy
+        steps = []
+        for n in self.nodes[self.position[src]:]:
+            if n.op == "output" or (n is src and at == "output"):
+                continue
+            first = n is src
+            if not first and not any(a in down or run.storages[a] & noisy for a in run.reads[n]):
+                continue
+            down.add(n)
+            keys = {}
+            for a in (_arg_nodes((n.args[1:], n.kwargs)) if first else run.reads[n]):
+                if a in down:
+                    keys[a] = a
+                    continue
+                held = {carrier[g] for g in run.storages[a] if g in carrier}
+                if held:
+                    if len(held) != 1 or next(iter(held))[0] is not a:
+                        raise NotTraceable(f"node {n.name} reads {a.name}, which aliases memory the noisy pass of "
+                                           f"layer node {src.name} wrote through another value", warn=True)
+                    keys[a] = held.pop()
+                    continue
+                keys[a] = (a, run.reads[n][a])
+                for g in run.storages[a]:
+                    copies.setdefault(g, set()).add(keys[a])
+            given = frozenset().union(*(run.storages[a] for a in keys if a not in down))
+            for g in ((run.writes[n] | run.storages[n]) & given) - noisy:  # clean memory written or aliased
+                owners = copies.get(g, set())
+                if len(owners) != 1:
+                    raise NotTraceable(f"node {n.name} writes memory that {len(owners)} clean values read by the "
+                                       f"noisy pass of layer node {src.name} share", warn=True)
+                carrier[g] = next(iter(owners))
+                noisy.add(g)
+            noisy |= run.storages[n] | (run.writes[n] if not first else frozenset())
+            steps.append([n, keys, first, []])
+        last = {}
+        for k, (n, keys, _, _) in enumerate(steps):
+            for key in keys.values():
+                last[key] = k
+            last[n] = k
+        for key, k in last.items():
+            steps[k][3].append(key)
+        observed = [self.layer_of[n] for n in self.nodes if n in down and n in self.layer_of]
+        return _Plan([tuple(s) for s in steps], set(carrier.values()), observed)
+
+    def _check(self, model: nn.Module, sample: torch.Tensor) -> None:
+        """The graph must reproduce model(sample), and each noisy pass with zero noise the clean outputs."""
+        clean = self.clean(sample)
+        ours, theirs = _tensors(clean.logits), _tensors(model(sample))
+        if len(ours) != len(theirs) or not all(_close(a, b) for a, b in zip(ours, theirs)):
+            raise NotTraceable("the traced graph does not reproduce model(sample)")
+        for (i, at), plan in self.plans.items():
+            value = (clean.inputs[i] if at == "input" else clean.outputs[i]).clone()
+            bad = []
+            self.suffix(clean, i, value, at, lambda j, y: bad.append(j) if not _close(y, clean.outputs[j]) else None)
+            if bad:
+                raise NotTraceable(f"with zero noise at layer {self.layers[i].name!r}'s {at}, the graph does not "
+                                   f"replay layer {self.layers[bad[0]].name!r}'s clean output", warn=True)
+
+    # -- the passes -----------------------------------------------------------------------------------
+
+    def _value(self, n, env, x):
+        if n.op == "placeholder":
+            return x
+        args, kwargs = fx.node.map_arg((n.args, n.kwargs), env.__getitem__)
+        return self._run_node(n, args, kwargs)
 
     def _run_node(self, n, args, kwargs):
         if n.op == "call_module":
@@ -233,77 +432,91 @@ class GraphPropagator:
             return value
         raise NotTraceable(f"unexpected graph node {n.op}")
 
+    def downstream(self, i: int) -> list[int]:
+        """Layers j whose output depends on layer i's input (i itself included)."""
+        return self.plans[(i, "input")].observed
+
     def clean(self, x: torch.Tensor) -> Clean:
-        env, values = {}, {}
-        inputs, outputs = [None] * len(self.layers), [None] * len(self.layers)
+        env, values, made = {}, {}, {}
+        outputs = [None] * len(self.layers)
         logits = None
         for n in self.nodes:
-            if n.op == "placeholder":
-                env[n] = x
-            elif n.op == "output":
-                logits = _map_nodes(n.args[0], env.__getitem__)
-                continue
-            else:
-                args, kwargs = _map_nodes((n.args, n.kwargs), env.__getitem__)
-                env[n] = self._run_node(n, args, kwargs)
-            v = env[n]
-            if n in self.kept:
-                if n in self.batched and not isinstance(v, torch.Tensor):
-                    raise NotTraceable(f"graph value {n.name} ({type(v).__name__}) depends on the batch and is "
+            for a, writes in self.snap_before.get(n, ()):
+                v = env[a]
+                if _writes_since(v, made[a]) != writes:
+                    raise RuntimeError(f"graph value {a.name} received other in-place writes than on the sample "
+                                       "the graph was checked on; meter with method='hooks'")
+                if a in self.batched and not isinstance(v, torch.Tensor):
+                    raise NotTraceable(f"graph value {a.name} ({type(v).__name__}) depends on the batch and is "
                                        "read after a metered layer")
-                values[n] = v.detach().clone() if isinstance(v, torch.Tensor) else v
+                values[(a, writes)] = _copy(v)
+            if n.op == "output":
+                logits = fx.node.map_arg(n.args[0], env.__getitem__)
+                continue
+            env[n] = self._value(n, env, x)
+            if n in self.made_of:
+                made[n] = _versions(env[n])
             if n in self.layer_of:
-                i = self.layer_of[n]
-                inputs[i] = values[n.args[0]] if n.args[0] in values else n.args[0]
-                outputs[i] = v.detach().clone()
-        if not isinstance(logits, torch.Tensor):
-            raise NotTraceable("forward does not return a single tensor")
-        return Clean(x, inputs, outputs, logits.detach().clone(), values)
+                outputs[self.layer_of[n]] = env[n].detach().clone()
+        inputs = [values[key] if key is not None else n.args[0] for key, n in zip(self.input_keys, self.layer_nodes)]
+        return Clean(x, inputs, outputs, _copy(logits), values)
 
     def suffix(self, clean: Clean, i: int, value: torch.Tensor, at: str, observe) -> None:
-        order, _, dies_at = self.plans[(i, at)]
+        plan = self.plans[(i, at)]
         trials = value.shape[0] // clean.batch
-        env = {}
-        if at == "output":
-            env[self.layer_nodes[i]] = value
+        env = {self.layer_nodes[i]: value} if at == "output" else {}
 
-        def read(a):
-            if a in env:
-                return env[a]
-            v = clean.values[a]
-            if isinstance(v, torch.Tensor) and a in self.batched:
-                v = repeat_trials(v, trials)
-                env[a] = v  # shared by later readers; freed after its last use like any value
-            return v
+        def fetch(key):
+            if key not in env:  # a clean value's first read: a copy over the trials, or a copy to write into
+                v = clean.values[key]
+                if key[0] in self.batched:
+                    v = repeat_trials(v, trials)
+                elif key in plan.written:
+                    v = _copy(v)
+                env[key] = v
+            return env[key]
 
-        for k, n in enumerate(order):
-            if k == 0 and at == "input":
-                args, kwargs = (value, *_map_nodes(n.args[1:], read)), _map_nodes(n.kwargs, read)
+        for n, keys, first, free in plan.steps:
+            def read(a, keys=keys):
+                return fetch(keys[a])
+            if first and at == "input":
+                args, kwargs = (value, *fx.node.map_arg(n.args[1:], read)), fx.node.map_arg(n.kwargs, read)
             else:
-                args, kwargs = _map_nodes((n.args, n.kwargs), read)
+                args, kwargs = fx.node.map_arg((n.args, n.kwargs), read)
             env[n] = self._run_node(n, args, kwargs)
             if n in self.layer_of:
                 observe(self.layer_of[n], env[n])
-            for a in dies_at[k]:
-                env.pop(a, None)
+            for key in free:
+                env.pop(key, None)
+
+
+def _close(ours: torch.Tensor, theirs: torch.Tensor) -> bool:
+    """Same values up to float32 rounding of a differently fused or ordered computation."""
+    if ours.shape != theirs.shape:
+        return False
+    scale = float(torch.nan_to_num(theirs.float(), nan=0.0, posinf=0.0, neginf=0.0).abs().max()) if theirs.numel() else 0.0
+    return bool(torch.allclose(ours, theirs, rtol=1e-4, atol=1e-6 * scale, equal_nan=True))
 
 
 def build_propagator(model: nn.Module, layers: list[Layer], sample: torch.Tensor, method: str = "auto"):
-    """`GraphPropagator` when torch.fx can trace the model (method "auto" or "graph"), else hooks.
+    """`GraphPropagator` when torch.fx can trace the model and replay it (method "auto" or "graph"),
+    else hooks (with a warning when the graph traced but its in-place writes cannot be replayed).
 
     sample: (1, ...) a data sample, used to check that the graph reproduces the model.
     """
     if method not in ("auto", "graph", "hooks"):
         raise ValueError(f"method must be 'auto', 'graph' or 'hooks'; got {method!r}")
     if method == "hooks":
-        return HookPropagator(model, layers)
+        return HookPropagator(model, layers, sample)
     try:
         return GraphPropagator(model, layers, sample)
-    except NotTraceable:
+    except NotTraceable as err:
         if method == "graph":
             raise
-        return HookPropagator(model, layers)
+        if err.warn:
+            warnings.warn(f"metering {type(model).__name__} with forward hooks (exact, slower) instead of its "
+                          f"torch.fx graph: {err}", stacklevel=4)
+        return HookPropagator(model, layers, sample)
 
 
-__all__ = ["Clean", "GraphPropagator", "HookPropagator", "NotTraceable",
-           "build_propagator", "repeat_trials"]
+__all__ = ["Clean", "GraphPropagator", "HookPropagator", "NotTraceable", "build_propagator", "repeat_trials"]

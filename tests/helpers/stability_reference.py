@@ -1,6 +1,6 @@
 """The obvious noise-attenuation meter: per layer, per trial, a full forward with hooks.
 
-The oracle of tests/test_stability_attenuation.py and the baseline of benchmarks/bench_stability.py.
+The oracle of tests/stability/ (attenuation and the propagation battery) and the baseline of benchmarks/bench_stability.py.
 No batching, no graph, no fused kernels: for each injection layer i and trial t, a forward pre-hook
 adds eta (||eta|| = alpha ||x|| per sample) to layer i's input, forward hooks record every layer's
 output, and the relative errors are computed with plain torch.
@@ -8,8 +8,12 @@ output, and the relative errors are computed with plain torch.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from stabkern.spec import gaussian_reference
 
@@ -80,3 +84,55 @@ def attenuation_reference(model: nn.Module, x: torch.Tensor, *, alpha: float, tr
                     y = clean_out[j].flatten(1).double()
                     r[t, :, i, j] = (noisy_out[j].flatten(1).double() - y).norm(dim=1) / y.norm(dim=1)
     return r
+
+
+U32 = 2.0 ** -24  # float32 unit roundoff
+
+
+def _fan_in(module: nn.Module) -> int:
+    """Length of the dot products behind one output of a Linear or Conv2d."""
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    return module.in_channels // module.groups * math.prod(module.kernel_size)
+
+
+def _abs_output(module: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """|W| |z| + |b|: what bounds the rounding error of each output of module(z)."""
+    w, b = module.weight.abs(), None if module.bias is None else module.bias.abs()
+    if isinstance(module, nn.Linear):
+        return F.linear(z.abs(), w, b)
+    return F.conv2d(z.abs(), w, b, module.stride, module.padding, module.dilation, module.groups)
+
+
+def rounding_tolerance(model: nn.Module, x: torch.Tensor, rep, lam: float = 4.0) -> np.ndarray:
+    """(L, L) bound on |r - r'| for two float32 evaluations of the same r[i, j] that round differently
+    (other batch sizes, blockings, memory formats, CPU ISAs), derived from the arithmetic:
+
+    - a length-n float32 dot product w.z + b has error <= lam sqrt(n) u (|w|.|z| + |b|) with probability
+      >= 1 - 2 exp(-lam^2 / 2) per output (Higham & Mary 2019, probabilistic rounding analysis), so
+      layer l's output y gets a relative error e_l <= lam sqrt(n_l) u kappa_l with the condition
+      estimate kappa_l = max over samples of || |W| |z| + |b| || / ||y||; BatchNorm, ReLU, pooling and
+      adds add O(u) each, inside lam;
+    - an error made at layer l reaches layer j scaled by at most max(1, r[l, j] / alpha), the measured
+      attenuation (its relative-perturbation gain), so x^j carries eps_j <= sum_{l <= j} e_l max(1, g_lj);
+    - r = ||x_hat^j - x^j|| / ||x^j|| with both vectors off by eps_j relative: |r - r'| <= 2 eps_j (1 + r)
+      per evaluation, 4 eps_j (1 + r) between two of them.
+    """
+    modules = dict(model.named_modules())
+    kappa = {}
+
+    def hook(module, args, output, name):
+        ratio = _abs_output(module, args[0]).flatten(1).double().norm(dim=1) / output.flatten(1).double().norm(dim=1)
+        kappa[name] = float(ratio.max())
+
+    handles = [modules[n].register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n)) for n in rep.layers]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    e = np.array([lam * math.sqrt(_fan_in(modules[n])) * U32 * kappa[n] for n in rep.layers])
+    gain = np.maximum(1.0, np.nan_to_num(rep.mean / rep.alpha, nan=1.0))
+    eps = np.array([sum(e[l] * gain[l, j] for l in range(j + 1)) for j in range(len(e))])
+    return 4 * eps[None, :] * (1 + np.nan_to_num(rep.mean, nan=0.0))
