@@ -142,8 +142,10 @@ def relative_error(coefficients: torch.Tensor, weight: torch.Tensor, *, mode: st
             a = rows[i:i + row_step, j:j + col_step]
             a_hat = sign_reconstruct(c[i:i + row_step], a.shape[1], seed=seed, stream=stream, scale=1.0 / k,
                                      col_offset=j, backend=backend, precision=precision)
-            diff2 += float((a_hat.double() - a.double()).pow(2).sum())
-            norm2 += float(a.double().pow(2).sum())
+            d = a_hat.double()  # in place from here: one float64 piece at a time
+            del a_hat
+            diff2 += float(d.sub_(a).square_().sum())
+            norm2 += float(d.copy_(a).square_().sum())
     return math.sqrt(diff2 / norm2) if norm2 > 0 else 0.0
 
 

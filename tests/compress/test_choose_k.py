@@ -129,13 +129,16 @@ def test_mean_output_error_matches_its_exact_expectation():
 
 def test_choose_k_bad_arguments():
     model, x = _aligned_net(64, 4, 10)
-    for eps in (0, 1.5, -1, "0.5"):
+    for eps in (0, 1.5, -1):
         with pytest.raises(ValueError, match="eps must be in"):
+            choose_k(model, x, eps)
+    for eps in ("0.5", True):  # one argument policy: a wrong type is a TypeError naming the argument
+        with pytest.raises(TypeError, match="eps must be a number"):
             choose_k(model, x, eps)
     for eta in (0, 1, 2):
         with pytest.raises(ValueError, match="eta must be in"):
             choose_k(model, x, 0.5, eta=eta)
-    with pytest.raises(ValueError, match="C must be positive"):
+    with pytest.raises(ValueError, match="C must be in \\(0"):
         choose_k(model, x, 0.5, C=0)
     with pytest.raises(KeyError, match="no Conv2d or Linear named"):
         choose_k(model, x, 0.5, layers=["1"])
