@@ -232,6 +232,22 @@ def test_corrupted_checkpoint_is_refused_naming_the_key(key, value, match, assig
         model[0].seed_value
 
 
+@pytest.mark.parametrize("mode,shape", [("tensor", (7, 300)), ("filter", (5, 3, 11, 11)), ("filter", (40, 9))])
+def test_relative_error_in_pieces_equals_the_whole(monkeypatch, mode, shape):
+    """relative_error regenerates A_hat in row / 128-aligned column pieces: the same number as the whole."""
+    import stabkern.sketched as sketched
+
+    torch.manual_seed(10)
+    w = torch.randn(shape)
+    c = project_weight(w, 6, mode=mode, seed=BIG_SEED, stream=4)
+    ref = a_hat_reference(w, 6, mode, BIG_SEED, 4)
+    expect = float((ref - w.double()).norm() / w.double().norm())
+    monkeypatch.setattr(sketched, "_CHUNK", 256)  # many pieces: 300 = 256 + 44 columns, 363 > 256 per filter
+    got = sketched.relative_error(c, w, mode=mode, seed=BIG_SEED, stream=4)
+    assert got == pytest.approx(expect, rel=1e-5)
+    assert sketched.relative_error(c, torch.zeros(shape), mode=mode, seed=BIG_SEED, stream=4) == 0.0
+
+
 def test_coefficients_fine_tune_with_autograd():
     torch.manual_seed(5)
     lin = nn.Linear(12, 4, dtype=torch.float64)
