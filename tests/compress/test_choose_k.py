@@ -144,3 +144,15 @@ def test_choose_k_bad_arguments():
         choose_k(model, x, 0.5, layers=["1"])
     with pytest.raises(ValueError, match="every sample's input is zero"):
         choose_k(model, torch.zeros(3, 64), 0.5)
+
+
+def test_choose_k_goes_on_past_a_layer_with_no_usable_sample():
+    """A layer whose input is zero on every sample has no cushion: it is undefined (NaN) and stays dense."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)  # the ReLU output, layer 2's input, is zero on every sample
+    choice = choose_k(model, torch.randn(10, 6), 1.0, C=0.01, mode="tensor")
+    first, second = choice.layers
+    assert first.samples == 10 and first.k is not None
+    assert second.samples == 0 and second.zero_input == 10 and math.isnan(second.nu_min) and second.k is None
