@@ -3,9 +3,18 @@
 Design: a layer keeps the k coefficients <A, M_t> of Algorithm 1 (Arora et al., 2018), the
 seed and stream that name its sign matrix (spec stabkern-sign-v1) and its shape; the weight
 A_hat is regenerated from them by `sign_reconstruct` when needed. Regeneration costs k * n
-sign-MACs, so the weight is cached per (device, dtype); the cache is keyed on the version
-counters of the coefficients, seed and stream (any in-place change, `load_state_dict`
-included, invalidates it) and cleared by `.to()` / `.half()` / `.cuda()` (`_apply`).
+sign-MACs, so the weight is cached per (device, dtype) together with a copy of the
+coefficients, seed and stream it was built from, and reused only while they are equal in value,
+shape, dtype and device. Version counters would not do: `load_state_dict(assign=True)`,
+`coefficients.data = ...`, a new Parameter or buffer, `vector_to_parameters` all bring fresh
+tensors at version 0, and writes through `.data` never bump a version. Comparing the stored
+numbers costs O(k c_out) per forward against O(k n) to regenerate. `.to()` / `.half()` /
+`.cuda()` (`_apply`) clear the cache.
+
+k is at least 1 and below the entries one sketch covers (n in tensor mode, n / c_out in filter
+mode): a larger k stores no fewer numbers than the dense weight, and is refused before anything
+is allocated unless `allow_no_compression=True`. A checkpoint's seed, stream and coefficients
+are validated on load (`load_state_dict` raises naming the key).
 
 Two modes, both with S the k x m matrix of (seed, stream):
 - "tensor": the whole weight as one vector (m = n = weight.numel()), coefficients (k,):
@@ -21,43 +30,31 @@ and then the weight is regenerated, with autograd, at every forward instead of c
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import sign_project, sign_reconstruct
+from ._checks import MASK32, check_choice, check_int, check_positive_int, check_seed
+from .ops import BACKEND_NAMES, MAX_ROWS, MAX_STREAM, PRECISIONS, sign_project, sign_reconstruct
 
 MODES = ("tensor", "filter")
-_MASK32 = 0xFFFFFFFF
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_CHUNK = 1 << 22  # elements per piece when a whole-weight pass would need a full-size temporary
 
 
 class NoCompressionWarning(UserWarning):
-    """k is at least the number of entries it stands for: the sketch stores no fewer numbers."""
+    """k is at least the number of entries it stands for: compress_model left such layers dense (one
+    warning per call, naming them)."""
 
 
 def check_mode(mode) -> str:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    return mode
-
-
-def check_int(name: str, value, low: int, high: int | None = None) -> int:
-    """value as an int in [low, high) (numpy ints accepted), else a clear TypeError / ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        if type(value).__module__ == "numpy" and hasattr(value, "item") and isinstance(value.item(), int):
-            value = value.item()
-        else:
-            raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < low or (high is not None and value >= high):
-        raise ValueError(f"{name} must be in [{low}, {high if high is not None else 'inf'}), got {value}")
-    return value
+    return check_choice("mode", mode, MODES)
 
 
 def check_k(k, name: str = "k") -> int:
-    """k as a positive int, else a clear TypeError / ValueError."""
-    return check_int(name, k, 1)
+    """k as an int in [1, 2^32] (the sign ops' row range), else a TypeError / ValueError naming it."""
+    return check_int(name, k, 1, MAX_ROWS + 1)
 
 
 def row_length(shape, mode: str) -> int:
@@ -66,25 +63,36 @@ def row_length(shape, mode: str) -> int:
     return n if mode == "tensor" else n // shape[0]
 
 
-def warn_if_no_compression(k: int, shape, mode: str, name: str = "layer") -> None:
-    m = row_length(shape, mode)
-    if k >= m:
-        what = "the weight" if mode == "tensor" else "each filter"
-        warnings.warn(f"{name}: k = {k} >= {m} entries of {what} ({mode} mode): this is no compression "
-                      f"(the sketch stores at least as many numbers as the dense weight)",
-                      NoCompressionWarning, stacklevel=4)
+def compresses(k: int, shape, mode: str) -> bool:
+    """k below the entries one sketch covers: the sketch stores fewer numbers than the dense weight."""
+    return k < row_length(shape, mode)
+
+
+def no_compression_message(k: int, shape, mode: str, name: str = "layer") -> str:
+    what = "the weight" if mode == "tensor" else "each filter"
+    return (f"{name}: k = {k} >= {row_length(shape, mode)} entries of {what} ({mode} mode): no compression "
+            f"(the sketch would store at least as many numbers as the dense weight)")
+
+
+def refuse_no_compression(k: int, shape, mode: str, name: str, allow: bool) -> None:
+    """ValueError (naming the layer and the way out) when k >= the entries one sketch covers, unless allow."""
+    if not allow and not compresses(k, shape, mode):
+        raise ValueError(no_compression_message(k, shape, mode, name)
+                         + ": keep the layer dense, lower k, or pass allow_no_compression=True")
 
 
 def check_weight(weight: torch.Tensor, name: str = "layer") -> None:
     """Refuse weights the sign ops cannot compress: uninitialized, non-float, empty or non-finite."""
     if isinstance(weight, nn.parameter.UninitializedParameter):
         raise ValueError(f"{name}: the weight is uninitialized (a lazy module): run one forward first")
-    if weight.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+    if weight.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: only float32/float64/float16/bfloat16 weights can be compressed, got {weight.dtype}")
     if weight.numel() == 0:
         raise ValueError(f"{name}: the weight is empty: there is nothing to compress")
-    if not bool(torch.isfinite(weight).all()):
-        raise ValueError(f"{name}: the weight holds NaN or Inf")
+    flat = weight.detach().reshape(-1)  # in pieces: isfinite of the whole weight is an n-byte temporary
+    for i in range(0, flat.numel(), _CHUNK):
+        if not bool(torch.isfinite(flat[i:i + _CHUNK]).all()):
+            raise ValueError(f"{name}: the weight holds NaN or Inf")
 
 
 def project_weight(weight: torch.Tensor, k: int, *, mode: str, seed: int, stream: int = 0,
@@ -113,33 +121,66 @@ def reconstruct_weight(coefficients: torch.Tensor, shape, *, mode: str, seed: in
     return w.reshape(shape)
 
 
+def relative_error(coefficients: torch.Tensor, weight: torch.Tensor, *, mode: str, seed: int, stream: int = 0,
+                   backend: str = "auto", precision: str = "highest") -> float:
+    """||A_hat - A||_F / ||A||_F (0 for A = 0), A_hat = reconstruct_weight(coefficients, weight.shape, ...).
+
+    A_hat is regenerated piece by piece (row and 128-aligned column blocks of about 4M entries,
+    the same numbers as the whole: the sign ops' offsets name the same S), each piece in float32
+    (float64 for float64 weights) and the pieces summed in float64, so no temporary of the
+    weight's size is made. float32 is ample: for k < m the error is about sqrt((m - 1) / k) >= 1,
+    far above the float32 rounding of the difference.
+    """
+    check_mode(mode)
+    rows = weight.detach().reshape(1 if mode == "tensor" else weight.shape[0], -1)
+    c = coefficients.detach().reshape(len(rows), -1)
+    r, m = rows.shape
+    k = c.shape[1]
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    row_step = max(1, _CHUNK // m)
+    col_step = min(m, _CHUNK)  # _CHUNK is a multiple of 128, as col_offset must be
+    diff2 = norm2 = 0.0
+    for i in range(0, r, row_step):
+        for j in range(0, m, col_step):
+            a = rows[i:i + row_step, j:j + col_step]
+            a_hat = sign_reconstruct(c[i:i + row_step], a.shape[1], seed=seed, stream=stream, scale=1.0 / k,
+                                     col_offset=j, backend=backend, precision=precision)
+            d = a_hat.to(acc)  # in place from here: one piece at a time
+            del a_hat
+            diff2 += float(d.sub_(a).square_().sum())
+            norm2 += float(d.copy_(a).square_().sum())
+    return math.sqrt(diff2 / norm2) if norm2 > 0 else 0.0
+
+
 class _SketchedLayer(nn.Module):
     """Shared state of the sketched layers: coefficients, seed, stream, weight shape, the cache."""
 
-    def _init_sketch(self, weight_shape, k, mode, seed, stream, backend, precision, factory):
+    def _init_sketch(self, weight_shape, k, mode, seed, stream, backend, precision, factory,
+                     allow_no_compression):
         self.mode = check_mode(mode)
         self.k = check_k(k)
         self.weight_shape = tuple(int(s) for s in weight_shape)
-        self.backend = backend
-        self.precision = precision
-        seed = check_int("seed", seed, 0, 1 << 64)
-        stream = check_int("stream", stream, 0, 1 << 32)
+        self.backend = check_choice("backend", backend, BACKEND_NAMES)
+        self.precision = check_choice("precision", precision, PRECISIONS)
+        seed = check_seed(seed)
+        stream = check_int("stream", stream, 0, MAX_STREAM)
+        # Before any allocation: k >= m would store k (or c_out * k) numbers for at most as many weights.
+        refuse_no_compression(self.k, self.weight_shape, self.mode, type(self).__name__, allow_no_compression)
         coeff_shape = (self.k,) if mode == "tensor" else (self.weight_shape[0], self.k)
         self.coefficients = nn.Parameter(torch.zeros(coeff_shape, **factory), requires_grad=False)
         # Seeds span [0, 2^64) but int64 tops out at 2^63 - 1: keep the two 32-bit halves.
         device = factory["device"]
-        self.register_buffer("seed", torch.tensor([seed & _MASK32, seed >> 32], dtype=torch.int64, device=device))
+        self.register_buffer("seed", torch.tensor([seed & MASK32, seed >> 32], dtype=torch.int64, device=device))
         self.register_buffer("stream", torch.tensor(stream, dtype=torch.int64, device=device))
         self._weight_cache: dict = {}
 
     @property
     def seed_value(self) -> int:
-        lo, hi = (int(v) for v in self.seed.tolist())
-        return lo | (hi << 32)
+        return _seed_from_buffer(self.seed, "seed")
 
     @property
     def stream_value(self) -> int:
-        return int(self.stream.item())
+        return _stream_from_buffer(self.stream, "stream")
 
     @property
     def n(self) -> int:
@@ -159,19 +200,28 @@ class _SketchedLayer(nn.Module):
     def weight(self) -> torch.Tensor:
         """A_hat, shape `weight_shape`, on the coefficients' device and in their dtype.
 
-        Cached unless the coefficients are being trained (requires_grad under grad mode).
+        Cached unless the coefficients are being trained (requires_grad under grad mode); the
+        cache is reused only while the coefficients, seed and stream equal (value, shape, dtype,
+        device) the copies it was built from, and the cached weight itself was not written to.
         """
         c = self.coefficients
         if c.requires_grad and torch.is_grad_enabled():
             return self._regenerate()
         key = (c.device, c.dtype)
-        versions = (c._version, self.seed._version, self.stream._version)
         hit = self._weight_cache.get(key)
-        if hit is None or hit[0] != versions:
+        if hit is None or not self._cache_valid(hit):
             with torch.no_grad():
-                hit = (versions, self._regenerate())
+                made_from = (c.detach().clone(), self.seed_value, self.stream_value)
+                w = self._regenerate()
+            hit = (made_from, w, w._version)
             self._weight_cache[key] = hit
         return hit[1]
+
+    def _cache_valid(self, hit) -> bool:
+        (c0, seed, stream), w, version = hit
+        c = self.coefficients
+        return (w._version == version and c.shape == c0.shape and c.dtype == c0.dtype and c.device == c0.device
+                and seed == self.seed_value and stream == self.stream_value and bool(torch.equal(c.detach(), c0)))
 
     def clear_weight_cache(self) -> None:
         self._weight_cache.clear()
@@ -186,9 +236,33 @@ class _SketchedLayer(nn.Module):
         state["_weight_cache"] = {}
         return state
 
-    def _fill_from(self, module: nn.Module, name: str) -> None:
-        """Coefficients from a dense module's weight (with warnings/refusals), bias copied exactly."""
-        warn_if_no_compression(self.k, self.weight_shape, self.mode, name)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Refuse, naming the key, a seed, stream or coefficients that would silently regenerate other signs.
+
+        seed: an integer tensor of shape (2,) with both halves in [0, 2^32); stream: an integer
+        0-d tensor in [0, 2^32); coefficients: floating point (shape is checked by torch). On an
+        error nothing of this module is loaded.
+        """
+        errors = []
+        for key, check in (("seed", _seed_from_buffer), ("stream", _stream_from_buffer)):
+            if prefix + key in state_dict:
+                try:
+                    check(state_dict[prefix + key], prefix + key)
+                except (TypeError, ValueError) as err:
+                    errors.append(str(err))
+        c = state_dict.get(prefix + "coefficients")
+        if c is not None and not (isinstance(c, torch.Tensor) and c.dtype in FLOAT_DTYPES):
+            errors.append(f"{prefix}coefficients must be a float32/float64/float16/bfloat16 tensor, got "
+                          f"{getattr(c, 'dtype', type(c).__name__)}")
+        if errors:
+            error_msgs.extend(errors)
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _fill_from(self, module: nn.Module) -> None:
+        """Coefficients from a dense module's weight, bias copied exactly."""
         with torch.no_grad():
             self.coefficients.copy_(project_weight(module.weight.detach(), self.k, mode=self.mode,
                                                    seed=self.seed_value, stream=self.stream_value,
@@ -203,6 +277,33 @@ class _SketchedLayer(nn.Module):
                 f"stored={self.stored} of {self.n}")
 
 
+def _integer_values(t, name: str, shape: tuple) -> list[int]:
+    """The values of an integer tensor of the given shape, else a TypeError / ValueError naming it."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {t.dtype} (a float seed would be truncated)")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    return [int(v) for v in t.reshape(-1).tolist()]
+
+
+def _seed_from_buffer(t, name: str) -> int:
+    """The seed held by a (2,) integer tensor [low 32 bits, high 32 bits], each half in [0, 2^32)."""
+    lo, hi = _integer_values(t, name, (2,))
+    for half, v in (("low", lo), ("high", hi)):
+        if not 0 <= v <= MASK32:
+            raise ValueError(f"{name}: the {half} 32-bit half must be in [0, 2^32), got {v} "
+                             "(the buffer holds [seed & 0xFFFFFFFF, seed >> 32])")
+    return lo | (hi << 32)
+
+
+def _stream_from_buffer(t, name: str) -> int:
+    """The stream held by a 0-d integer tensor, in [0, 2^32)."""
+    (v,) = _integer_values(t, name, ())
+    return check_int(name, v, 0, MAX_STREAM)
+
+
 class SketchedLinear(_SketchedLayer):
     """Linear layer whose weight (out_features, in_features) is A_hat regenerated from k sign coefficients.
 
@@ -214,27 +315,32 @@ class SketchedLinear(_SketchedLayer):
 
     def __init__(self, in_features: int, out_features: int, k: int, *, mode: str = "tensor", bias: bool = True,
                  seed: int = 0, stream: int = 0, backend: str = "auto", precision: str = "highest",
-                 device=None, dtype=None):
+                 device=None, dtype=None, allow_no_compression: bool = False):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        self._init_sketch((out_features, in_features), k, mode, seed, stream, backend, precision, factory)
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
+        self._init_sketch((out_features, in_features), k, mode, seed, stream, backend, precision, factory,
+                          allow_no_compression)
         self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
 
     @classmethod
     def from_module(cls, module: nn.Linear, k: int, *, mode: str = "tensor", seed: int = 0, stream: int = 0,
-                    backend: str = "auto", precision: str = "highest", name: str = "layer") -> "SketchedLinear":
+                    backend: str = "auto", precision: str = "highest", name: str = "layer",
+                    allow_no_compression: bool = False) -> "SketchedLinear":
         """Sketch a dense nn.Linear (same device and dtype); the bias is kept exactly.
 
-        Warns (NoCompressionWarning) when k >= the entries one sketch covers.
+        k >= the entries one sketch covers is refused (ValueError) unless allow_no_compression.
         """
         if not isinstance(module, nn.Linear):
             raise TypeError(f"{name}: SketchedLinear.from_module takes an nn.Linear, got {type(module).__name__}")
         check_weight(module.weight, name)
         w = module.weight
+        refuse_no_compression(check_k(k), tuple(w.shape), check_mode(mode), name, allow_no_compression)
         out = cls(module.in_features, module.out_features, k, mode=mode, bias=module.bias is not None, seed=seed,
-                  stream=stream, backend=backend, precision=precision, device=w.device, dtype=w.dtype)
-        out._fill_from(module, name)
+                  stream=stream, backend=backend, precision=precision, device=w.device, dtype=w.dtype,
+                  allow_no_compression=allow_no_compression)
+        out._fill_from(module)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -245,8 +351,14 @@ class SketchedLinear(_SketchedLayer):
                 f"bias={self.bias is not None}, {self._sketch_repr()}")
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+def _pair(v, name: str = "size", low: int = 0) -> tuple[int, int]:
+    """An int or a pair of ints, each >= low, as a pair (bools and floats refused)."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+        return (check_int(name, v[0], low), check_int(name, v[1], low))
+    v = check_int(name, v, low)
+    return (v, v)
 
 
 def conv_padding(padding, kernel_size, dilation) -> tuple[int, int, int, int]:
@@ -277,8 +389,11 @@ class SketchedConv2d(_SketchedLayer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, k: int, *, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros", mode: str = "tensor",
                  seed: int = 0, stream: int = 0, backend: str = "auto", precision: str = "highest",
-                 device=None, dtype=None):
+                 device=None, dtype=None, allow_no_compression: bool = False):
         super().__init__()
+        in_channels = check_positive_int("in_channels", in_channels)
+        out_channels = check_positive_int("out_channels", out_channels)
+        groups = check_positive_int("groups", groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
                              f"by groups ({groups})")
@@ -286,31 +401,35 @@ class SketchedConv2d(_SketchedLayer):
             raise ValueError(f"padding_mode must be 'zeros', 'reflect', 'replicate' or 'circular', got {padding_mode!r}")
         factory = {"device": device, "dtype": dtype}
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
-        self.kernel_size, self.stride, self.dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
-        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride, self.dilation = _pair(stride, "stride", 1), _pair(dilation, "dilation", 1)
+        self.padding = padding if isinstance(padding, str) else _pair(padding, "padding")
         self.padding_mode = padding_mode
         top, bottom, left, right = conv_padding(self.padding, self.kernel_size, self.dilation)
         self._pad_lrtb = (left, right, top, bottom)  # F.pad order: last dimension first
         shape = (out_channels, in_channels // groups, *self.kernel_size)
-        self._init_sketch(shape, k, mode, seed, stream, backend, precision, factory)
+        self._init_sketch(shape, k, mode, seed, stream, backend, precision, factory, allow_no_compression)
         self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
 
     @classmethod
     def from_module(cls, module: nn.Conv2d, k: int, *, mode: str = "tensor", seed: int = 0, stream: int = 0,
-                    backend: str = "auto", precision: str = "highest", name: str = "layer") -> "SketchedConv2d":
+                    backend: str = "auto", precision: str = "highest", name: str = "layer",
+                    allow_no_compression: bool = False) -> "SketchedConv2d":
         """Sketch a dense nn.Conv2d (same hyper-parameters, device and dtype); the bias is kept exactly.
 
-        Warns (NoCompressionWarning) when k >= the entries one sketch covers.
+        k >= the entries one sketch covers is refused (ValueError) unless allow_no_compression.
         """
         if not isinstance(module, nn.Conv2d):
             raise TypeError(f"{name}: SketchedConv2d.from_module takes an nn.Conv2d, got {type(module).__name__}")
         check_weight(module.weight, name)
         w = module.weight
+        refuse_no_compression(check_k(k), tuple(w.shape), check_mode(mode), name, allow_no_compression)
         out = cls(module.in_channels, module.out_channels, module.kernel_size, k, stride=module.stride,
                   padding=module.padding, dilation=module.dilation, groups=module.groups,
                   bias=module.bias is not None, padding_mode=module.padding_mode, mode=mode, seed=seed,
-                  stream=stream, backend=backend, precision=precision, device=w.device, dtype=w.dtype)
-        out._fill_from(module, name)
+                  stream=stream, backend=backend, precision=precision, device=w.device, dtype=w.dtype,
+                  allow_no_compression=allow_no_compression)
+        out._fill_from(module)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ import math
 import pickle
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -37,11 +38,13 @@ def dense_with(module: nn.Module, weight: torch.Tensor) -> nn.Module:
 def test_linear_forward_equals_dense_with_a_hat(mode, shape, k):
     torch.manual_seed(0)
     lin = nn.Linear(shape[1], shape[0])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        sk = SketchedLinear.from_module(lin, k, mode=mode, seed=BIG_SEED, stream=3)
     covered = shape[1] if mode == "filter" else math.prod(shape)
-    assert any(w.category is NoCompressionWarning for w in caught) == (k >= covered)
+    if k >= covered:  # no compression: refused unless asked for
+        with pytest.raises(ValueError, match="no compression.*allow_no_compression=True"):
+            SketchedLinear.from_module(lin, k, mode=mode, seed=BIG_SEED, stream=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoCompressionWarning)
+        sk = SketchedLinear.from_module(lin, k, mode=mode, seed=BIG_SEED, stream=3, allow_no_compression=k >= covered)
     ref = a_hat_reference(lin.weight, k, mode, BIG_SEED, 3)
     torch.testing.assert_close(sk.weight.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
     x = torch.randn(5, 2, shape[1])
@@ -140,6 +143,111 @@ def test_weight_cache_follows_dtype_and_in_place_changes():
     assert pickle.loads(pickle.dumps(sk))._weight_cache == {}  # pickling drops the dense weight
 
 
+def _expected_weight(sk) -> torch.Tensor:
+    """A_hat from the layer's current coefficients, seed and stream, signs materialized."""
+    rows = sk.coefficients.detach().double().reshape(1 if sk.mode == "tensor" else sk.weight_shape[0], -1)
+    S = stabkern.sign_matrix(sk.k, sk.n // len(rows), seed=sk.seed_value, stream=sk.stream_value,
+                             dtype=torch.float64)
+    return (rows @ S / sk.k).reshape(sk.weight_shape)
+
+
+def _fresh_seed(seed):
+    return torch.tensor([seed & 0xFFFFFFFF, seed >> 32], dtype=torch.int64)
+
+
+MUTATIONS = {
+    "load_state_dict(assign=True)": lambda sk, other: sk.load_state_dict(other.state_dict(), assign=True),
+    "coefficients.data =": lambda sk, other: setattr(sk.coefficients, "data", other.coefficients.detach().clone()),
+    "coefficients.data.copy_": lambda sk, other: sk.coefficients.data.copy_(other.coefficients),  # no version bump
+    "new Parameter": lambda sk, other: setattr(sk, "coefficients", nn.Parameter(other.coefficients.detach().clone(),
+                                                                                requires_grad=False)),
+    "new seed buffer": lambda sk, other: setattr(sk, "seed", _fresh_seed(BIG_SEED - 1)),
+    "seed.data =": lambda sk, other: setattr(sk.seed, "data", _fresh_seed(BIG_SEED - 2)),
+    "new stream buffer": lambda sk, other: setattr(sk, "stream", torch.tensor(5)),
+    "vector_to_parameters": lambda sk, other: nn.utils.vector_to_parameters(
+        torch.cat([p.detach().reshape(-1) for p in other.parameters()]), sk.parameters()),
+}
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS)
+@pytest.mark.parametrize("cls", ["linear", "conv"])
+def test_weight_cache_follows_fresh_tensors(mutation, cls):
+    """Fresh tensors start at version 0 and .data writes bump none: the cache must still see the change."""
+    torch.manual_seed(8)
+    if cls == "linear":
+        dense, other_dense = nn.Linear(20, 6), nn.Linear(20, 6)
+        make = SketchedLinear.from_module
+        x = torch.randn(3, 20)
+    else:
+        dense, other_dense = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 3)
+        make = SketchedConv2d.from_module
+        x = torch.randn(2, 3, 6, 6)
+    sk = make(dense, 9, mode="filter", seed=BIG_SEED, stream=1)
+    other = make(other_dense, 9, mode="filter", seed=BIG_SEED, stream=1)
+    sk(x)  # fills the cache
+    cached = sk.weight
+    assert sk.weight is cached
+    MUTATIONS[mutation](sk, other)
+    expect = _expected_weight(sk)
+    assert (expect - cached.double()).abs().max() > 0.1 * expect.abs().max()  # the mutation changed A_hat
+    torch.testing.assert_close(sk.weight.double(), expect, rtol=1e-5, atol=1e-5 * expect.abs().max().item())
+    ref = dense_with(dense, expect)
+    ref.bias = sk.bias
+    torch.testing.assert_close(sk(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+def test_cached_weight_written_in_place_is_regenerated():
+    sk = SketchedLinear.from_module(nn.Linear(20, 6), 9, seed=3)
+    w = sk.weight.clone()
+    with torch.no_grad():
+        sk.weight.mul_(0)  # someone's weight clipping loop over modules with a .weight
+    torch.testing.assert_close(sk.weight, w)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("seed", torch.tensor([(1 << 32) + 5, 0]), "seed: the low 32-bit half must be in"),
+    ("seed", torch.tensor([5, 1 << 32]), "seed: the high 32-bit half must be in"),
+    ("seed", torch.tensor([-1, 0]), "seed: the low 32-bit half must be in"),
+    ("seed", torch.tensor([5.7, 0.0]), "seed must be an integer tensor, got torch.float32"),
+    ("seed", torch.tensor([5, 0, 0]), "seed must have shape \\(2,\\)"),
+    ("stream", torch.tensor(2.0), "stream must be an integer tensor"),
+    ("stream", torch.tensor(1 << 32), "stream must be in \\[0, 2\\^32\\)"),
+    ("stream", torch.tensor([3]), "stream must have shape \\(\\)"),
+    ("coefficients", torch.ones(9, dtype=torch.int64), "coefficients must be a float32"),
+])
+@pytest.mark.parametrize("assign", [False, True])
+def test_corrupted_checkpoint_is_refused_naming_the_key(key, value, match, assign):
+    torch.manual_seed(9)
+    model = nn.Sequential(SketchedLinear.from_module(nn.Linear(20, 6), 9, seed=7, stream=2))
+    state = model.state_dict()
+    state["0." + key] = value
+    keep = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="0\\." + match):
+        model.load_state_dict(state, assign=assign)
+    for k, v in model.state_dict().items():  # nothing of the module was loaded
+        assert torch.equal(v, keep[k]), k
+    # the runtime siblings: a buffer set by hand is checked where the seed is read
+    model[0].seed = torch.tensor([(1 << 32) + 5, 0])
+    with pytest.raises(ValueError, match="seed: the low 32-bit half"):
+        model[0].seed_value
+
+
+@pytest.mark.parametrize("mode,shape", [("tensor", (7, 300)), ("filter", (5, 3, 11, 11)), ("filter", (40, 9))])
+def test_relative_error_in_pieces_equals_the_whole(monkeypatch, mode, shape):
+    """relative_error regenerates A_hat in row / 128-aligned column pieces: the same number as the whole."""
+    import stabkern.sketched as sketched
+
+    torch.manual_seed(10)
+    w = torch.randn(shape)
+    c = project_weight(w, 6, mode=mode, seed=BIG_SEED, stream=4)
+    ref = a_hat_reference(w, 6, mode, BIG_SEED, 4)
+    expect = float((ref - w.double()).norm() / w.double().norm())
+    monkeypatch.setattr(sketched, "_CHUNK", 256)  # many pieces: 300 = 256 + 44 columns, 363 > 256 per filter
+    got = sketched.relative_error(c, w, mode=mode, seed=BIG_SEED, stream=4)
+    assert got == pytest.approx(expect, rel=1e-5)
+    assert sketched.relative_error(c, torch.zeros(shape), mode=mode, seed=BIG_SEED, stream=4) == 0.0
+
+
 def test_coefficients_fine_tune_with_autograd():
     torch.manual_seed(5)
     lin = nn.Linear(12, 4, dtype=torch.float64)
@@ -198,5 +306,28 @@ def test_bad_input_is_refused_clearly():
         SketchedLinear.from_module(nn.LazyLinear(3), 3)
     with pytest.raises(ValueError, match="divisible by groups"):
         SketchedConv2d(3, 4, 3, 5, groups=2)
-    with pytest.warns(NoCompressionWarning, match="no compression"):
+    with pytest.raises(ValueError, match="layer: k = 31 >= 30 entries of the weight.*no compression"):
         SketchedLinear.from_module(lin, 31)
+    assert SketchedLinear.from_module(lin, 31, allow_no_compression=True).stored == 31
+    for bad in (1.5, "3", True):
+        with pytest.raises(TypeError, match="in_features must be an int"):
+            SketchedLinear(bad, 3, 2)
+    with pytest.raises(ValueError, match="out_features must be in"):
+        SketchedLinear(3, 0, 2)
+    with pytest.raises(ValueError, match="kernel_size must be in"):
+        SketchedConv2d(3, 4, 0, 2)
+    with pytest.raises(TypeError, match="stride must be an int"):
+        SketchedConv2d(3, 4, 3, 2, stride=1.0)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        SketchedLinear(10, 3, 2, backend="gpu")
+    assert SketchedLinear(10, 3, np.int64(4), seed=np.uint64(BIG_SEED)).seed_value == BIG_SEED  # numpy ints
+
+
+def test_k_at_least_n_allocates_nothing():
+    """k = 2^32 on a 16-weight layer: refused before the 16 GiB of coefficients are allocated."""
+    for make in (lambda: SketchedLinear(4, 4, 1 << 32), lambda: SketchedConv2d(2, 3, 3, 1 << 32, mode="filter"),
+                 lambda: SketchedLinear.from_module(nn.Linear(4, 4), 1 << 32)):
+        with pytest.raises(ValueError, match="k = 4294967296 >= .*no compression"):
+            make()
+    with pytest.raises(ValueError, match="k must be in \\[1, 4294967297\\)"):
+        SketchedLinear(4, 4, (1 << 32) + 1, allow_no_compression=True)  # beyond the sign ops' row range

@@ -4,12 +4,14 @@
 - `choose_k(model, data, eps, ...)` -> KChoice: per-layer k from the measured layer cushions
 - `layer_cushions`: the measurements choose_k is built on
 - `sketchable_layers(model)`: (stream, name, module) of the layers, stream = index
+- `measure_output_errors`, `linear_part`: a layer's relative output error on data, A z from A z + b
 """
 
 from .choose_k import C_BERNSTEIN, KChoice, LayerChoice, choose_k, layer_cushions
-from .model import compress_model, fold_batchnorm, measure_output_errors, sketchable_layers
+from .data import linear_part, measure_output_errors
+from .model import compress_model, fold_batchnorm, sketchable_layers
 from .report import CompressionReport, LayerReport, OutputError
 
 __all__ = ["C_BERNSTEIN", "CompressionReport", "KChoice", "LayerChoice", "LayerReport", "OutputError", "choose_k",
-           "compress_model", "fold_batchnorm", "layer_cushions", "measure_output_errors",
+           "compress_model", "fold_batchnorm", "layer_cushions", "linear_part", "measure_output_errors",
            "sketchable_layers"]

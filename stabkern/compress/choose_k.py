@@ -48,8 +48,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import opnorms
-from ..sketched import check_int, check_mode, conv_padding, row_length
-from .model import _linear_part, compress_model, fold_batchnorm, run_with_hooks, sketchable_layers
+from .._checks import check_float, check_names, check_positive, check_positive_int, check_seed
+from ..sketched import check_mode, conv_padding, row_length
+from .data import linear_part, run_with_hooks
+from .model import compress_model, fold_batchnorm, sketchable_layers
 from .report import CompressionReport
 
 C_BERNSTEIN = 16.0  # the constant C of the tail bound above (two-sided, log(2 / eta'))
@@ -59,7 +61,7 @@ def _layer_sample_stats(module: nn.Module, z: torch.Tensor, out: torch.Tensor, m
     """Per-sample ||A z||^2, ||z||^2, ||A||_F^2 and B(z) of the module docstring; N_out."""
     w = module.weight.detach().double()
     z = z.detach().double()
-    az2 = _linear_part(module, out.detach()).double().flatten(1).pow(2).sum(1)
+    az2 = linear_part(module, out.detach()).double().flatten(1).pow(2).sum(1)
     z2 = z.flatten(1).pow(2).sum(1)
     rows = len(z)
     if isinstance(module, nn.Linear):
@@ -155,16 +157,17 @@ def layer_cushions(model: nn.Module, data, *, mode: str = "filter", layers=None,
 
     mu (samples,): layer cushion ||A z|| / (||A||_F ||z||) (NaN where ||A||_F is undefined);
     nu (samples,): ||A z|| / sqrt(B(z)) for `mode` (module docstring). Samples with z = 0 are
-    dropped (A_hat z = A z = 0: nothing to bound) and counted in zero_input.
+    dropped (A_hat z = A z = 0: nothing to bound) and counted in zero_input; a layer never called
+    on the data has no samples.
     """
     check_mode(mode)
-    dense = copy.deepcopy(model)
+    layers = check_names("layers", layers)
+    batch_size = check_positive_int("batch_size", batch_size)
+    dense = copy.deepcopy(model) if fold_bn else model  # read only (hooks removed, flags restored) unless folded
     if fold_bn:
         fold_batchnorm(dense)
     found = [(i, name, m) for i, name, m in sketchable_layers(dense) if isinstance(m, (nn.Conv2d, nn.Linear))]
     if layers is not None:
-        if isinstance(layers, str):
-            raise TypeError("layers must be an iterable of layer names, got a single str (wrap it in a list)")
         names = {name for _, name, _ in found}
         unknown = [n for n in layers if n not in names]
         if unknown:
@@ -179,9 +182,11 @@ def layer_cushions(model: nn.Module, data, *, mode: str = "filter", layers=None,
 
     run_with_hooks(dense, {m: hook_for(name) for _, name, m in found}, data, batch_size)
     result = {}
+    empty = {"az2": torch.zeros(0, dtype=torch.float64), "z2": torch.zeros(0, dtype=torch.float64),
+             "op2": torch.zeros(0, dtype=torch.float64), "b": torch.zeros(0, dtype=torch.float64), "n_out": 0}
     for stream, name, m in found:
-        if not stats[name]:
-            raise ValueError(f"layer {name} was never called on the data")
+        if not stats[name]:  # never called on the data: no sample (choose_k leaves it dense)
+            stats[name] = [empty]
         cat = {key: torch.cat([s[key].cpu() for s in stats[name]]) for key in ("az2", "z2", "op2", "b")}
         keep = cat["z2"] > 0
         az2, z2, op2, b = (cat[key][keep] for key in ("az2", "z2", "op2", "b"))
@@ -191,6 +196,19 @@ def layer_cushions(model: nn.Module, data, *, mode: str = "filter", layers=None,
     return result
 
 
+def _tie_ks(rows: list[LayerChoice], cushions: dict) -> None:
+    """Layers sharing one weight Parameter share one sketch: give each of them the largest k of the
+    group (dense if any of them must stay dense), so every member keeps its guarantee."""
+    groups: dict[int, list[LayerChoice]] = {}
+    for r in rows:
+        groups.setdefault(id(cushions[r.name]["module"].weight), []).append(r)
+    for group in groups.values():
+        ks = [r.k for r in group]
+        k = None if None in ks else max(ks)
+        for r in group:
+            r.k = k
+
+
 def choose_k(model: nn.Module, data, eps: float, *, eta: float = 0.05, C: float = C_BERNSTEIN, mode: str = "filter",
              seed: int = 0, layers=None, fold_bn: bool = False, check: bool = True, backend: str = "auto",
              batch_size: int = 256) -> KChoice:
@@ -198,37 +216,38 @@ def choose_k(model: nn.Module, data, eps: float, *, eta: float = 0.05, C: float 
 
     k_i = ceil(C log(2 N_out,i / eta) / (eps^2 nu_i^2)) from the measured cushions (module
     docstring: C = 16 is proved for 0 < eps <= 1; a smaller C is a heuristic). Layers whose
-    k_i reaches the entries one sketch covers stay dense. check=True compresses the model with
+    k_i reaches the entries one sketch covers stay dense, and so do layers with no sample of
+    nonzero input (nu_min NaN: undefined); tied layers (one weight Parameter) take their
+    group's largest k. check=True compresses the model with
     these k (seed, mode) and measures, per layer, the fraction of samples whose relative
     output error is <= eps (`KChoice.check`, a CompressionReport). eta is per layer and sample:
     over L layers all hold at once with probability >= 1 - L eta.
     """
-    if not (isinstance(eps, (int, float)) and 0 < eps <= 1):
-        raise ValueError(f"eps must be in (0, 1] (the tail bound needs it), got {eps!r}")
-    if not (isinstance(eta, (int, float)) and 0 < eta < 1):
-        raise ValueError(f"eta must be in (0, 1), got {eta!r}")
-    if not (isinstance(C, (int, float)) and C > 0):
-        raise ValueError(f"C must be positive, got {C!r}")
-    seed = check_int("seed", seed, 0, 1 << 64)
+    eps = check_float("eps", eps, 0.0, 1.0, low_open=True)  # (0, 1]: the tail bound needs it
+    eta = check_float("eta", eta, 0.0, 1.0, low_open=True, high_open=True)
+    C = check_positive("C", C)
+    seed = check_seed(seed)
     cushions = layer_cushions(model, data, mode=mode, layers=layers, fold_bn=fold_bn, batch_size=batch_size)
     result = KChoice(eps=float(eps), eta=float(eta), C=float(C), mode=mode, seed=seed)
     for name, c in cushions.items():
         m = c["module"]
         cap = row_length(tuple(m.weight.shape), mode)
         mu, nu = c["mu"], c["nu"]
-        if len(nu) == 0:
-            raise ValueError(f"layer {name}: every sample's input is zero: there is nothing to measure")
-        nu_min = float(nu.min())
+        nu_min = float(nu.min()) if len(nu) else math.nan  # no sample with a nonzero input: undefined
         k_needed = None
         if nu_min > 0:
             k_needed = math.ceil(C * math.log(2 * c["n_out"] / eta) / (eps * eps * nu_min * nu_min))
         mu_stats = None
-        if not bool(torch.isnan(mu).any()):
+        if len(mu) and not bool(torch.isnan(mu).any()):
             mu_stats = {"min": float(mu.min()), "q50": float(mu.quantile(0.5)), "max": float(mu.max())}
         result.layers.append(LayerChoice(
             name=name, type=type(m).__name__, stream=c["stream"], n=m.weight.numel(), cap=cap, n_out=c["n_out"],
             samples=len(nu), zero_input=c["zero_input"], mu=mu_stats, nu_min=nu_min, k_needed=k_needed,
             k=k_needed if k_needed is not None and k_needed < cap else None))
+    if all(r.samples == 0 for r in result.layers):
+        raise ValueError("every sample's input is zero at every layer (or no layer is called on the data): "
+                         "there is nothing to measure")
+    _tie_ks(result.layers, cushions)
     if check and result.k:
         ks = {r.name: r.k for r in result.layers}
         _, result.check = compress_model(model, ks, mode=mode, seed=seed, layers=list(ks), fold_bn=fold_bn,

@@ -3,19 +3,32 @@
 One seed for the model; a layer's `stream` is its 0-based index among the model's Conv2d and
 Linear modules (sketched ones included) in `model.modules()` order, so any tool holding the
 seed can regenerate any layer's signs: S_i = sign_matrix(k_i, m_i, seed=seed, stream=i).
-The original model is never modified: the work happens on a deep copy.
+Layers that share one weight Parameter (tied weights) share one sketch: the first one's
+coefficients, seed and stream.
+
+The user's model is never modified, and the compressed copy is built without copying the
+weights it replaces: each sketched layer is projected from the original weight, and the copy
+of the model takes it in place of the dense layer (deepcopy with those layers pre-filled in its
+memo). Peak memory beyond the copy is the projection's scratch plus one piece of about 4M
+entries for the weight-error check (see `stabkern.sketched.relative_error`). This module is
+not a meter: output errors on data are measured in `data.py`.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
-from ..sketched import SKETCHED_TYPES, SketchedConv2d, SketchedLinear, check_int, check_k, check_mode
-from .report import CompressionReport, LayerReport, OutputError
+from .. import ops
+from .._checks import check_choice, check_names, check_positive, check_positive_int, check_seed
+from ..sketched import (SKETCHED_TYPES, NoCompressionWarning, SketchedConv2d, SketchedLinear, check_k, check_mode,
+                        compresses, no_compression_message, relative_error, row_length)
+from .data import measure_output_errors
+from .report import CompressionReport, LayerReport
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -39,12 +52,16 @@ def _replace(model: nn.Module, target: nn.Module, new: nn.Module) -> None:
 
 
 def fold_batchnorm(model: nn.Module) -> list[dict]:
-    """Fold every eval-mode BatchNorm2d that directly follows a Conv2d into it, in place.
+    """Fold every BatchNorm2d that directly follows a Conv2d into it, in place; each must be in eval mode.
 
     The pairs come from a torch.fx trace (a BatchNorm2d whose only input is a Conv2d's output,
     used nowhere else, each module called once), so folding is right whatever the registration
     order. conv(x) -> bn: W' = W * g, b' = (b - running_mean) * g + beta, g = gamma / sqrt(var + eps);
     the BatchNorm becomes nn.Identity. Returns [{"conv": name, "batchnorm": name}].
+
+    A BatchNorm in training mode normalizes with the batch's statistics, not the running ones
+    folding would bake in: it is refused (ValueError naming it), as is one without running
+    statistics. Every pair is checked before any is folded, so a refusal changes nothing.
     """
     import torch.fx
 
@@ -58,7 +75,7 @@ def fold_batchnorm(model: nn.Module) -> list[dict]:
     for node in graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
-    folded = []
+    pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
             continue
@@ -67,10 +84,17 @@ def fold_batchnorm(model: nn.Module) -> list[dict]:
                 and isinstance(modules[src.target], nn.Conv2d) and len(src.users) == 1
                 and calls[src.target] == 1 and calls[node.target] == 1):
             continue
-        conv, bn = modules[src.target], modules[node.target]
+        bn = modules[node.target]
+        if bn.training:
+            raise ValueError(f"fold_bn: BatchNorm2d {node.target!r} is in training mode (it normalizes with each "
+                             "batch's statistics, not the running ones folding would use): put it in eval mode "
+                             "first (model.eval()), or pass fold_bn=False")
         if bn.running_mean is None or bn.running_var is None:
             raise ValueError(f"fold_bn: {node.target} keeps no running statistics (track_running_stats=False): "
                              "it cannot be folded")
+        pairs.append((src.target, node.target))
+    for conv_name, bn_name in pairs:
+        conv, bn = modules[conv_name], modules[bn_name]
         with torch.no_grad():
             g = torch.rsqrt(bn.running_var + bn.eps)
             beta = torch.zeros_like(g)
@@ -85,8 +109,7 @@ def fold_batchnorm(model: nn.Module) -> list[dict]:
             else:
                 conv.bias.copy_(new_bias)
         _replace(model, bn, nn.Identity())
-        folded.append({"conv": src.target, "batchnorm": node.target})
-    return folded
+    return [{"conv": conv_name, "batchnorm": bn_name} for conv_name, bn_name in pairs]
 
 
 def _resolve_k(k, layers, chosen: list[tuple[int, str, nn.Module]]) -> dict[str, int | None]:
@@ -94,9 +117,6 @@ def _resolve_k(k, layers, chosen: list[tuple[int, str, nn.Module]]) -> dict[str,
     names = [name for _, name, _ in chosen]
     known = set(names)
     if layers is not None:
-        if isinstance(layers, str):
-            raise TypeError("layers must be an iterable of layer names, got a single str (wrap it in a list)")
-        layers = list(layers)
         unknown = [n for n in layers if n not in known]
         if unknown:
             raise KeyError(f"layers: no Conv2d or Linear named {unknown}; the model's are {names}")
@@ -125,89 +145,6 @@ def _resolve_k(k, layers, chosen: list[tuple[int, str, nn.Module]]) -> dict[str,
     return {n: k for n in names}
 
 
-def iter_batches(data, batch_size: int, device: torch.device) -> Iterable[torch.Tensor]:
-    """Batches of model inputs from a tensor (split along dim 0) or an iterable of tensors / (x, ...) tuples."""
-    if isinstance(data, torch.Tensor):
-        if data.numel() == 0:
-            raise ValueError("data is empty")
-        batches = (data[i:i + batch_size] for i in range(0, len(data), batch_size))
-    else:
-        batches = (b[0] if isinstance(b, (tuple, list)) else b for b in data)
-    seen = False
-    for x in batches:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"data must be a tensor or an iterable of tensors / (x, ...) tuples, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"data must be floating point, got {x.dtype}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("data holds NaN or Inf")
-        seen = True
-        yield x.to(device)
-    if not seen:
-        raise ValueError("data is empty")
-
-
-def run_with_hooks(model: nn.Module, hooks: dict, data, batch_size: int) -> None:
-    """Run `data` through `model` in eval mode without grad, with forward hooks {module: hook}.
-
-    The hooks are removed and the model's training flag restored whatever happens.
-    """
-    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for x in iter_batches(data, batch_size, _model_device(model)):
-                model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def _linear_part(module: nn.Module, out: torch.Tensor) -> torch.Tensor:
-    """A z from a layer's output A z + b (bias broadcast over channels / the last dimension)."""
-    if module.bias is None:
-        return out
-    if isinstance(module, (nn.Conv2d, SketchedConv2d)):
-        return out - module.bias.reshape(1, -1, 1, 1)
-    return out - module.bias
-
-
-def measure_output_errors(dense: nn.Module, sketched: dict[str, nn.Module], data, *, eps: float | None = None,
-                          batch_size: int = 256) -> dict[str, OutputError]:
-    """name -> relative output error of sketched[name] against dense's layer `name`, on its own input.
-
-    Runs `data` through `dense` (in eval mode, no grad) with a forward hook on each named layer
-    that feeds the layer's input z to the sketched layer too: per sample
-    ||A_hat z - A z|| / ||A z||, A without bias.
-    """
-    modules = dict(dense.named_modules())
-    diffs: dict[str, list] = {name: [] for name in sketched}
-    norms: dict[str, list] = {name: [] for name in sketched}
-
-    def hook_for(name):
-        def hook(module, inputs, out):
-            diff = (sketched[name](inputs[0]) - out).flatten(1).norm(dim=1)
-            diffs[name].append(diff.double().cpu())
-            norms[name].append(_linear_part(module, out).flatten(1).norm(dim=1).double().cpu())
-        return hook
-
-    run_with_hooks(dense, {modules[name]: hook_for(name) for name in sketched}, data, batch_size)
-    result = {}
-    for name in sketched:
-        diff, norm = torch.cat(diffs[name]), torch.cat(norms[name])
-        keep = norm > 0
-        result[name] = OutputError.from_samples(diff[keep] / norm[keep], int((~keep).sum()), eps)
-    return result
-
-
 def _skipped_modules(model: nn.Module, layer_ids: set[int]) -> list[dict]:
     """Modules that hold parameters themselves but are not Conv2d / Linear: left as they are."""
     out = []
@@ -220,10 +157,47 @@ def _skipped_modules(model: nn.Module, layer_ids: set[int]) -> list[dict]:
     return out
 
 
+def _weight_ties(model: nn.Module, ks: dict[str, int | None], candidates) -> dict[str, str]:
+    """name -> the first layer whose weight Parameter it shares, for the layers to be sketched.
+
+    A tie is kept only when every module holding that Parameter is a Conv2d / Linear sketched
+    with the same k (one sketch can then serve them all); anything else is refused, naming the
+    holders, because sketching one of them would silently untie the rest.
+    """
+    holders: dict[int, list[tuple[str, str]]] = {}
+    for name, m in model.named_modules():
+        for pname, p in m._parameters.items():
+            if p is not None:
+                holders.setdefault(id(p), []).append((name, pname))
+    layer_names = {name for _, name, _ in candidates}
+    ties = {}
+    for _, name, m in candidates:
+        if ks.get(name) is None:
+            continue
+        shared = holders[id(m.weight)]
+        if len(shared) == 1:
+            continue
+        where = ", ".join(f"{n}.{p}" for n, p in shared)
+        for other, pname in shared:
+            if pname != "weight" or other not in layer_names or ks.get(other) != ks[name]:
+                raise ValueError(f"tied weights: {name}.weight is one Parameter with {where}; compressing "
+                                 f"{name} would untie them. Compress every Conv2d / Linear holding it with the same "
+                                 f"k (they then share one sketch), or none of them")
+        first = shared[0][0]
+        if first != name:
+            ties[name] = first
+    return ties
+
+
+def _backend_that_runs(requested: str, weight: torch.Tensor) -> str:
+    """The backend the sign ops pick for this weight (the one place the compressors ask the registry)."""
+    return ops.select_backend(requested, weight.device, weight.dtype).name
+
+
 def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "tensor", seed: int,
                    layers: Iterable[str] | None = None, fold_bn: bool = False, data=None, eps: float | None = None,
-                   backend: str = "auto", precision: str = "highest",
-                   batch_size: int = 256) -> tuple[nn.Module, CompressionReport]:
+                   backend: str = "auto", precision: str = "highest", batch_size: int = 256,
+                   allow_no_compression: bool = False) -> tuple[nn.Module, CompressionReport]:
     """A compressed copy of `model` (Algorithm 1 on every chosen Conv2d / Linear) and its report.
 
     k: an int for every layer; a dict name -> int (the layers it names; None leaves one dense);
@@ -231,49 +205,89 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
     vector, k coefficients) or "filter" (every output channel's filter against one shared set
     of k sign vectors, c_out * k coefficients). seed in [0, 2^64); layer i (see
     `sketchable_layers`) uses stream i. layers: names to compress (default all). Biases stay
-    exact. fold_bn: fold eval-mode BatchNorm2d into the Conv2d before it first (the copy's
-    BatchNorm becomes Identity). data (a tensor or iterable of batches) adds each layer's
-    relative output error on its own dense input; eps adds the fraction of samples within eps.
+    exact. fold_bn: fold BatchNorm2d into the Conv2d before it first (the copy's BatchNorm
+    becomes Identity); every BatchNorm folded must be in eval mode, else ValueError. data (a
+    tensor or iterable of batches) adds each layer's relative output error on its own dense
+    input (NaN where a layer's output is zero on every sample); eps adds the fraction of
+    samples within eps.
 
-    Non-float weights are refused; k >= the entries a sketch covers warns NoCompressionWarning.
-    Modules that are neither Conv2d nor Linear are left as they are and listed in report.skipped.
+    A layer whose k is at least the entries a sketch covers (n in tensor mode, n / c_out in
+    filter mode) stays dense, is listed in report.skipped, and the call warns once
+    (NoCompressionWarning naming every such layer); allow_no_compression=True sketches it anyway.
+    Layers sharing one weight Parameter share one sketch (report: tied_to), or are refused when
+    that cannot be kept. Non-float weights are refused; modules that are neither Conv2d nor
+    Linear are left as they are and listed in report.skipped. The user's model is not changed
+    (parameters, buffers, training flags, hooks), also when the call raises.
     """
-    mode = check_mode(mode)
-    seed = check_int("seed", seed, 0, 1 << 64)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if eps is not None and not (isinstance(eps, (int, float)) and eps > 0):
-        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    mode = check_mode(mode)
+    seed = check_seed(seed)
+    layers = check_names("layers", layers)
+    eps = None if eps is None else check_positive("eps", eps)
+    backend = check_choice("backend", backend, ops.BACKEND_NAMES)
+    precision = check_choice("precision", precision, ops.PRECISIONS)
+    batch_size = check_positive_int("batch_size", batch_size)
     dense = copy.deepcopy(model) if fold_bn else model  # read, never written, unless BatchNorm is folded
     folded = fold_batchnorm(dense) if fold_bn else []
     found = sketchable_layers(dense)
     candidates = [(i, name, m) for i, name, m in found if not isinstance(m, SKETCHED_TYPES)]
     ks = _resolve_k(k, layers, candidates)
+    ties = _weight_ties(dense, ks, candidates)
 
-    compressed = copy.deepcopy(dense)
-    comp_modules = dict(compressed.named_modules())
     report = CompressionReport(seed=seed, mode=mode, backend=backend, folded=folded, eps=eps)
     sketched: dict[str, nn.Module] = {}
+    memo: dict[int, object] = {}  # deepcopy memo: original module / bias -> its replacement
+    streams, backends, dense_left = {}, [], []
     for stream, name, module in found:
         if isinstance(module, SKETCHED_TYPES):
             report.skipped.append({"name": name, "type": type(module).__name__, "reason": "already sketched"})
             continue
-        if ks.get(name) is None:
+        kk = ks.get(name)
+        if kk is None:
             reason = "not selected" if name not in ks else "k is None: left dense"
             report.skipped.append({"name": name, "type": type(module).__name__, "reason": reason})
             continue
+        shape = tuple(module.weight.shape)
+        if not allow_no_compression and not compresses(kk, shape, mode):
+            dense_left.append(f"{name} (k = {kk} >= {row_length(shape, mode)})")
+            report.skipped.append({"name": name, "type": type(module).__name__,
+                                   "reason": no_compression_message(kk, shape, mode, name).split(": ", 1)[1]
+                                   + ": left dense"})
+            continue
+        tied_to = ties.get(name)
+        stream = streams[tied_to] if tied_to else stream
         cls = SketchedConv2d if isinstance(module, nn.Conv2d) else SketchedLinear
-        sk = cls.from_module(module, ks[name], mode=mode, seed=seed, stream=stream, backend=backend,
-                             precision=precision, name=name)
-        _replace(compressed, comp_modules[name], sk)
+        sk = cls.from_module(module, kk, mode=mode, seed=seed, stream=stream, backend=backend, precision=precision,
+                             name=name, allow_no_compression=True)
+        if tied_to:  # one sketch: the same coefficients Parameter and seed / stream buffers
+            first = sketched[tied_to]
+            sk.coefficients, sk.seed, sk.stream = first.coefficients, first.seed, first.stream
+        if module.bias is not None:  # a bias shared with another module stays shared
+            sk.bias = memo.setdefault(id(module.bias), sk.bias)
+        memo[id(module)] = sk
+        streams[name] = stream
         sketched[name] = sk
-        with torch.no_grad():
-            w = module.weight.detach().double()
-            err = float((sk.weight.double() - w).norm() / w.norm()) if w.norm() > 0 else 0.0
+        ran = _backend_that_runs(backend, module.weight)
+        backends += [] if ran in backends else [ran]
+        err = relative_error(sk.coefficients, module.weight, mode=mode, seed=seed, stream=stream, backend=backend,
+                             precision=precision)
         report.layers.append(LayerReport(name=name, type=cls.__name__.replace("Sketched", ""), stream=stream,
-                                         mode=mode, shape=list(module.weight.shape), n=module.weight.numel(),
-                                         k=ks[name], stored=sk.stored, rel_fro_error=err))
+                                         mode=mode, shape=list(shape), n=module.weight.numel(), k=kk,
+                                         stored=sk.stored, rel_fro_error=err, tied_to=tied_to))
+    if dense_left:
+        warnings.warn(f"{len(dense_left)} layer(s) left dense, k at least the entries one sketch covers ({mode} "
+                      f"mode: no compression): {', '.join(dense_left)}; pass allow_no_compression=True to sketch "
+                      "them anyway", NoCompressionWarning, stacklevel=2)
+    report.backend = "+".join(backends) or "none"
     report.skipped += _skipped_modules(dense, {id(m) for _, _, m in found})
+    if dense is model or data is not None:
+        compressed = copy.deepcopy(dense, memo)  # the replaced layers (and their weights) are not copied
+    else:
+        compressed = dense  # our own folded copy: replace in place
+        modules = {name: m for _, name, m in found}
+        for name, sk in sketched.items():
+            _replace(compressed, modules[name], sk)
     if data is not None and sketched:
         errors = measure_output_errors(dense, sketched, data, eps=eps, batch_size=batch_size)
         for r in report.layers:
@@ -281,4 +295,4 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
     return compressed, report
 
 
-__all__ = ["compress_model", "fold_batchnorm", "iter_batches", "measure_output_errors", "sketchable_layers"]
+__all__ = ["compress_model", "fold_batchnorm", "sketchable_layers"]

@@ -21,7 +21,8 @@ class OutputError:
 
     A is the layer's linear map without bias (the bias is kept exactly, so it cancels), z the
     layer's input in the dense model. Samples with A z = 0 have no relative error: they are
-    counted in `zero_output` and left out of every other figure.
+    counted in `zero_output` and left out of every other figure. With no such sample left (the
+    layer's output is zero on every sample) every figure is NaN ("undefined"; null in JSON).
     """
 
     samples: int
@@ -39,7 +40,9 @@ class OutputError:
         """errors: (samples,) relative errors of the samples with A z != 0."""
         e = errors.detach().to(torch.float64).cpu()
         if e.numel() == 0:
-            raise ValueError("no sample with a nonzero layer output: the relative output error is undefined")
+            nan = math.nan
+            return cls(samples=0, zero_output=int(zero_output), mean=nan, q50=nan, q90=nan, q99=nan, max=nan,
+                       eps=eps, within_eps=None if eps is None else nan)
         q = torch.quantile(e, torch.tensor(QUANTILES, dtype=torch.float64)).tolist()
         within = None if eps is None else float((e <= eps).to(torch.float64).mean())
         return cls(samples=e.numel(), zero_output=int(zero_output), mean=float(e.mean()), q50=q[0], q90=q[1],
@@ -60,6 +63,7 @@ class LayerReport:
     stored: int
     rel_fro_error: float  # ||A_hat - A||_F / ||A||_F of the weight
     output_error: OutputError | None = None
+    tied_to: str | None = None  # the layer whose weight (and so sketch, stream included) this one shares
 
     @property
     def ratio(self) -> float:
@@ -74,6 +78,9 @@ class LayerReport:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if d["output_error"] is not None:  # undefined figures are NaN here, null in JSON
+            d["output_error"] = {k: None if isinstance(v, float) and math.isnan(v) else v
+                                 for k, v in d["output_error"].items()}
         d["ratio"] = self.ratio
         d["expected_rel_fro_error"] = self.expected_rel_fro_error
         return d
@@ -81,7 +88,11 @@ class LayerReport:
 
 @dataclass
 class CompressionReport:
-    """The report of `compress_model`: compressed layers, skipped modules, folded BatchNorms."""
+    """The report of `compress_model`: compressed layers, skipped modules, folded BatchNorms.
+
+    backend: the sign-op backend that ran (several joined by "+" when layers sit on different
+    devices or dtypes; "none" when no layer was compressed), not the one requested.
+    """
 
     seed: int
     mode: str
@@ -92,9 +103,11 @@ class CompressionReport:
     eps: float | None = None
 
     def totals(self) -> dict:
-        """Weight entries of the compressed layers, numbers stored for them, and their ratio."""
-        dense = sum(r.n for r in self.layers)
-        stored = sum(r.stored for r in self.layers)
+        """Weight entries of the compressed layers, numbers stored for them, and their ratio (a weight
+        shared by tied layers, and its one sketch, counted once)."""
+        own = [r for r in self.layers if r.tied_to is None]
+        dense = sum(r.n for r in own)
+        stored = sum(r.stored for r in own)
         return {"dense": dense, "stored": stored, "ratio": dense / stored if stored else None}
 
     def to_dict(self) -> dict:
@@ -103,8 +116,9 @@ class CompressionReport:
         format ("stabkern-compression-report-v1"), spec (sign spec), seed, mode, backend, eps;
         layers: list of {name, type ("Conv2d"/"Linear"), stream, mode, shape, n, k, stored,
         ratio (n / stored), rel_fro_error (||A_hat - A||_F / ||A||_F), expected_rel_fro_error
-        (sqrt((m - 1) / k)), output_error: null or {samples, zero_output, mean, q50, q90, q99,
-        max, eps, within_eps}}; skipped: list of {name, type, reason}; folded: list of
+        (sqrt((m - 1) / k)), tied_to (null or the layer whose sketch it shares), output_error: null
+        or {samples, zero_output, mean, q50, q90, q99, max, eps, within_eps} (null where
+        undefined)}; skipped: list of {name, type, reason}; folded: list of
         {conv, batchnorm}; totals: {dense, stored, ratio}.
         """
         from ..spec import SPEC

@@ -129,15 +129,30 @@ def test_mean_output_error_matches_its_exact_expectation():
 
 def test_choose_k_bad_arguments():
     model, x = _aligned_net(64, 4, 10)
-    for eps in (0, 1.5, -1, "0.5"):
+    for eps in (0, 1.5, -1):
         with pytest.raises(ValueError, match="eps must be in"):
+            choose_k(model, x, eps)
+    for eps in ("0.5", True):  # one argument policy: a wrong type is a TypeError naming the argument
+        with pytest.raises(TypeError, match="eps must be a number"):
             choose_k(model, x, eps)
     for eta in (0, 1, 2):
         with pytest.raises(ValueError, match="eta must be in"):
             choose_k(model, x, 0.5, eta=eta)
-    with pytest.raises(ValueError, match="C must be positive"):
+    with pytest.raises(ValueError, match="C must be in \\(0"):
         choose_k(model, x, 0.5, C=0)
     with pytest.raises(KeyError, match="no Conv2d or Linear named"):
         choose_k(model, x, 0.5, layers=["1"])
     with pytest.raises(ValueError, match="every sample's input is zero"):
         choose_k(model, torch.zeros(3, 64), 0.5)
+
+
+def test_choose_k_goes_on_past_a_layer_with_no_usable_sample():
+    """A layer whose input is zero on every sample has no cushion: it is undefined (NaN) and stays dense."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)  # the ReLU output, layer 2's input, is zero on every sample
+    choice = choose_k(model, torch.randn(10, 6), 1.0, C=0.01, mode="tensor")
+    first, second = choice.layers
+    assert first.samples == 10 and first.k is not None
+    assert second.samples == 0 and second.zero_input == 10 and math.isnan(second.nu_min) and second.k is None
