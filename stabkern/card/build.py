@@ -48,6 +48,8 @@ def summarized_warnings(notes: list):
         yield
     groups: dict = {}
     for w in caught:
+        if issubclass(w.category, DeprecationWarning):  # torch internals' notices to developers, not the user's
+            continue
         groups.setdefault(w.category.__name__, []).append(str(w.message))
     for category, messages in groups.items():
         first = messages[0]
