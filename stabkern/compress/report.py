@@ -123,7 +123,7 @@ class CompressionReport:
         """
         from ..spec import SPEC
 
-        return {"format": REPORT_FORMAT, "spec": SPEC, "seed": self.seed, "mode": self.mode,
+        return {"format": REPORT_FORMAT, "schema_version": 1, "spec": SPEC, "seed": self.seed, "mode": self.mode,
                 "backend": self.backend, "eps": self.eps, "layers": [r.to_dict() for r in self.layers],
                 "skipped": list(self.skipped), "folded": list(self.folded), "totals": self.totals()}
 

@@ -84,7 +84,8 @@ class AttenuationReport:
         "seed", "precision", "method" ("graph" or "hooks"), "device", "n_samples", and (L, L) nested
         lists [injection][observation] with null below the diagonal: "mean", "std", "ci_low",
         "ci_high", "mc_se", "floor" (null in fp32)."""
-        d = {"layers": list(self.layers), "layer_types": list(self.layer_types), "alpha": self.alpha,
+        d = {"format": "stabkern-attenuation-report-v1", "schema_version": 1,  # stabkern/schemas/, docs/card.md
+             "layers": list(self.layers), "layer_types": list(self.layer_types), "alpha": self.alpha,
              "trials": self.trials, "seed": self.seed, "precision": self.precision, "method": self.method,
              "device": self.device, "n_samples": self.n_samples}
         for key in ("mean", "std", "ci_low", "ci_high", "mc_se"):
@@ -135,6 +136,7 @@ class StabilityReport:
         "jacobian_spread", "noise_sensitivity", "attenuation", "bound", "settings"; per-layer meters map
         a module name to a `summarize` dict, e.g. d["layer_cushion"]["features.0"]["min"]."""
         return json_value({
+            "format": "stabkern-measure-report-v1", "schema_version": 1,  # stabkern/schemas/, docs/card.md
             "layers": list(self.layers),
             "layer_cushion": self.layer_cushion,
             "interlayer_cushion": self.interlayer_cushion,

@@ -1,12 +1,20 @@
 """A small VGG-style conv net trained on real handwritten digits, for examples, tests and the demo.
 
 The data are scikit-learn's bundled 8x8 digits (1,797 images, shipped inside the package:
-nothing is downloaded). Training is seeded and takes a few seconds on one CPU core.
+nothing is downloaded). Training is seeded (about a minute on two busy CPU cores); the trained
+weights are cached on disk in the user's cache directory (`cache_dir()`: $STABKERN_CACHE, else
+$XDG_CACHE_HOME/stabkern, else ~/.cache/stabkern; never inside the repository) and retrained
+when absent or unreadable. `labels="shuffled"` trains the same architecture on a fixed random
+permutation of the labels of the first `SHUFFLED_SAMPLES` training digits (the random-label
+net of Arora et al. 2018's contrast).
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import pathlib
+import tempfile
 
 import torch
 from torch import nn
@@ -61,9 +69,53 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 51
     return correct / len(x)
 
 
-@functools.lru_cache(maxsize=4)
-def _trained_state(seed: int, epochs: int, width: int):
+SHUFFLED_SAMPLES = 256  # few enough that the shuffled labels are memorized in SHUFFLED_EPOCHS
+SHUFFLED_EPOCHS = 40
+
+
+def cache_dir() -> pathlib.Path:
+    """Where trained weights are kept: $STABKERN_CACHE, else $XDG_CACHE_HOME/stabkern, else ~/.cache/stabkern."""
+    if os.environ.get("STABKERN_CACHE"):
+        return pathlib.Path(os.environ["STABKERN_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "stabkern"
+
+
+def training_set(labels: str = "true", seed: int = 0):
+    """(x, y) a digits net with these `labels` ("true" or "shuffled") is trained on.
+
+    "shuffled": the first SHUFFLED_SAMPLES training digits with their labels permuted by `seed`.
+    """
     (x, y), _ = load_digits_tensors(seed=0)
+    if labels == "true":
+        return x, y
+    if labels != "shuffled":
+        raise ValueError(f"labels must be 'true' or 'shuffled', got {labels!r}")
+    x, y = x[:SHUFFLED_SAMPLES], y[:SHUFFLED_SAMPLES]
+    return x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1000 + seed))]
+
+
+@functools.lru_cache(maxsize=4)
+def _trained_state(seed: int, epochs: int, width: int, labels: str = "true"):
+    path = cache_dir() / f"digits-net-{labels}-seed{seed}-epochs{epochs}-width{width}-torch{torch.__version__}.pt"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # absent or unreadable (e.g. an interrupted write elsewhere): retrain
+        pass
+    state = _train(seed, epochs, width, labels)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
+    except OSError:  # a read-only home: the weights stay in this process only
+        pass
+    return state
+
+
+def _train(seed: int, epochs: int, width: int, labels: str):
+    x, y = training_set(labels, seed)
     torch.manual_seed(seed)
     model = DigitsNet(width)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -80,11 +132,16 @@ def _trained_state(seed: int, epochs: int, width: int):
     return {name: t.clone() for name, t in model.state_dict().items()}
 
 
-def trained_digits_net(seed: int = 0, epochs: int = 30, width: int = 16) -> DigitsNet:
-    """A DigitsNet trained on the digits training split (Adam, batch 64), in eval mode.
+def trained_digits_net(seed: int = 0, epochs: int | None = None, width: int = 16, labels: str = "true") -> DigitsNet:
+    """A DigitsNet trained on `training_set(labels, seed)` (Adam, batch 64), in eval mode.
 
-    Deterministic for a given seed on a given machine; cached per process (a fresh copy each call).
+    epochs: None takes 30 for true labels, SHUFFLED_EPOCHS for shuffled ones. Deterministic for a
+    given seed on a given machine; cached on disk (`cache_dir()`) and per process (a fresh copy each call).
     """
+    if labels not in ("true", "shuffled"):
+        raise ValueError(f"labels must be 'true' or 'shuffled', got {labels!r}")
+    if epochs is None:
+        epochs = 30 if labels == "true" else SHUFFLED_EPOCHS
     model = DigitsNet(width)
-    model.load_state_dict(_trained_state(seed, epochs, width))
+    model.load_state_dict(_trained_state(seed, epochs, width, labels))
     return model.eval()

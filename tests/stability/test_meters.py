@@ -195,9 +195,10 @@ def test_measure_report():
                                      spectral_iters=50)
     assert net.training and all(m.training for m in net.modules())
     d = json.loads(json.dumps(rep.to_dict(), allow_nan=False))
-    assert set(d) == {"layers", "layer_cushion", "interlayer_cushion", "activation_contraction",
-                      "interlayer_smoothness", "interlayer_smoothness_literal", "jacobian_spread",
-                      "noise_sensitivity", "attenuation", "bound", "settings"}
+    assert set(d) == {"format", "schema_version", "layers", "layer_cushion", "interlayer_cushion",
+                      "activation_contraction", "interlayer_smoothness", "interlayer_smoothness_literal",
+                      "jacobian_spread", "noise_sensitivity", "attenuation", "bound", "settings"}
+    assert d["format"] == "stabkern-measure-report-v1" and d["schema_version"] == 1
     assert d["layers"] == ["features.0", "features.2", "features.5", "classifier.1", "classifier.3"]
     for key in ("min", "q05", "q25", "median", "q75", "q95", "max", "mean", "n"):
         assert key in d["layer_cushion"]["features.0"]

@@ -1,0 +1,199 @@
+"""Computing a stability card: the meters, choose_k, the per-layer compressibility and accuracy vs k.
+
+What it is: `build_card` runs, in timed stages reported through `stabkern.progress`, `stabkern.measure`
+(attenuation, cushions, contraction, the capacity terms), `choose_k`, one `compress_model` per layer
+(the measured output error beside the cushions' prediction) and, with labels, the accuracy of the model
+compressed at a ladder of k. It returns a `Card` whose `doc` is the JSON of format stabkern-card-v1
+(docs/card.md). What it is not: the writer (render.py) or the figures (figures.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import platform
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..progress import Progress, silent, steps
+from ..schemas import SCHEMA_VERSION, tagged
+
+FORMAT = "stabkern-card-v1"
+FRACTIONS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # k / cap per layer for the accuracy-vs-k curve
+PROBE_FRACTION = 0.5  # k / cap measured for a layer that choose_k keeps dense
+
+
+@dataclass
+class Card:
+    """A computed card: `doc` (the JSON dict), and the report objects the figures are drawn from."""
+
+    doc: dict
+    report: object  # StabilityReport
+    notes: list = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def summarized_warnings(notes: list):
+    """Collect the warnings of a block; append one line per distinct category to `notes`.
+
+    A warning repeated per layer (k >= n, a skipped BatchNorm) becomes one summary line with its count.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    groups: dict = {}
+    for w in caught:
+        if issubclass(w.category, DeprecationWarning):  # torch internals' notices to developers, not the user's
+            continue
+        groups.setdefault(w.category.__name__, []).append(str(w.message))
+    for category, messages in groups.items():
+        first = messages[0]
+        notes.append(f"{category}: {first}" if len(messages) == 1 else
+                     f"{category} x{len(messages)}, e.g.: {first}")
+
+
+def merge_reports(reports):
+    """One CompressionReport from per-layer reports of the same seed and mode."""
+    from ..compress import CompressionReport
+
+    first = reports[0]
+    merged = CompressionReport(seed=first.seed, mode=first.mode, backend=first.backend, eps=first.eps,
+                               folded=list(first.folded))
+    compressed = set()
+    for r in reports:
+        merged.layers.extend(r.layers)
+        compressed.update(layer.name for layer in r.layers)
+    merged.skipped = [s for s in first.skipped if s["name"] not in compressed]
+    return merged
+
+
+def compress_layer_by_layer(model: nn.Module, ks: dict, *, mode: str, seed: int, data=None, eps=None,
+                            backend: str = "auto", batch_size: int = 256, progress: Progress = silent):
+    """compress_model one layer at a time (one progress step per layer): (compressed copy, report).
+
+    Equals `compress_model(model, ks, mode=mode, seed=seed, data=data, eps=eps)`: layer i keeps
+    stream i whichever layers are compressed with it, and each output error is measured on the
+    layer's own dense input, so compressing the layers separately gives the same modules and rows.
+    """
+    from ..compress import compress_model
+
+    result = copy.deepcopy(model)
+    reports = []
+    for name in steps(progress, "compress", [n for n, k in ks.items() if k is not None]):
+        one, report = compress_model(model, {name: ks[name]}, mode=mode, seed=seed, layers=[name], data=data,
+                                     eps=eps, backend=backend, batch_size=batch_size)
+        result.set_submodule(name, one.get_submodule(name))
+        reports.append(report)
+    if not reports:
+        _, report = compress_model(model, {}, mode=mode, seed=seed, layers=[], backend=backend)
+        return result, report
+    return result, merge_reports(reports)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    """Fraction of samples whose argmax output equals the label (model in eval mode, restored after)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out = model(x[i:i + batch_size].to(device)).flatten(1)
+            correct += int((out.argmax(1).cpu() == y[i:i + batch_size].cpu()).sum())
+    model.train(was_training)
+    return correct / len(x)
+
+
+def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, title: str = "model",
+               model_name: str | None = None, data_name: str = "data", seed: int = 0, eps: float = 0.5,
+               mode: str = "filter", alpha: float = 0.1, trials: int = 8, margin_quantile: float = 0.1,
+               fractions=FRACTIONS, batch_size: int = 256, backend: str = "auto",
+               progress: Progress = silent) -> Card:
+    """The stability card of `model` on inputs x (N, C, H, W) float, labels y (N,) int64 or None.
+
+    The model is read, never changed (measure and compress_model restore or copy it); it runs where
+    its parameters are. seed: the noise seed of the meters and the sign seed of the compressions;
+    eps: choose_k's relative output error; mode: "filter" or "tensor" (Algorithm 1's two forms);
+    fractions: k / cap per layer of the accuracy-vs-k curve (only with labels).
+    """
+    from .. import __version__, choose_k, measure
+    from ..compress import layer_cushions
+    from ..spec import SPEC
+
+    param = next(model.parameters())
+    times: dict = {}
+    notes: list = []
+
+    @contextlib.contextmanager
+    def stage(name):
+        start = time.perf_counter()
+        progress(name, 0, 1)
+        with summarized_warnings(notes):
+            yield
+        times[name] = time.perf_counter() - start
+        progress(name, 1, 1)
+
+    with stage("measure"):
+        report = measure(model, x, y, alpha=alpha, trials=trials, seed=seed, margin_quantile=margin_quantile,
+                         backend=backend)
+    with stage("choose_k"):
+        kc = choose_k(model, x, eps, mode=mode, seed=seed, check=False, backend=backend, batch_size=batch_size)
+        cushions = layer_cushions(model, x, mode=mode, batch_size=batch_size)
+    probe = {r.name: r.k if r.k is not None else max(1, round(PROBE_FRACTION * r.cap)) for r in kc.layers}
+    start = time.perf_counter()
+    with summarized_warnings(notes):
+        _, probe_report = compress_layer_by_layer(model, probe, mode=mode, seed=seed, data=x, eps=eps,
+                                                  backend=backend, batch_size=batch_size, progress=progress)
+    times["compress"] = time.perf_counter() - start
+    measured = {r.name: r for r in probe_report.layers}
+    rows = []
+    for r in kc.layers:
+        nu = cushions[r.name]["nu"].double()
+        k = probe[r.name]
+        err = measured[r.name].output_error
+        rows.append({"name": r.name, "type": r.type, "n": r.n, "cap": r.cap,
+                     "mu_min": None if r.mu is None else r.mu["min"], "nu_min": r.nu_min,
+                     "k_rule": r.k_needed, "k_chosen": r.k, "k": k,
+                     "predicted_rms_error": math.sqrt(float((1 + nu.pow(-2)).mean()) / k),
+                     "measured_mean_error": err.mean, "measured_q90_error": err.q90})
+
+    curve = None
+    dense_accuracy = None
+    if y is not None:
+        start = time.perf_counter()
+        dense_accuracy = accuracy(model, x, y, batch_size)
+        from ..compress import compress_model
+        curve = []
+        with summarized_warnings(notes):
+            for f in steps(progress, "accuracy vs k", fractions):
+                ks = {r.name: max(1, round(f * r.cap)) for r in kc.layers}
+                small, rep = compress_model(model, ks, mode=mode, seed=seed, backend=backend)
+                t = rep.totals()
+                curve.append({"fraction": f, "k": ks, "stored": t["stored"], "ratio": t["ratio"],
+                              "accuracy": accuracy(small, x, y, batch_size)})
+        times["accuracy vs k"] = time.perf_counter() - start
+
+    doc = {
+        "format": FORMAT, "schema_version": SCHEMA_VERSION, "title": title,
+        "model": {"name": model_name or type(model).__name__, "class": type(model).__name__,
+                  "parameters": sum(p.numel() for p in model.parameters()), "layers": len(report.layers)},
+        "data": {"name": data_name, "n_samples": int(x.shape[0]), "shape": list(x.shape[1:]),
+                 "labels": y is not None, "accuracy": dense_accuracy},
+        "measure": report.to_dict(),
+        "choose_k": tagged(kc.to_dict(), "stabkern-choose-k-v1"),
+        "compressibility": {"mode": mode, "eps": eps, "fraction": PROBE_FRACTION, "layers": rows,
+                            "report": probe_report.to_dict()},
+        "accuracy_vs_k": curve,
+        "figures": {},
+        "notes": notes + list(report.settings.get("notes", [])),
+        "provenance": {"stabkern_version": __version__, "specs": {"sign": SPEC, "noise": "stabkern-noise-v1"},
+                       "seed": seed, "device": str(param.device), "dtype": str(param.dtype).replace("torch.", ""),
+                       "torch": torch.__version__, "python": platform.python_version(),
+                       "data_size": int(x.shape[0]), "wall_time_s": times},
+    }
+    return Card(doc=doc, report=report, notes=notes)

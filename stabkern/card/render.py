@@ -1,0 +1,151 @@
+"""Writing a card: card.md + card.json + PNGs in one folder, all or nothing; the terminal summary.
+
+`write_card(card, folder)` builds the folder under a temporary name beside it and renames it into
+place, so an interrupted or failed write leaves the previous card (or nothing), never half a card.
+Not the computation (build.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import shutil
+import tempfile
+
+from . import figures
+
+
+def _g(v, digits: int = 3) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}g}"
+
+
+def headline(doc: dict) -> dict:
+    """The few numbers the summary table shows: accuracy, attenuation from the first layer to the
+    output, the smallest median layer cushion, and log10 of the capacity terms."""
+    m = doc["measure"]
+    att = m["attenuation"]["mean"]
+    med = [m["layer_cushion"][n]["median"] for n in m["layers"] if m["layer_cushion"][n]["median"] is not None]
+    return {"accuracy": doc["data"]["accuracy"], "attenuation_first_to_last": att[0][-1],
+            "min_median_cushion": min(med) if med else None,
+            "contraction_c": m["activation_contraction"].get("c"),
+            "log10": {k: v for k, _, v in figures.bound_items(doc)}}
+
+
+def markdown(doc: dict) -> str:
+    """The card as one Markdown page (figures referenced by their file names)."""
+    m, prov, h = doc["measure"], doc["provenance"], headline(doc)
+    names = m["layers"]
+    att = m["attenuation"]
+    acc = "" if h["accuracy"] is None else f", accuracy {h['accuracy']:.1%} on these labels"
+    out = [f"# Stability card: {doc['title']}", "",
+           f"Model `{doc['model']['name']}` ({doc['model']['parameters']:,} parameters, {len(names)} metered "
+           f"layers) on `{doc['data']['name']}` ({doc['data']['n_samples']} samples of shape "
+           f"{tuple(doc['data']['shape'])}{acc}). Format `{doc['format']}`, schema version "
+           f"{doc['schema_version']} (stabkern docs/card.md).", ""]
+    out += ["## Noise attenuation", "",
+            f"Gaussian noise with ||eta|| = {att['alpha']:g} ||x|| injected at the input of each layer i, "
+            "relative change observed at each later layer j (Arora et al. 2018, Figure 3). Noise injected at "
+            f"the first layer reaches the output at {_g(h['attenuation_first_to_last'])} of the output's norm "
+            f"({_g(h['attenuation_first_to_last'] / att['alpha'] if h['attenuation_first_to_last'] else None)}"
+            " times alpha).", "", f"![attenuation]({doc['figures'].get('attenuation', 'attenuation.png')})", ""]
+    if len(names) <= 12:
+        out += ["| inject \\ observe | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        out += [f"| {n} | " + " | ".join("" if v is None else _g(v) for v in row) + " |"
+                for n, row in zip(names, att["mean"])]
+        out.append("")
+    out += ["## Cushions and contraction", "",
+            "Per sample: layer cushion mu_i = ||A_i x|| / (||A_i||_F ||x||), interlayer cushion mu_{i->}, "
+            "activation contraction ||x|| / ||phi(x)||; the bound uses their extremes over the data.", "",
+            f"![cushions]({doc['figures'].get('cushions', 'cushions.png')})",
+            f"![contraction]({doc['figures'].get('contraction', 'contraction.png')})", "",
+            "| layer | mu_i min | mu_i median | mu_{i->} min | mu_{i->} median | contraction max |",
+            "|---|---|---|---|---|---|"]
+    for n in names:
+        lc, ic = m["layer_cushion"][n], m["interlayer_cushion"][n]
+        ac = m["activation_contraction"].get(n) or {}
+        out.append(f"| {n} | {_g(lc['min'])} | {_g(lc['median'])} | {_g(ic['min'])} | {_g(ic['median'])} | "
+                   f"{_g(ac.get('max'))} |")
+    b = m["bound"]
+    out += ["", "## Capacity terms (log10 effective number of parameters)", "",
+            f"Margin gamma = {_g(b['gamma'])} (fraction of samples within it: {_g(b.get('margin_loss'))}).", "",
+            f"![bounds]({doc['figures'].get('bounds', 'bounds.png')})", "", "| term | log10 |", "|---|---|"]
+    out += [f"| {label} | {_g(v)} |" for _, label, v in figures.bound_items(doc)]
+    c = doc["compressibility"]
+    ck = doc["choose_k"]
+    out += ["", f"## Compressibility (Algorithm 1, {c['mode']} mode)", "",
+            f"choose_k for eps = {ck['eps']:g}, eta = {ck['eta']:g}: k rule = ceil(16 log(2 N_out / eta) / "
+            "(eps^2 nu^2)); a layer whose rule reaches cap (entries one sketch covers) stays dense. Measured "
+            f"columns compress each layer alone at k (choose_k's k, or {c['fraction']:g} cap for a dense one) "
+            "and compare the relative output error on its own dense input with the cushions' prediction "
+            "sqrt(mean(1 + 1/nu^2) / k), an upper estimate of the rms error.", "",
+            "| layer | n | cap | mu min | k rule | chosen | k | predicted rms | measured mean | measured q90 |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in c["layers"]:
+        out.append(f"| {r['name']} | {r['n']} | {r['cap']} | {_g(r['mu_min'])} | "
+                   f"{r['k_rule'] if r['k_rule'] is not None else 'inf'} | "
+                   f"{r['k_chosen'] if r['k_chosen'] is not None else 'dense'} | {r['k']} | "
+                   f"{_g(r['predicted_rms_error'])} | {_g(r['measured_mean_error'])} | {_g(r['measured_q90_error'])} |")
+    if doc["accuracy_vs_k"]:
+        out += ["", "## Accuracy vs k", "", f"![accuracy vs k]({doc['figures'].get('accuracy_vs_k', '')})", "",
+                "| k / cap | stored numbers | ratio | accuracy |", "|---|---|---|---|"]
+        out += [f"| {p['fraction']:g} | {p['stored']:,} | {p['ratio']:.2f} | {p['accuracy']:.1%} |"
+                for p in doc["accuracy_vs_k"]]
+    out += ["", "## Provenance", "",
+            f"stabkern {prov['stabkern_version']} (specs {prov['specs']['sign']}, {prov['specs']['noise']}), "
+            f"torch {prov['torch']}, python {prov['python']}; seed {prov['seed']}, device {prov['device']}, "
+            f"dtype {prov['dtype']}, {prov['data_size']} samples.", "",
+            "| stage | wall time (s) |", "|---|---|"]
+    out += [f"| {k} | {v:.2f} |" for k, v in prov["wall_time_s"].items()]
+    if doc.get("notes"):
+        out += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
+    return "\n".join(out) + "\n"
+
+
+def check_writable(folder) -> pathlib.Path:
+    """Create `folder` if needed and prove a file can be written there (OSError otherwise)."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".stabkern-probe-")
+    os.close(fd)
+    os.unlink(probe)
+    return folder
+
+
+def write_card(card, folder) -> pathlib.Path:
+    """Write card.md, card.json and the PNGs into `folder` (replaced as a whole). Returns the folder."""
+    folder = pathlib.Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    try:
+        card.doc["figures"] = figures.draw_all(card.doc, tmp)
+        (tmp / "card.json").write_text(json.dumps(card.doc, indent=1, allow_nan=False))
+        (tmp / "card.md").write_text(markdown(card.doc))
+        old = None
+        if folder.exists():
+            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+            folder.rename(old)
+        tmp.rename(folder)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def summary_table(rows) -> str:
+    """Fixed-width terminal table, one row per (name, card doc)."""
+    head = ["card", "accuracy", "r(first->out)", "min med mu", "c", "log10 ours", "log10 spectral", "log10 params"]
+    lines = []
+    for name, doc in rows:
+        h = headline(doc)
+        lg = h["log10"]
+        lines.append([name, "-" if h["accuracy"] is None else f"{h['accuracy']:.1%}", _g(h["attenuation_first_to_last"]),
+                      _g(h["min_median_cushion"]), _g(h["contraction_c"]), _g(lg.get("ours")),
+                      _g(lg.get("spectral_bartlett2017")), _g(lg.get("parameters"))])
+    widths = [max(len(head[i]), *(len(r[i]) for r in lines)) for i in range(len(head))]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines)])

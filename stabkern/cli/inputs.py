@@ -1,0 +1,170 @@
+"""The command line's inputs: MODEL and DATA specs, the device, the output folder, checked up front.
+
+MODEL and DATA go through `stabkern.io` (load_model / load_data; imported lazily) when it is present.
+Without it only the embedded digits are understood: MODEL "digits" (the trained digits net),
+"digits-shuffled" (the same architecture trained on shuffled labels) or "digits:FILE" (a DigitsNet
+state_dict, loaded with weights_only=True); DATA "digits" (the 449 test digits), "digits-train",
+"digits-shuffled" (the shuffled-label training set) or an .npz (arrays x and optionally y) / .npy (x).
+
+Every problem is a `CLIError` whose message names the problem and the fix; main.py prints it on one
+line and exits with status 2. Not the computation: commands.py.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+
+import torch
+
+
+class CLIError(Exception):
+    """Bad input on the command line: the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class Model:
+    model: torch.nn.Module
+    name: str
+
+
+@dataclass
+class Data:
+    x: torch.Tensor
+    y: torch.Tensor | None
+    name: str
+
+
+def input_errors() -> tuple:
+    """The exception types that mean bad input (stabkern.io's InputError when it is present)."""
+    try:
+        from ..io import InputError
+    except ImportError:
+        return (CLIError,)
+    return (CLIError, InputError)
+
+
+def device(name: str) -> torch.device:
+    """torch.device for --device, refusing one this machine does not have."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda: no CUDA device is visible to torch here (torch.cuda.is_available() is "
+                       "False); use --device cpu")
+    return torch.device(name)
+
+
+def out_folder(path) -> pathlib.Path:
+    """--out DIR, created if needed, after proving a file can be written there."""
+    from ..card.render import check_writable
+
+    try:
+        return check_writable(path)
+    except OSError as err:
+        raise CLIError(f"--out {path}: cannot write there ({err.strerror or err}); pass a writable folder "
+                       "with --out DIR") from err
+
+
+def load_model(spec: str, *, num_classes=None, trust_pickle: bool = False, dev: torch.device) -> Model:
+    """MODEL spec -> Model (eval mode, on `dev`)."""
+    try:
+        from .. import io
+    except ImportError:
+        io = None
+    if io is not None and not spec.startswith("digits-shuffled"):
+        lm = io.load_model(spec, num_classes=num_classes, trust_pickle=trust_pickle, device=str(dev))
+        return Model(lm.model.eval(), lm.name)
+    from ..zoo.digits import DigitsNet, trained_digits_net
+
+    if spec in ("digits", "digits-shuffled"):
+        model = trained_digits_net(labels="true" if spec == "digits" else "shuffled")
+        return Model(model.to(dev).eval(), spec)
+    if spec.startswith("digits:"):
+        path = pathlib.Path(spec.split(":", 1)[1])
+        if not path.is_file():
+            raise CLIError(f"MODEL {spec}: weights file {path} does not exist; give the path of a state_dict "
+                           "saved with torch.save(model.state_dict(), path)")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise CLIError(f"MODEL {spec}: {path} is not a readable torch weights file ({type(err).__name__}); "
+                           "save it with torch.save(model.state_dict(), path)") from err
+        model = DigitsNet()
+        try:
+            model.load_state_dict(state)
+        except Exception as err:
+            raise CLIError(f"MODEL {spec}: {path} does not hold DigitsNet weights ({str(err).splitlines()[0]}); "
+                           "pass the state_dict of a stabkern.zoo.digits.DigitsNet") from err
+        return Model(model.to(dev).eval(), f"digits:{path.name}")
+    raise CLIError(f"MODEL {spec!r}: unknown architecture (this build has no stabkern.io, so only 'digits', "
+                   "'digits-shuffled' and 'digits:WEIGHTS.pt' are known); pass one of those")
+
+
+def load_data(spec: str, *, limit=None, trust_pickle: bool = False, seed: int = 0) -> Data:
+    """DATA spec -> Data (x float32 on the CPU)."""
+    try:
+        from .. import io
+    except ImportError:
+        io = None
+    if io is not None and spec not in ("digits-train", "digits-shuffled"):
+        ld = io.load_data(spec, limit=limit, trust_pickle=trust_pickle, seed=seed)
+        return Data(ld.x, ld.y, ld.name)
+    from ..zoo.digits import load_digits_tensors, training_set
+
+    if spec in ("digits", "digits-train", "digits-shuffled"):
+        if spec == "digits":
+            _, (x, y) = load_digits_tensors()
+        else:
+            x, y = training_set("true" if spec == "digits-train" else "shuffled")
+    elif spec.endswith((".npz", ".npy")):
+        x, y = _arrays(pathlib.Path(spec))
+    else:
+        raise CLIError(f"DATA {spec!r}: unknown data (this build has no stabkern.io, so only 'digits', "
+                       "'digits-train', 'digits-shuffled' and .npz/.npy files are read); pass one of those")
+    if limit is not None:
+        x, y = x[:limit], None if y is None else y[:limit]
+    return Data(x, y, spec)
+
+
+def _arrays(path: pathlib.Path):
+    import numpy as np
+
+    if not path.is_file():
+        raise CLIError(f"DATA {path}: no such file; give the path of an .npz with arrays x (N, C, H, W) and y (N,)")
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise CLIError(f"DATA {path}: not a readable numpy file ({type(err).__name__}); save it with "
+                       "numpy.savez(path, x=x, y=y)") from err
+    if isinstance(arrays, np.ndarray):
+        x, y = arrays, None
+    else:
+        if "x" not in arrays.files:
+            raise CLIError(f"DATA {path}: no array named 'x' (found {arrays.files}); save with numpy.savez(path, x=x, y=y)")
+        x, y = arrays["x"], arrays["y"] if "y" in arrays.files else None
+    if x.dtype.kind not in "fiub" or x.ndim != 4:
+        raise CLIError(f"DATA {path}: x is {x.dtype} of shape {x.shape}; it must be real numbers of shape "
+                       "(N, C, H, W)")
+    if y is not None and (y.dtype.kind not in "iu" or y.shape != (x.shape[0],)):
+        raise CLIError(f"DATA {path}: y is {y.dtype} of shape {y.shape}; it must be ({x.shape[0]},) integer "
+                       "class indices")
+    return torch.from_numpy(x.astype(np.float32)), None if y is None else torch.from_numpy(y.astype(np.int64))
+
+
+def check_fit(model: Model, data: Data, dev: torch.device) -> int:
+    """Run one sample through the model; check the labels against its outputs. Returns the class count."""
+    if not torch.is_floating_point(data.x):
+        raise CLIError(f"DATA {data.name}: inputs are {data.x.dtype}; they must be floating point images")
+    if len(data.x) == 0:
+        raise CLIError(f"DATA {data.name}: no samples; pass data with at least one sample (and --limit > 0)")
+    try:
+        with torch.no_grad():
+            out = model.model(data.x[:1].to(dev))
+    except Exception as err:
+        raise CLIError(f"DATA {data.name}: samples of shape {tuple(data.x.shape[1:])} do not fit MODEL "
+                       f"{model.name} ({type(err).__name__}: {str(err).splitlines()[0][:160]}); pass data of the "
+                       "shape the model takes") from err
+    classes = out.flatten(1).shape[1]
+    if data.y is not None and len(data.y) and (int(data.y.min()) < 0 or int(data.y.max()) >= classes):
+        raise CLIError(f"DATA {data.name}: labels span [{int(data.y.min())}, {int(data.y.max())}] but MODEL "
+                       f"{model.name} has {classes} outputs; labels must be class indices in [0, {classes}) "
+                       "(or set --num-classes)")
+    return classes

@@ -1,0 +1,84 @@
+"""Every report stabkern writes validates against its shipped JSON Schema; broken ones do not."""
+
+import copy
+
+import jsonschema
+import pytest
+import torch
+
+import stabkern
+from stabkern.card import build_card, markdown
+from stabkern.schemas import FORMATS, load, tagged, validate
+from stabkern.zoo.digits import DigitsNet
+
+
+@pytest.fixture(scope="module")
+def net_and_data():
+    torch.manual_seed(0)
+    net = DigitsNet().eval()
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    return net, x, y
+
+
+def test_every_schema_ships_and_names_its_format():
+    for fmt in FORMATS:
+        schema = load(fmt)
+        assert schema["properties"]["format"]["const"] == fmt
+        jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_attenuation_report(net_and_data):
+    net, x, _ = net_and_data
+    doc = stabkern.noise_attenuation(net, x, trials=2).to_dict()
+    assert doc["format"] == "stabkern-attenuation-report-v1" and doc["schema_version"] == 1
+    validate(doc)
+    bad = copy.deepcopy(doc)
+    bad["alpha"] = -1.0
+    with pytest.raises(jsonschema.ValidationError):
+        validate(bad)
+
+
+def test_measure_report(net_and_data):
+    net, x, y = net_and_data
+    doc = stabkern.measure(net, x, y, trials=2).to_dict()
+    validate(doc)
+    bad = copy.deepcopy(doc)
+    del bad["layer_cushion"][doc["layers"][0]]["median"]
+    with pytest.raises(jsonschema.ValidationError):
+        validate(bad)
+
+
+def test_compression_and_choose_k_reports(net_and_data):
+    net, x, _ = net_and_data
+    _, report = stabkern.compress_model(net, 8, mode="filter", seed=1, data=x, eps=0.5)
+    validate(report.to_dict())
+    kc = stabkern.choose_k(net, x, 0.9, check=True)
+    validate(tagged(kc.to_dict(), "stabkern-choose-k-v1"))
+    bad = tagged(kc.to_dict(), "stabkern-choose-k-v1")
+    bad["mode"] = "rows"
+    with pytest.raises(jsonschema.ValidationError):
+        validate(bad)
+
+
+def test_card_without_labels(net_and_data):
+    net, x, _ = net_and_data
+    card = build_card(net, x, None, trials=2)
+    validate(card.doc)
+    assert card.doc["accuracy_vs_k"] is None and card.doc["data"]["accuracy"] is None
+    assert "## Accuracy vs k" not in markdown(card.doc)
+    assert set(card.doc["provenance"]["wall_time_s"]) == {"measure", "choose_k", "compress"}
+
+
+def test_repeated_warnings_become_one_line():
+    import warnings
+
+    from stabkern.card.build import summarized_warnings
+
+    notes = []
+    with summarized_warnings(notes):
+        for i in range(7):
+            warnings.warn(f"layer {i}: k >= n", UserWarning)
+        warnings.warn("deprecated inside torch", DeprecationWarning)
+    assert notes == ["UserWarning x7, e.g.: layer 0: k >= n"]

@@ -1,0 +1,89 @@
+"""Bad input on the command line: one line on stderr naming the problem and the fix, exit status 2,
+nothing written; --debug shows the traceback."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from stabkern.cli.main import main
+
+
+def fails(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stabkern "), err
+    return lines[0]
+
+
+def test_unknown_architecture(capsys, small):
+    line = fails(capsys, "meter", "resnet999:w.pt", "--data", small["data"])
+    assert "resnet999" in line
+
+
+def test_missing_weights(capsys, small, tmp_path):
+    line = fails(capsys, "meter", f"digits:{tmp_path / 'absent.pt'}", "--data", small["data"])
+    assert "absent.pt" in line
+
+
+def test_corrupt_weights(capsys, small, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a zip file at all")
+    line = fails(capsys, "meter", f"digits:{bad}", "--data", small["data"])
+    assert "bad.pt" in line
+
+
+def test_wrong_data_shape(capsys, small, tmp_path):
+    path = tmp_path / "rgb.npz"
+    np.savez(path, x=np.zeros((4, 3, 32, 32), np.float32), y=np.zeros(4, np.int64))
+    line = fails(capsys, "meter", small["model"], "--data", str(path))
+    assert "(3, 32, 32)" in line
+
+
+def test_wrong_data_dtype(capsys, small, tmp_path):
+    path = tmp_path / "complex.npz"
+    np.savez(path, x=np.zeros((4, 1, 8, 8), np.complex64))
+    line = fails(capsys, "meter", small["model"], "--data", str(path))
+    assert "complex64" in line
+
+
+def test_labels_out_of_range(capsys, small, tmp_path):
+    path = tmp_path / "labels.npz"
+    np.savez(path, x=small["x"].numpy(), y=np.full(len(small["x"]), 10, np.int64))
+    line = fails(capsys, "card", small["model"], "--data", str(path), "--out", str(tmp_path / "o"))
+    assert "[0, 10)" in line
+    assert not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device(capsys, small):
+    line = fails(capsys, "meter", small["model"], "--data", small["data"], "--device", "cuda")
+    assert "--device cpu" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_out_folder(capsys, small, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    line = fails(capsys, "card", small["model"], "--data", small["data"], "--out", str(locked / "x"))
+    assert "--out" in line
+
+
+def test_out_is_a_file(capsys, small, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("")
+    line = fails(capsys, "card", small["model"], "--data", small["data"], "--out", str(f))
+    assert "--out" in line
+
+
+def test_bad_seed(capsys, small):
+    line = fails(capsys, "meter", small["model"], "--data", small["data"], "--seed", "-1")
+    assert "seed" in line
+
+
+def test_debug_shows_traceback(capsys, small):
+    assert main(["meter", "resnet999:w.pt", "--data", small["data"], "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
