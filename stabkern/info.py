@@ -28,8 +28,8 @@ def _extension(name: str, problems: dict[str, str]) -> str:
         return f"not built ({err})"
     details = [f"built ({module.__file__})"]
     if hasattr(module, "isa"):
-        # _cpu.isa() raises under a bad STABKERN_CPU_ISA (the sign kernels read it; _noise does not)
-        details.append("ISA path: none, STABKERN_CPU_ISA is invalid" if name == "_cpu" and "STABKERN_CPU_ISA" in problems
+        # isa() raises under a bad STABKERN_CPU_ISA (the sign kernels and the noise generator read it)
+        details.append("ISA path: none, STABKERN_CPU_ISA is invalid" if "STABKERN_CPU_ISA" in problems
                        else f"ISA path: {module.isa()}")
     if hasattr(module, "archs"):
         details.append(f"archs: {module.archs()}")
@@ -40,7 +40,7 @@ def _backend_line(name: str, device: str, problems: dict[str, str]) -> str:
     backend = BACKENDS[name]
     reason = backend.missing() or backend.refuses(torch.device(device), torch.float32)
     if reason is None and name == "cpu" and "STABKERN_CPU_ISA" in problems:
-        reason = "for the sign ops: STABKERN_CPU_ISA is invalid (see above)"
+        reason = "STABKERN_CPU_ISA is invalid (see above)"
     if reason is not None:
         return f"  {name:<10} unusable: {reason}"
     if "STABKERN_BACKEND" in problems:

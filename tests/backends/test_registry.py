@@ -111,7 +111,11 @@ def test_bad_stabkern_cpu_isa_is_a_clear_value_error(value, monkeypatch):
 
     text = info.report()  # reports, never raises
     assert "INVALID STABKERN_CPU_ISA" in text and "cpu        unusable" in text
-    # the noise kernels do not read the variable
+    # the noise generator reads it too (sq_error has no ISA-specific path)
+    if value != "avx2":  # the simulated CPU above is the sign module's only
+        with pytest.raises(ValueError, match="STABKERN_CPU_ISA"):
+            ops.sphere_noise(torch.zeros(2, 40), torch.ones(2, dtype=torch.float64), trials=1, seed=0, stream=0,
+                             backend="cpu")
     assert ops.sq_error(torch.ones(2, 3), torch.zeros(2, 3)).tolist() == [3.0, 3.0]
 
 
