@@ -143,6 +143,9 @@ def choose_margin(m: np.ndarray, quantile: float) -> float:
 
 
 def _log10(x: float) -> float:
+    """log10 of a capacity: -inf for 0, NaN for NaN (an undefined margin), never an error."""
+    if math.isnan(x):
+        return math.nan
     return math.log10(x) if x > 0 else -math.inf
 
 

@@ -99,9 +99,13 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     names = prep.names
     att = attenuation_report(prep, sum_r, sum_r2, floor_r, alpha=alpha, trials=trials, seed=seed, precision=precision)
     m = margins(clean["logits"], labels)
-    gamma = margin if margin is not None else choose_margin(m, margin_quantile)
     notes = []
-    warning = small_margin(gamma, clean["logits"])
+    try:
+        gamma = margin if margin is not None else choose_margin(m, margin_quantile)
+        warning = small_margin(gamma, clean["logits"])
+    except ValueError as err:  # no positive margin: the meters stand, the margin bounds are undefined
+        gamma = math.nan
+        warning = f"{err}; every capacity is undefined (NaN); the meters are unaffected"
     if warning is not None:
         warnings.warn(warning, UserWarning, stacklevel=2)
         notes.append(warning)
@@ -123,7 +127,7 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     bound = bounds(layers=prep.layers, c=c, mu=mu, mu_to=mu_to, logits=clean["logits"], data_stats=data_stats(data),
                    gamma=gamma, parameters=parameters, spectral_iters=spectral_iters, beta=beta)
     bound["mu_to_convention"] = "min_ci95 lower end (data minimum of each sample's 95% interval lower end)"
-    bound["margin_loss"] = float(np.mean(m <= gamma))
+    bound["margin_loss"] = float(np.mean(m <= gamma)) if gamma == gamma else math.nan
     bound["rho"] = min_or_nan(jac["rho"])
     bound["rho_literal"] = min_or_nan(jac["rho_literal"])
     bound["psi"] = float(np.nanmax(att.per_sample_sq[:, :, -1]) / alpha ** 2)

@@ -6,6 +6,7 @@ Nets are tiny (a few channels, 6x6 images, 3 samples) so each `measure` call tak
 from __future__ import annotations
 
 import ast
+import json
 import math
 import pathlib
 import warnings
@@ -279,3 +280,24 @@ def test_no_private_cross_module_imports():
             if isinstance(node, ast.ImportFrom) and node.module not in ("__future__",):
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private, f"{path.name} imports {private} from {node.module}"
+
+
+def test_no_positive_margin_leaves_the_meters_and_marks_the_bounds_undefined():
+    """Labels that most samples miss: the margin quantile is <= 0. The meters are still measured; every
+    margin-based capacity is NaN (not -inf, not a crash after all the work) and a warning says why."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x = torch.randn(12, 6)
+    wrong = net(x).argmin(1)  # every sample misclassified
+    with pytest.warns(UserWarning, match="undefined"):
+        report = stabkern.measure(net, x, wrong, trials=2, probes=2, draws=1, spectral_iters=20)
+    logs = report.bound["log10"]
+    assert math.isnan(logs["ours"]) and math.isnan(logs["spectral_bartlett2017"])
+    assert math.isfinite(logs["parameters"])
+    assert math.isnan(report.bound["margin_loss"])
+    assert report.layer_cushion["0"]["min"] > 0 and any("undefined" in n for n in report.settings["notes"])
+    doc = report.to_dict()
+    json.dumps(doc, allow_nan=False)  # strict JSON: undefined is null
+    from stabkern.schemas import validate
+
+    validate(doc)
