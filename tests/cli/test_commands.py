@@ -17,18 +17,15 @@ def run(capsys, *argv):
 
 
 def check_attenuation(att):
-    """Finite and positive on and above the diagonal (observed downstream of the injection), undefined below.
-
-    TODO(lead): entries below the diagonal are null (NaN) today; accept 0.0 too until the NaN-for-undefined
-    fix lands, then require null only.
-    """
+    """Finite and positive on and above the diagonal (a chain: every later layer is downstream of the
+    injection), undefined (null) below it."""
     mean = att["mean"]
     for i, row in enumerate(mean):
         for j, v in enumerate(row):
             if j >= i:
                 assert v is not None and math.isfinite(v) and v > 0, (i, j, v)
             else:
-                assert v is None or v == 0.0, (i, j, v)
+                assert v is None, (i, j, v)
 
 
 def check_measure(doc):
