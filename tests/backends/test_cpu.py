@@ -14,14 +14,11 @@ the double sum of at most 2^32 / 128 chunk partials (2^25 * 2^-53 < 2^-24).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 
+from helpers.memory import linux_only, peak_run
 from stabkern.backends import reference
 
 _cpu = pytest.importorskip("stabkern._cpu", reason="stabkern._cpu is not built")
@@ -357,27 +354,12 @@ def test_public_op_uses_the_cpu_kernels():
                               y.reshape(6, 70).double().abs().sum(1, keepdim=True) / 70, 73)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak RSS from /proc")
+@linux_only
 def test_memory_stays_linear_in_n_plus_k():
     """Projecting n = 2^22 onto k = 256 rows (S would be 4 GiB in fp32) raises the peak RSS of a
-    fresh process by scratch only, not by anything of size k * n.
-
-    The peak is VmHWM, reset before each step through /proc/self/clear_refs. (ru_maxrss is the
-    same peak but also keeps the RSS of the forking pytest process from before exec.)
-    """
-    code = textwrap.dedent("""
+    fresh process by scratch only, not by anything of size k * n (peak: tests/helpers/memory.py)."""
+    fields = peak_run("""
         import torch, stabkern
-        def status_mib(key):
-            with open("/proc/self/status") as f:
-                return next(int(l.split()[1]) / 1024 for l in f if l.startswith(key + ":"))
-        def reset_peak():  # lowers the high-water mark to the current RSS (Linux >= 4.0)
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")
-            except OSError:
-                print("no-reset")
-                raise SystemExit(0)
-            return status_mib("VmHWM")
         n, k = 1 << 22, 256
         x = torch.randn(n)
         stabkern.sign_project(x[:4096], 8, seed=0, backend="cpu")  # load the op machinery and threads
@@ -391,13 +373,8 @@ def test_memory_stays_linear_in_n_plus_k():
         control = torch.ones(16 << 20)  # 64 MiB: the measurement must see it
         control_growth = status_mib("VmHWM") - before
         print(project_growth, reconstruct_growth, control_growth, bool(out.isfinite().all()))
-    """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert res.returncode == 0, res.stderr
-    if res.stdout.strip() == "no-reset":
-        pytest.skip("this kernel does not let a process reset its peak RSS (/proc/self/clear_refs)")
-    project_growth, reconstruct_growth, control_growth, finite = res.stdout.split()
+    """, timeout=120)
+    project_growth, reconstruct_growth, control_growth, finite = fields
     assert float(control_growth) > 60, res.stdout
     assert float(project_growth) < 32, res.stdout
     assert float(reconstruct_growth) < 16 + 32, res.stdout

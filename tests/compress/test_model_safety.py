@@ -4,16 +4,13 @@ warning, report undefined output errors as NaN, record the backend that ran, and
 memory on a 100M-weight layer."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 import warnings
 
 import pytest
 import torch
 from torch import nn
 
+from helpers.memory import linux_only, peak_run
 import stabkern
 from helpers.model_state import assert_unchanged, snapshot
 from stabkern.compress import choose_k, compress_model, fold_batchnorm
@@ -200,24 +197,13 @@ def test_argument_policy():
     assert comp[0].k == 5 and comp[0].seed_value == 7
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak RSS from /proc")
+@linux_only
 def test_peak_memory_on_a_100m_weight_linear():
     """compress_model on a 10000 x 10000 Linear (400 MB fp32), k = 64, tensor mode: the peak RSS grows by
     at most twice the weight (issue target) beyond the model copy; the compressed model holds no dense
-    weight. Peak = VmHWM reset through /proc/self/clear_refs, as in tests/backends/test_cpu.py."""
-    code = textwrap.dedent("""
+    weight. Peak: tests/helpers/memory.py."""
+    fields = peak_run("""
         import torch, stabkern
-        def status_mib(key):
-            with open("/proc/self/status") as f:
-                return next(int(l.split()[1]) / 1024 for l in f if l.startswith(key + ":"))
-        def reset_peak():
-            try:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")
-            except OSError:
-                print("no-reset")
-                raise SystemExit(0)
-            return status_mib("VmHWM")
         model = torch.nn.Sequential(torch.nn.Linear(10_000, 10_000))
         stabkern.compress_model(torch.nn.Sequential(torch.nn.Linear(300, 300)), 8, seed=0)  # load the machinery
         before = reset_peak()
@@ -229,17 +215,12 @@ def test_peak_memory_on_a_100m_weight_linear():
         control_growth = status_mib("VmHWM") - before
         print(growth, held, control_growth, report.layers[0].rel_fro_error, comp[0].stored)
     """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert res.returncode == 0, res.stderr
-    if res.stdout.strip() == "no-reset":
-        pytest.skip("this kernel does not let a process reset its peak RSS (/proc/self/clear_refs)")
-    growth, held, control_growth, err, stored = (float(v) for v in res.stdout.split())
+    growth, held, control_growth, err, stored = (float(v) for v in fields)
     weight_mib = 1e8 * 4 / 2**20
-    assert control_growth > 95, res.stdout
-    assert growth <= 2 * weight_mib, res.stdout
+    assert control_growth > 95, fields
+    assert growth <= 2 * weight_mib, fields
     # the returned model keeps coefficients and bias, no dense weight (freed pieces may stay with the allocator)
-    assert held < 0.5 * weight_mib, res.stdout
+    assert held < 0.5 * weight_mib, fields
     # ||A_hat - A||^2 / ||A||^2 is about (n / k) chi^2_k / k: its root has relative spread sqrt(1 / (2k)) = 0.088
-    assert stored == 64 and abs(err / ((1e8 - 1) / 64) ** 0.5 - 1) < 4 * (1 / 128) ** 0.5, res.stdout
+    assert stored == 64 and abs(err / ((1e8 - 1) / 64) ** 0.5 - 1) < 4 * (1 / 128) ** 0.5, fields
     print(f"peak growth {growth:.0f} MiB = {growth / weight_mib:.3f} x the 381 MiB weight")
