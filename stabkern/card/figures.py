@@ -115,7 +115,8 @@ def bounds(doc: dict, ax):
     ax.set_xticks(range(len(items)))
     ax.set_xticklabels([label for _, label, _ in items], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("log10 effective number of parameters")
-    ax.set_title(f"capacity terms, margin gamma = {doc['measure']['bound']['gamma']:.3g}")
+    gamma = doc["measure"]["bound"]["gamma"]
+    ax.set_title("capacity terms, margin gamma = " + ("undefined" if gamma is None else f"{gamma:.3g}"))
 
 
 def accuracy_vs_k(doc: dict, ax):

@@ -20,6 +20,20 @@ def _pyplot():
     return plt
 
 
+MAX_LEGEND = 12  # above this many curves a colorbar replaces the legend (a DenseNet has 120 layers)
+MAX_TICKS = 30  # above this many layers only every n-th name is written
+
+
+def _layer_ticks(ax, names):
+    step = max(1, math.ceil(len(names) / MAX_TICKS))
+    ax.set_xticks(range(0, len(names), step))
+    ax.set_xticklabels(names[::step], rotation=45, ha="right", fontsize=7)
+
+
+def _gamma_text(gamma) -> str:
+    return "undefined" if gamma is None or not math.isfinite(gamma) else f"{gamma:.3g}"
+
+
 def _finish(fig, ax, path):
     if path is not None:
         fig.tight_layout()
@@ -42,7 +56,8 @@ def plot_attenuation(report, ax=None, path=None):
         j = np.arange(i, num)
         mean, lo, hi = report.mean[i, i:], report.ci_low[i, i:], report.ci_high[i, i:]
         shown = np.isfinite(mean) & (mean > 0)
-        ax.plot(j[shown], mean[shown], marker="o", ms=3, color=colors[i], label=report.layers[i])
+        ax.plot(j[shown], mean[shown], marker="o" if num <= MAX_LEGEND else None, ms=3, lw=1, color=colors[i],
+                label=report.layers[i])
         band = shown & np.isfinite(lo) & np.isfinite(hi)
         ax.fill_between(j[band], np.where(lo > 0, lo, mean)[band], hi[band], color=colors[i], alpha=0.15,
                         linewidth=0)
@@ -53,12 +68,15 @@ def plot_attenuation(report, ax=None, path=None):
         ax.plot(np.arange(num)[shown], floor[shown], ls=":", color="gray",
                 label=f"floor ({report.precision}, alpha = 0)")
     ax.set_yscale("log")
-    ax.set_xticks(range(num))
-    ax.set_xticklabels(report.layers, rotation=45, ha="right", fontsize=7)
+    _layer_ticks(ax, list(report.layers))
     ax.set_xlabel("observation layer j")
     ax.set_ylabel("||x_hat^j - x^j|| / ||x^j||")
     ax.set_title(f"noise attenuation: alpha = {report.alpha:g}, {report.trials} trials, {report.n_samples} samples")
-    ax.legend(fontsize=6, ncol=2 if num > 8 else 1, title="injected at", title_fontsize=7)
+    if num <= MAX_LEGEND:
+        ax.legend(fontsize=6, ncol=2 if num > 8 else 1, title="injected at", title_fontsize=7)
+    else:  # a legend of 100+ entries would cover the curves: colors by injection index instead
+        mappable = plt.cm.ScalarMappable(cmap=plt.cm.viridis, norm=plt.Normalize(0, (num - 1) / 0.9))
+        fig.colorbar(mappable, ax=ax, label="injection layer index")
     return _finish(fig, ax, path)
 
 
@@ -80,17 +98,17 @@ def plot_bounds(bound: dict, ax=None, path=None):
     plt = _pyplot()
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 4))
     keys = [k for k in BOUND_LABELS if k in bound["log10"]]
-    values = [bound["log10"][k] for k in keys]
+    values = [math.nan if bound["log10"][k] is None else bound["log10"][k] for k in keys]
     # an infinite capacity (e.g. c = inf: some sample's activation is all zero) is drawn as an empty bar
     bars = ax.bar(range(len(keys)), [v if math.isfinite(v) else 0.0 for v in values],
                   color=["C3" if k.startswith("ours") else "C7" if k == "parameters" else "C0" for k in keys])
     for bar, v in zip(bars, values):
-        label = f"10^{v:.1f}" if math.isfinite(v) else "infinite"
+        label = f"10^{v:.1f}" if math.isfinite(v) else "undefined" if math.isnan(v) else "infinite"
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), label, ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels([BOUND_LABELS[k] for k in keys], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("log10 effective number of parameters")
-    ax.set_title(f"capacity terms (log factors dropped), margin gamma = {bound['gamma']:.3g}")
+    ax.set_title(f"capacity terms (log factors dropped), margin gamma = {_gamma_text(bound['gamma'])}")
     return _finish(fig, ax, path)
 
 
@@ -109,8 +127,29 @@ def plot_cushions(report, ax=None, path=None):
         ax.plot(x, med, style, label=f"{label} (median; bars: min-max)")
         ax.vlines(x, lo, hi, alpha=0.5)
     ax.set_yscale("log")
-    ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    _layer_ticks(ax, list(names))
     ax.legend(fontsize=7)
     ax.set_title("cushions over the data")
     return _finish(fig, ax, path)
+
+
+def plot_report(report, folder=None) -> dict:
+    """Every figure of a StabilityReport: attenuation, cushions and bounds, one matplotlib figure each,
+    sized for the number of layers. With `folder`, each is saved there as <name>.png (and closed); returns
+    {name: figure}, or {name: file path} when saved."""
+    plt = _pyplot()
+    width = min(7 + 0.25 * len(report.layers), 24)
+    drawn = {}
+    for name, size, draw in (("attenuation", (width, 4.5), lambda ax: plot_attenuation(report.attenuation, ax=ax)),
+                             ("cushions", (width, 4), lambda ax: plot_cushions(report, ax=ax)),
+                             ("bounds", (7, 4.5), lambda ax: plot_bounds(report.bound, ax=ax))):
+        fig, ax = plt.subplots(figsize=size)
+        draw(ax)
+        fig.tight_layout()
+        if folder is None:
+            drawn[name] = fig
+        else:
+            drawn[name] = f"{folder}/{name}.png"
+            fig.savefig(drawn[name], dpi=120)
+            plt.close(fig)
+    return drawn

@@ -149,3 +149,10 @@ class StabilityReport:
             "bound": self.bound,
             "settings": self.settings,
         })
+
+    def plot(self, folder=None) -> dict:
+        """Every figure: attenuation (Figure 3), cushions and the bound chart (Figure 4), readable with 100+
+        layers (a colorbar replaces the legend, layer names are thinned). With `folder`, PNGs are written
+        there and their paths returned; else {name: matplotlib figure}."""
+        from .plots import plot_report
+        return plot_report(self, folder)

@@ -89,3 +89,22 @@ def test_bound_chart(tmp_path):
     want = [rep.bound["log10"][k] for k in ("ours", "ours_conv", "parameters", "spectral_bartlett2017",
                                             "pac_bayes_neyshabur2018", "l1_bartlett_mendelson2002")]
     assert heights == pytest.approx([v if math.isfinite(v) else 0.0 for v in want])
+
+
+def test_report_plot_draws_every_figure_readably_with_many_layers(tmp_path):
+    """StabilityReport.plot() writes all its figures; with more layers than a legend can hold (a 40-layer
+    chain) the attenuation figure has a colorbar and no legend covering the curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(*[m for _ in range(20) for m in (torch.nn.Linear(6, 6), torch.nn.ReLU())],
+                              torch.nn.Linear(6, 3))
+    rep = measure(net, torch.randn(6, 6), trials=2, probes=2, draws=1, spectral_iters=10)
+    paths = rep.plot(tmp_path)
+    assert set(paths) == {"attenuation", "cushions", "bounds"}
+    assert all((tmp_path / f"{k}.png").stat().st_size > 1000 for k in paths)
+    figs = rep.plot()
+    att = figs["attenuation"]
+    assert att.axes[0].get_legend() is None and len(att.axes) == 2  # the curves' axes and the colorbar
+    assert len(att.axes[0].get_xticklabels()) <= 30
