@@ -69,7 +69,7 @@ def load_model(spec: str, *, num_classes=None, trust_pickle: bool = False, dev: 
         from .. import io
     except ImportError:
         io = None
-    if io is not None and not spec.startswith("digits-shuffled"):
+    if io is not None and not spec.startswith("digits"):  # the embedded digits specs are resolved here
         lm = io.load_model(spec, num_classes=num_classes, trust_pickle=trust_pickle, device=str(dev))
         return Model(lm.model.eval(), lm.name)
     from ..zoo.digits import DigitsNet, trained_digits_net
