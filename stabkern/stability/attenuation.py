@@ -24,9 +24,8 @@ import torch
 
 from .. import ops
 from .._checks import check_positive, check_positive_int, check_seed
-from ..distributed import agree_on_failure, group_rank_size, merge_owned, owner
-from .context import (MAX_SAMPLES, DataSource, Prepared, Tally, check_finite, check_precision, chunks,
-                      count_chunks, metering, plan_chunks, precision_mode, prepare)
+from .context import (MAX_SAMPLES, DataSource, Prepared, Tally, check_finite, check_precision, chunks, metering,
+                      plan_chunks, precision_mode, prepare, run_units)
 from .report import AttenuationReport
 
 
@@ -48,35 +47,21 @@ def attenuation_sums(prep: Prepared, data, *, alpha: float, trials: int, seed: i
     layer i) are shared over its ranks (distributed.owner) and every entry taken from its owner, so the
     result is the same bits on any number of ranks. tally: stepped once per (chunk, injection layer)."""
     source = data if isinstance(data, DataSource) else DataSource(data)
-    rank, size = group_rank_size(group)
     num = len(prep.layers)
-    per_chunk, owners = [], []
     element = torch.finfo(prep.dtype).bits // 8
     batch, trial_chunk = plan_chunks(prep.layers, source.n or MAX_SAMPLES, trials, element, memory_budget,
                                      prep.device)
     noise_dtype = _noise_dtype(prep, precision)
-    prop = prep.propagator
     undefined = torch.ones(num, num, dtype=torch.bool, device=prep.device)  # [i, j]: j not downstream of i
     for i in range(num):
-        undefined[i, prop.downstream(i)] = False
-    if tally is not None:
-        chunk_count = count_chunks(source.n, batch)
-        tally.expect(None if chunk_count is None else chunk_count * num)
-    error = None
-    try:
-        for c, (s0, xc, _) in enumerate(source.chunks(batch)):
-            b = xc.shape[0]
-            mine = [i for i in range(num) if owner(c * num + i, size) == rank]
-            owners.append(np.broadcast_to([owner(c * num + i, size) for i in range(num)], (b, num)))
-            per_chunk.append(_attenuation_chunk(prep, xc, s0, mine, alpha=alpha, trials=trials, seed=seed,
-                                                precision=precision, floor=floor, trial_chunk=trial_chunk,
-                                                noise_dtype=noise_dtype, undefined=undefined, backend=backend,
-                                                tally=tally))
-    except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
-        error = err
-    agree_on_failure(error, group)
-    sum_r, sum_r2, floor_r = (np.concatenate([p[k] for p in per_chunk]) for k in range(3))
-    sum_r, sum_r2, floor_r = merge_owned([sum_r, sum_r2, floor_r], np.concatenate(owners), group)
+        undefined[i, prep.propagator.downstream(i)] = False
+
+    def work(s0, x, injections):
+        return _attenuation_chunk(prep, x, s0, injections, alpha=alpha, trials=trials, seed=seed,
+                                  precision=precision, floor=floor, trial_chunk=trial_chunk, noise_dtype=noise_dtype,
+                                  undefined=undefined, backend=backend, tally=tally)
+
+    sum_r, sum_r2, floor_r = run_units(source, batch, num, 3, work, group=group, tally=tally)
     return sum_r, sum_r2, (floor_r if floor else None)
 
 
@@ -87,10 +72,6 @@ def _attenuation_chunk(prep: Prepared, data: torch.Tensor, s0: int, injections: 
     num = len(prep.layers)
     prop = prep.propagator
     b = data.shape[0]
-    if not injections:
-        if tally is not None:
-            tally.step(num)
-        return (np.full((b, num, num), np.nan),) * 3
     xb = prep.batch(data)
     with precision_mode("highest", prep.device):
         clean = prop.clean(xb)
@@ -103,8 +84,6 @@ def _attenuation_chunk(prep: Prepared, data: torch.Tensor, s0: int, injections: 
     bad = torch.zeros(num, num, dtype=torch.bool, device=prep.device)
     for i in range(num):
         if i not in injections:
-            if tally is not None:
-                tally.step()
             continue
         x_in = clean.inputs[i]
         radius = alpha * x_in.flatten(1).double().norm(dim=1)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_positive_int
+from ..distributed import agree_on_failure, group_rank_size, merge_owned, owner
 from .layers import Layer, resolve_layers, trace_layers
 from .propagate import build_propagator
 
@@ -262,6 +263,38 @@ class Tally:
         """Report the end: done == total (units never stepped, e.g. of an empty stage, count as one)."""
         if self.progress is not None and not (self.known and self.done == self.total and self.done):
             self.progress(self.stage, max(self.done, 1), max(self.done, 1))
+
+
+def run_units(source: DataSource, batch: int, num: int, arrays: int, work, *, group=None,
+              tally: Tally | None = None) -> list[np.ndarray]:
+    """The outer loop every per-injection meter shares: over chunks of `batch` samples of `source`, and over
+    the work units (chunk c, injection layer i), each computed by its owner rank
+    (`distributed.owner(c num + i)`; everything, without a group).
+
+    work(s0, x, injections) -> `arrays` float64 arrays (b, L, L) for the chunk x (stream index s0 on), rows
+    `injections` filled (the others are ignored); it steps `tally` once per injection layer it computes.
+    Returns the `arrays` arrays (N, L, L), every row from its owner rank: the same bits on every rank and
+    for any number of ranks. A failure on one rank is raised on all (distributed.agree_on_failure).
+    """
+    rank, size = group_rank_size(group)
+    if tally is not None:
+        count = count_chunks(source.n, batch)
+        tally.expect(None if count is None else count * num)
+    parts, owners, error = [], [], None
+    try:
+        for c, (s0, x, _) in enumerate(source.chunks(batch)):
+            units = [owner(c * num + i, size) for i in range(num)]
+            mine = [i for i in range(num) if units[i] == rank]
+            b = x.shape[0]
+            parts.append(work(s0, x, mine) if mine else [np.full((b, num, num), np.nan)] * arrays)
+            owners.append(np.broadcast_to(np.asarray(units), (b, num)))
+            if tally is not None and len(mine) < num:
+                tally.step(num - len(mine))
+    except Exception as err:  # noqa: BLE001 - raised again below, on every rank
+        error = err
+    agree_on_failure(error, group)
+    merged = [np.concatenate([p[k] for p in parts]) for k in range(arrays)]
+    return merge_owned(merged, np.concatenate(owners), group)
 
 
 def count_chunks(n: int | None, size: int) -> int | None:
