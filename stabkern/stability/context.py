@@ -236,9 +236,10 @@ class Tally:
     """Counts finished units of one stage for a progress callback `progress(stage, done, total)`
     (stabkern.progress); None: silent.
 
-    Each meter adds the units it will do (`expect`) before doing them: the total is then known, or grows
-    chunk by chunk when `measure` reads a stream. expect(None) (a stream of unknown length): each step
-    reports total = done + 1 (more may come) until `finish` reports done == total.
+    Each meter adds the units it will do (`expect`) before doing them, unless the caller fixed the total
+    (`fix`: measure, which knows all its meters' units when the data's length is known). expect(None) (a
+    stream of unknown length): each step reports total = done + 1 (more may come) until `finish` reports
+    done == total.
     """
 
     def __init__(self, progress, stage: str):
@@ -246,8 +247,15 @@ class Tally:
             raise TypeError(f"progress must be a callable progress(stage, done, total) or None, got "
                             f"{type(progress).__name__}")
         self.progress, self.stage, self.total, self.known, self.done = progress, stage, 0, True, 0
+        self.fixed = False
+
+    def fix(self, total: int) -> None:
+        """The stage's whole total, known in advance: later `expect` calls change nothing."""
+        self.total, self.fixed = total, True
 
     def expect(self, units: int | None) -> None:
+        if self.fixed:
+            return
         if units is None:
             self.known = False
         else:

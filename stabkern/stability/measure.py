@@ -17,10 +17,10 @@ from .._checks import check_choice, check_float, check_int, check_names, check_p
     check_seed
 from .attenuation import attenuation_report, attenuation_sums
 from .bound import bounds, check_labels, choose_margin, logits_of, margins, small_margin
-from .context import MAX_SAMPLES, DataSource, Tally, check_precision, metering, plan_chunks, prepare
-from .meters import (activation_contraction_dict, check_meterable, clean_meters, interlayer_cushion_dict,
-                     jacobian_meters, jacobian_spread, layer_cushion_dict, max_or_nan, min_or_nan,
-                     noise_sensitivity_dict, smoothness_dict, spread_dict)
+from .context import MAX_SAMPLES, DataSource, Tally, check_precision, count_chunks, metering, plan_chunks, prepare
+from .meters import (activation_contraction_dict, check_meterable, clean_batch, clean_meters, interlayer_cushion_dict,
+                     jacobian_batch, jacobian_meters, jacobian_spread, layer_cushion_dict, max_or_nan, min_or_nan,
+                     noise_sensitivity_dict, smoothness_dict, spread_batch, spread_dict)
 from .report import StabilityReport
 
 CI95 = 1.96  # the normal 97.5% quantile: each sample's 95% interval of mu_{i,j} is mu (1 +- CI95 rse)
@@ -38,6 +38,21 @@ def _length(labels) -> int | None:
         return len(labels) if labels is not None and np.ndim(labels) == 1 else None
     except TypeError:
         return None
+
+
+def _measure_units(prep, n: int, outer: int, trials: int, probes: int, draws: int, budget) -> int:
+    """Progress units of `measure` on n samples read in chunks of `outer`: per chunk of each meter, one
+    (clean pass) or one per injection layer (attenuation, Jacobian meters, spread)."""
+    element = torch.finfo(prep.dtype).bits // 8
+    att = plan_chunks(prep.layers, n, trials, element, budget, prep.device)[0]
+    batches = [clean_batch(prep, n, budget)]
+    per_layer = [att, jacobian_batch(prep, n, probes, draws, budget), spread_batch(prep, n, probes, budget)]
+    num = len(prep.layers)
+    total = 0
+    for s0 in range(0, n, outer):
+        b = min(outer, n - s0)
+        total += sum(count_chunks(b, size) for size in batches) + num * sum(count_chunks(b, size) for size in per_layer)
+    return total
 
 
 def conservative_mu_to(mu: np.ndarray, mu_rse: np.ndarray) -> np.ndarray:
@@ -108,6 +123,8 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
         outer, _ = plan_chunks(prep.layers, source.n or MAX_SAMPLES, 1, element, memory_budget, prep.device)
         inner, _ = plan_chunks(prep.layers, source.n or MAX_SAMPLES, trials, element, memory_budget, prep.device)
         outer = max(inner, outer - outer % inner)
+        if source.n is not None:
+            tally.fix(_measure_units(prep, source.n, outer, trials, probes, draws, memory_budget))
         parts, pair_labels, norms, max_abs = [], [], [], 0.0
         for s0, xc, yc in source.chunks(outer):
             sub = DataSource(xc, start=s0)

@@ -115,8 +115,7 @@ def clean_meters(prep: Prepared, data, budget, tally: Tally | None = None) -> di
     after = _activation_after(prep, prep.batch(source.first()))
     cushions, contractions = [], []
     outputs = []
-    batch, _ = plan_chunks(prep.layers, source.n or MAX_SAMPLES, 1, torch.finfo(prep.dtype).bits // 8, budget,
-                           prep.device)
+    batch = clean_batch(prep, source.n, budget)
     if tally is not None:
         tally.expect(count_chunks(source.n, batch))
     acts = [m for m in prep.model.modules() if isinstance(m, ACTIVATIONS)]
@@ -154,6 +153,28 @@ def clean_meters(prep: Prepared, data, budget, tally: Tally | None = None) -> di
             "logits": torch.cat(outputs)}
 
 
+def jacobian_batch(prep: Prepared, n: int | None, probes: int, draws: int, budget) -> int:
+    """Samples per chunk of `jacobian_meters` (n: samples, None when unknown)."""
+    rows = 1 + max(probes, draws) + draws
+    batch, trial_chunk = plan_chunks(prep.layers, n or MAX_SAMPLES, 2 * rows, torch.finfo(prep.dtype).bits // 8,
+                                     budget, prep.device)
+    if trial_chunk < 2 * rows:
+        raise ValueError(f"memory_budget is too small for one sample's {rows} forward-mode rows; raise it or "
+                         "lower probes/draws")
+    return batch
+
+
+def spread_batch(prep: Prepared, n: int | None, probes: int, budget) -> int:
+    """Samples per chunk of `jacobian_spread`."""
+    return plan_chunks(prep.layers, n or MAX_SAMPLES, 3 * probes, torch.finfo(prep.dtype).bits // 8, budget,
+                       prep.device)[0]
+
+
+def clean_batch(prep: Prepared, n: int | None, budget) -> int:
+    """Samples per chunk of `clean_meters` (the largest chunks: one pass, no trials)."""
+    return plan_chunks(prep.layers, n or MAX_SAMPLES, 1, torch.finfo(prep.dtype).bits // 8, budget, prep.device)[0]
+
+
 def jacobian_meters(prep: Prepared, data, *, probes: int, draws: int, alpha: float, seed: int,
                     budget, backend: str, group=None, tally: Tally | None = None) -> dict:
     """Per-sample interlayer cushion mu (N, L, L) with its relative standard error mu_rse, ||J^{i,j} x^i||
@@ -168,12 +189,7 @@ def jacobian_meters(prep: Prepared, data, *, probes: int, draws: int, alpha: flo
     source = data if isinstance(data, DataSource) else DataSource(data)
     num = len(prep.layers)
     directions = max(probes, draws)
-    rows = 1 + directions + draws
-    batch, trial_chunk = plan_chunks(prep.layers, source.n or MAX_SAMPLES, 2 * rows,
-                                     torch.finfo(prep.dtype).bits // 8, budget, prep.device)
-    if trial_chunk < 2 * rows:
-        raise ValueError(f"memory_budget is too small for one sample's {rows} forward-mode rows; raise it or "
-                         "lower probes/draws")
+    batch = jacobian_batch(prep, source.n, probes, draws, budget)
 
     def work(s0, xc, injections):
         b = xc.shape[0]
@@ -250,8 +266,7 @@ def jacobian_spread(prep: Prepared, data, *, probes: int, seed: int, budget, bac
     source = data if isinstance(data, DataSource) else DataSource(data)
     num = len(prep.layers)
     positions = [math.prod(layer.out_shape[1:]) if len(layer.out_shape) == 3 else 1 for layer in prep.layers]
-    batch, _ = plan_chunks(prep.layers, source.n or MAX_SAMPLES, 3 * probes, torch.finfo(prep.dtype).bits // 8,
-                           budget, prep.device)
+    batch = spread_batch(prep, source.n, probes, budget)
 
     def work(s0, xc, injections):
         b = xc.shape[0]
