@@ -14,6 +14,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from ..distributed import agree_on_failure, group_rank_size, owner
+from ..progress import Tally
 from ..sketched import SKETCHED_TYPES, SketchedConv2d, SketchedLinear, check_int, check_k, check_mode
 from .report import CompressionReport, LayerReport, OutputError
 
@@ -220,10 +222,58 @@ def _skipped_modules(model: nn.Module, layer_ids: set[int]) -> list[dict]:
     return out
 
 
+def _sketch(module: nn.Module, k: int, *, mode, seed, stream, backend, precision, name) -> tuple[nn.Module, float]:
+    """The sketched drop-in of a dense Conv2d / Linear and its relative Frobenius error ||A_hat - A|| / ||A||."""
+    cls = SketchedConv2d if isinstance(module, nn.Conv2d) else SketchedLinear
+    sk = cls.from_module(module, k, mode=mode, seed=seed, stream=stream, backend=backend, precision=precision,
+                         name=name)
+    with torch.no_grad():
+        w = module.weight.detach().double()
+        err = float((sk.weight.double() - w).norm() / w.norm()) if w.norm() > 0 else 0.0
+    return sk, err
+
+
+def _share(built, module: nn.Module, k: int, src: int, group, **sketch) -> tuple[nn.Module, float]:
+    """The sketch `src` (a rank of group) built, on every rank: its coefficients and error broadcast; the
+    other ranks construct the same module empty (no projection) and copy the dense bias exactly."""
+    import torch.distributed as dist
+
+    from ..distributed import _collective_device, resolve_group
+
+    group = resolve_group(group)
+    if built is None:
+        cls = SketchedConv2d if isinstance(module, nn.Conv2d) else SketchedLinear
+        w = module.weight
+        if cls is SketchedLinear:
+            sk = cls(module.in_features, module.out_features, k, bias=module.bias is not None, device=w.device,
+                     dtype=w.dtype, **sketch)
+        else:
+            sk = cls(module.in_channels, module.out_channels, module.kernel_size, k, stride=module.stride,
+                     padding=module.padding, dilation=module.dilation, groups=module.groups,
+                     bias=module.bias is not None, padding_mode=module.padding_mode, device=w.device, dtype=w.dtype,
+                     **sketch)
+        if module.bias is not None:
+            with torch.no_grad():
+                sk.bias.copy_(module.bias.detach())
+            sk.bias.requires_grad_(module.bias.requires_grad)
+        err = 0.0
+    else:
+        sk, err = built
+    device = _collective_device(group)
+    coeff = sk.coefficients.detach().to(device).contiguous()
+    err_t = torch.tensor([err], dtype=torch.float64, device=device)
+    src_global = dist.get_global_rank(group, src) if group is not dist.group.WORLD else src
+    dist.broadcast(coeff, src=src_global, group=group)
+    dist.broadcast(err_t, src=src_global, group=group)
+    with torch.no_grad():
+        sk.coefficients.copy_(coeff.to(sk.coefficients.device))
+    return sk, float(err_t.item())
+
+
 def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "tensor", seed: int,
                    layers: Iterable[str] | None = None, fold_bn: bool = False, data=None, eps: float | None = None,
                    backend: str = "auto", precision: str = "highest",
-                   batch_size: int = 256) -> tuple[nn.Module, CompressionReport]:
+                   batch_size: int = 256, group=None, progress=None) -> tuple[nn.Module, CompressionReport]:
     """A compressed copy of `model` (Algorithm 1 on every chosen Conv2d / Linear) and its report.
 
     k: an int for every layer; a dict name -> int (the layers it names; None leaves one dense);
@@ -235,7 +285,14 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
     BatchNorm becomes Identity). data (a tensor or iterable of batches) adds each layer's
     relative output error on its own dense input; eps adds the fraction of samples within eps.
 
-    Non-float weights are refused; k >= the entries a sketch covers warns NoCompressionWarning.
+    group: None (one process), a ProcessGroup or "world": the layers are shared over its ranks (round robin),
+    each rank sketching its own and broadcasting the coefficients, so every rank returns the same model, bit
+    for bit the one-process model (each layer's coefficients depend only on its weight, seed and stream);
+    every rank passes the same model and arguments. progress: None or progress(stage, done, total)
+    (stabkern.progress), stage "compress", one unit per compressed layer.
+
+    Non-float weights are refused; k >= the entries a sketch covers warns NoCompressionWarning (on the rank
+    that sketches the layer).
     Modules that are neither Conv2d nor Linear are left as they are and listed in report.skipped.
     """
     mode = check_mode(mode)
@@ -254,6 +311,26 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
     comp_modules = dict(compressed.named_modules())
     report = CompressionReport(seed=seed, mode=mode, backend=backend, folded=folded, eps=eps)
     sketched: dict[str, nn.Module] = {}
+    todo = [(stream, name, module) for stream, name, module in found
+            if not isinstance(module, SKETCHED_TYPES) and ks.get(name) is not None]
+    rank, size = group_rank_size(group)
+    tally = Tally(progress, "compress")
+    tally.expect(len(todo))
+    built, error = {}, None
+    try:  # each rank sketches its layers (round robin); the others are filled from its coefficients below
+        for u, (stream, name, module) in enumerate(todo):
+            if owner(u, size) == rank:
+                built[name] = _sketch(module, ks[name], mode=mode, seed=seed, stream=stream, backend=backend,
+                                      precision=precision, name=name)
+            tally.step()
+    except Exception as err:  # noqa: BLE001 - raised again on every rank
+        error = err
+    agree_on_failure(error, group)
+    for u, (stream, name, module) in enumerate(todo):
+        if size > 1:
+            built[name] = _share(built.get(name), module, ks[name], owner(u, size), group, mode=mode, seed=seed,
+                                 stream=stream, backend=backend, precision=precision)
+    tally.finish()
     for stream, name, module in found:
         if isinstance(module, SKETCHED_TYPES):
             report.skipped.append({"name": name, "type": type(module).__name__, "reason": "already sketched"})
@@ -262,15 +339,10 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
             reason = "not selected" if name not in ks else "k is None: left dense"
             report.skipped.append({"name": name, "type": type(module).__name__, "reason": reason})
             continue
-        cls = SketchedConv2d if isinstance(module, nn.Conv2d) else SketchedLinear
-        sk = cls.from_module(module, ks[name], mode=mode, seed=seed, stream=stream, backend=backend,
-                             precision=precision, name=name)
+        sk, err = built[name]
         _replace(compressed, comp_modules[name], sk)
         sketched[name] = sk
-        with torch.no_grad():
-            w = module.weight.detach().double()
-            err = float((sk.weight.double() - w).norm() / w.norm()) if w.norm() > 0 else 0.0
-        report.layers.append(LayerReport(name=name, type=cls.__name__.replace("Sketched", ""), stream=stream,
+        report.layers.append(LayerReport(name=name, type=type(sk).__name__.replace("Sketched", ""), stream=stream,
                                          mode=mode, shape=list(module.weight.shape), n=module.weight.numel(),
                                          k=ks[name], stored=sk.stored, rel_fro_error=err))
     report.skipped += _skipped_modules(dense, {id(m) for _, _, m in found})

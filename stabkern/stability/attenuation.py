@@ -24,7 +24,8 @@ import torch
 
 from .. import ops
 from .._checks import check_positive, check_positive_int, check_seed
-from .context import (MAX_SAMPLES, DataSource, Prepared, Tally, check_finite, check_precision, chunks, metering,
+from ..progress import Tally
+from .context import (MAX_SAMPLES, DataSource, Prepared, check_finite, check_precision, chunks, metering,
                       plan_chunks, precision_mode, prepare, run_units)
 from .report import AttenuationReport
 

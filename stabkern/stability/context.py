@@ -34,6 +34,7 @@ from torch import nn
 
 from .._checks import check_choice, check_positive_int
 from ..distributed import agree_on_failure, group_rank_size, merge_owned, owner
+from ..progress import Tally
 from .layers import Layer, resolve_layers, trace_layers
 from .propagate import build_propagator
 
@@ -230,47 +231,6 @@ def _take(pending: list, labels: list, size: int):
     if any(y is None for y in ys):
         return x, None
     return x, ys[0] if len(ys) == 1 else torch.cat(ys)
-
-
-class Tally:
-    """Counts finished units of one stage for a progress callback `progress(stage, done, total)`
-    (stabkern.progress); None: silent.
-
-    Each meter adds the units it will do (`expect`) before doing them, unless the caller fixed the total
-    (`fix`: measure, which knows all its meters' units when the data's length is known). expect(None) (a
-    stream of unknown length): each step reports total = done + 1 (more may come) until `finish` reports
-    done == total.
-    """
-
-    def __init__(self, progress, stage: str):
-        if progress is not None and not callable(progress):
-            raise TypeError(f"progress must be a callable progress(stage, done, total) or None, got "
-                            f"{type(progress).__name__}")
-        self.progress, self.stage, self.total, self.known, self.done = progress, stage, 0, True, 0
-        self.fixed = False
-
-    def fix(self, total: int) -> None:
-        """The stage's whole total, known in advance: later `expect` calls change nothing."""
-        self.total, self.fixed = total, True
-
-    def expect(self, units: int | None) -> None:
-        if self.fixed:
-            return
-        if units is None:
-            self.known = False
-        else:
-            self.total += units
-
-    def step(self, units: int = 1) -> None:
-        self.done += units
-        if self.progress is not None:
-            total = self.total if self.known and self.total >= self.done else self.done + 1
-            self.progress(self.stage, self.done, max(total, 1))
-
-    def finish(self) -> None:
-        """Report the end: done == total (units never stepped, e.g. of an empty stage, count as one)."""
-        if self.progress is not None and not (self.known and self.done == self.total and self.done):
-            self.progress(self.stage, max(self.done, 1), max(self.done, 1))
 
 
 def run_units(source: DataSource, batch: int, num: int, arrays: int, work, *, group=None,

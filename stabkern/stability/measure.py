@@ -15,9 +15,10 @@ import torch
 
 from .._checks import check_choice, check_float, check_int, check_names, check_positive, check_positive_int, \
     check_seed
+from ..progress import Tally
 from .attenuation import attenuation_report, attenuation_sums
 from .bound import bounds, check_labels, choose_margin, logits_of, margins, small_margin
-from .context import MAX_SAMPLES, DataSource, Tally, check_precision, count_chunks, metering, plan_chunks, prepare
+from .context import MAX_SAMPLES, DataSource, check_precision, count_chunks, metering, plan_chunks, prepare
 from .meters import (activation_contraction_dict, check_meterable, clean_batch, clean_meters, interlayer_cushion_dict,
                      jacobian_batch, jacobian_meters, jacobian_spread, layer_cushion_dict, max_or_nan, min_or_nan,
                      noise_sensitivity_dict, smoothness_dict, spread_batch, spread_dict)

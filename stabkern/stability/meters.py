@@ -61,8 +61,9 @@ from torch import nn
 from .. import opnorms
 from .. import ops
 from .._checks import check_names, check_positive, check_positive_int, check_seed
+from ..progress import Tally
 from .bound import logits_of
-from .context import (MAX_SAMPLES, DataSource, Prepared, Tally, check_finite, count_chunks, metering, plan_chunks,
+from .context import (MAX_SAMPLES, DataSource, Prepared, check_finite, count_chunks, metering, plan_chunks,
                       precision_mode, prepare, run_units)
 from .propagate import repeat_trials
 from .report import summarize
@@ -387,7 +388,8 @@ def layer_cushion(model, data, *, layers=None, memory_budget=None, method: str =
                   channels_last: bool = True, group=None, progress=None) -> dict:
     """Layer cushion mu_i per sample, summarized: {name: {min, q05, ..., median, ..., max, mean, n, frobenius}}.
 
-    data, group, progress: see the module note, "Data, ranks, progress". One clean pass: every rank of a group computes it (not sharded); progress per chunk."""
+    data, group, progress: see the module note, "Data, ranks, progress". One clean pass: every rank of a
+    group computes it (not sharded); progress per chunk."""
     def fn(prep, source, tally):
         check_meterable(prep)
         return clean_meters(prep, source, memory_budget, tally)
@@ -408,7 +410,8 @@ def activation_contraction(model, data, *, layers=None, memory_budget=None, meth
                            channels_last: bool = True, group=None, progress=None) -> dict:
     """Activation contraction per layer and sample (see `activation_contraction_dict`).
 
-    data, group, progress: see the module note, "Data, ranks, progress". One clean pass: every rank of a group computes it (not sharded); progress per chunk."""
+    data, group, progress: see the module note, "Data, ranks, progress". One clean pass: every rank of a
+    group computes it (not sharded); progress per chunk."""
     def fn(prep, source, tally):
         check_meterable(prep)
         return clean_meters(prep, source, memory_budget, tally)
@@ -421,7 +424,8 @@ def interlayer_cushion(model, data, *, probes: int = 16, layers=None, seed: int 
                        progress=None) -> dict:
     """Interlayer cushions mu_{i,j} and mu_{i->} per sample (see `interlayer_cushion_dict`).
 
-    data, group, progress: see the module note, "Data, ranks, progress". Progress per chunk and injection layer."""
+    data, group, progress: see the module note, "Data, ranks, progress"; progress per chunk and injection
+    layer."""
     probes = check_positive_int("probes", probes)
     seed = check_seed(seed)
 
@@ -440,7 +444,8 @@ def interlayer_smoothness(model, data, *, alpha: float = 0.1, draws: int = 4, la
     over all; "literal": the same for the literal form ||M(x^i + eta) - J(x^i + eta)|| and its "rho" (see
     the module note: on nets with biases the literal form shrinks with alpha).
 
-    data, group, progress: see the module note, "Data, ranks, progress". Progress per chunk and injection layer."""
+    data, group, progress: see the module note, "Data, ranks, progress"; progress per chunk and injection
+    layer."""
     alpha = check_positive("alpha", alpha)
     draws = check_positive_int("draws", draws)
     seed = check_seed(seed)
@@ -478,7 +483,8 @@ def noise_sensitivity(model, data, *, alpha: float = 0.1, trials: int = 8, layer
     """Noise sensitivity psi_i of the net from layer i's input to its last metered layer, per sample,
     summarized: {name: {...}} and "psi": the max over layers and data (the paper's psi_N(M, S)).
 
-    data, group, progress: see the module note, "Data, ranks, progress". Read off `noise_attenuation` (its progress stage: "attenuation")."""
+    data, group, progress: see the module note, "Data, ranks, progress". Read off `noise_attenuation` (its
+    progress stage: "attenuation")."""
     from .attenuation import noise_attenuation
     rep = noise_attenuation(model, data, alpha=alpha, trials=trials, layers=layers, seed=seed,
                             memory_budget=memory_budget, method=method, backend=backend, channels_last=channels_last,
