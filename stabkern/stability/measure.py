@@ -1,7 +1,8 @@
 """`measure`: every meter of the stability package on one model and data set, in one report.
 
-It checks every argument and the data (labels included) before any metering work, runs the meters of
-meters.py and the attenuation, and computes the bounds of bound.py. It is not a meter itself: each
+It checks every argument and the data (labels included) before any metering work (a stream's batches as
+they are read), reads the data once, chunk by chunk, running the meters of meters.py and the attenuation
+on each chunk, and computes the bounds of bound.py. It is not a meter itself: each
 quantity is defined and documented in meters.py and bound.py.
 """
 
@@ -86,7 +87,8 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     draws per sample for the smoothness; margin: gamma, or None to take the margin_quantile quantile of
     the margins; spectral_iters: power-iteration steps.
     The model may return a tensor of logits, a tuple (its first tensor) or a dict ("logits", else "out").
-    Every argument, the data and the labels are checked before any work; a UserWarning says when gamma
+    Every argument, the data and the labels are checked before any work (a stream's batches as they come,
+    and its labels' count at its end); a UserWarning says when gamma
     is below bound.GAMMA_WARN_FRACTION of max_x ||f(x)|| (every bound is then meaningless).
     Per-layer entries of `to_dict()` are keyed by module name (d["layer_cushion"]["features.0"]["min"]).
     """
