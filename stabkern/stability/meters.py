@@ -61,6 +61,7 @@ from torch import nn
 from .. import opnorms
 from .. import ops
 from .._checks import check_names, check_positive, check_positive_int, check_seed
+from ..distributed import resolve_group
 from ..progress import Tally
 from .bound import logits_of
 from .context import (MAX_SAMPLES, DataSource, Prepared, check_finite, count_chunks, metering, plan_chunks,
@@ -390,6 +391,8 @@ def layer_cushion(model, data, *, layers=None, memory_budget=None, method: str =
 
     data, group, progress: see the module note, "Data, ranks, progress". One clean pass: every rank of a
     group computes it (not sharded); progress per chunk."""
+    resolve_group(group)  # checked like every meter's group, though nothing is shared
+
     def fn(prep, source, tally):
         check_meterable(prep)
         return clean_meters(prep, source, memory_budget, tally)
@@ -412,6 +415,8 @@ def activation_contraction(model, data, *, layers=None, memory_budget=None, meth
 
     data, group, progress: see the module note, "Data, ranks, progress". One clean pass: every rank of a
     group computes it (not sharded); progress per chunk."""
+    resolve_group(group)  # checked like every meter's group, though nothing is shared
+
     def fn(prep, source, tally):
         check_meterable(prep)
         return clean_meters(prep, source, memory_budget, tally)

@@ -172,3 +172,12 @@ def test_progress_is_monotone_and_ends_at_the_total():
     assert all(d < t for _, d, t in calls[:-1])
     with pytest.raises(TypeError, match="progress"):
         noise_attenuation(model, x, trials=1, progress="tqdm")
+
+
+def test_group_is_checked_by_every_meter():
+    if torch.distributed.is_initialized():
+        pytest.skip("a process group exists in this process")
+    model, x, _ = net_and_data(2)
+    for meter in (layer_cushion, activation_contraction, interlayer_cushion, noise_attenuation):
+        with pytest.raises(RuntimeError, match="init_process_group"):
+            meter(model, x, group="world")
