@@ -18,10 +18,16 @@ Collectives use the group's backend: gloo for CPU tensors, NCCL for CUDA tensors
 - `sign_reconstruct_sharded`: rank r reconstructs from its block of y's columns (its rows of S) with
   the full 1/k scale; the partial sums are added in rank order. Bitwise reproducible for a given number
   of ranks; equal to `sign_reconstruct` within float32 rounding of the k-term sums (the order differs).
+- The meters and compress_model: each work unit has an `owner` rank; every rank computes its own units,
+  `merge_owned` takes every entry from its owner (a selection, no arithmetic), so the result is the
+  single-process bits on any number of ranks. `agree_on_failure` makes every rank raise when one did,
+  instead of leaving the others waiting in the next collective.
+- `is_main_process(group)`: True on the rank that writes files and prints (rank 0; always without a group).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import ops
@@ -52,6 +58,72 @@ def resolve_group(group):
             raise ValueError(f"group must be None, 'world' or a ProcessGroup; got {group!r}")
         return dist.group.WORLD
     return group
+
+
+def is_main_process(group=None) -> bool:
+    """True on the one rank that should write files and print: rank 0 of `group` (True for group=None)."""
+    return group_rank_size(group)[0] == 0
+
+
+def owner(unit: int, size: int) -> int:
+    """The rank that computes work unit number `unit` (round robin, so consecutive units spread out)."""
+    return unit % size
+
+
+def collective_device(group) -> torch.device:
+    """Where collective buffers live: the current CUDA device under NCCL, else the CPU (gloo)."""
+    import torch.distributed as dist
+
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def agree_on_failure(error: BaseException | None, group) -> None:
+    """Raise on every rank when any rank failed: `error` on the ranks that caught one, a RuntimeError naming
+    the failed ranks on the others. Call it (on every rank) after sharded work, before the next collective."""
+    rank, size = group_rank_size(group)
+    if size == 1:
+        if error is not None:
+            raise error
+        return
+    import torch.distributed as dist
+
+    group = resolve_group(group)
+    flags = [torch.zeros(1, dtype=torch.int64, device=collective_device(group)) for _ in range(size)]
+    mine = torch.tensor([int(error is not None)], dtype=torch.int64, device=flags[0].device)
+    dist.all_gather(flags, mine, group=group)
+    if error is not None:
+        raise error
+    failed = [r for r, f in enumerate(flags) if int(f.item())]
+    if failed:
+        raise RuntimeError(f"rank(s) {failed} failed in sharded work (their error is raised there)")
+
+
+def merge_owned(values, owners: np.ndarray, group):
+    """Every entry from the rank that owns it: a list of (N, ...) arrays or tensors, the same shapes on every
+    rank, each valid where `owners` (int, shape (N,) or (N, L), broadcast over the trailing dims) is this
+    rank. Returns them (same kinds) with each entry taken from its owner: the same bits on every rank, and
+    the single-process bits when each unit's value does not depend on who computed it."""
+    rank, size = group_rank_size(group)
+    if size == 1:
+        return list(values)
+    import torch.distributed as dist
+
+    group = resolve_group(group)
+    device = collective_device(group)
+    out = []
+    for v in values:
+        t = torch.as_tensor(v)
+        local = t.to(device).contiguous()
+        pieces = [torch.empty_like(local) for _ in range(size)]
+        dist.all_gather(pieces, local, group=group)
+        stacked = torch.stack(pieces)
+        idx = torch.as_tensor(np.asarray(owners), dtype=torch.int64, device=device)
+        idx = idx.reshape(*idx.shape, *([1] * (t.dim() - idx.dim()))).expand(t.shape).unsqueeze(0)
+        merged = stacked.gather(0, idx).squeeze(0).to(t.device)
+        out.append(merged.numpy() if isinstance(v, np.ndarray) else merged)
+    return out
 
 
 def shard(total: int, rank: int, size: int) -> tuple[int, int]:
@@ -150,5 +222,6 @@ def sign_reconstruct_sharded(y: torch.Tensor, n: int, *, seed: int, stream: int 
     return sum_in_rank_order(part, group)
 
 
-__all__ = ["gather_rows", "group_rank_size", "resolve_group", "shard", "sign_project_sharded", "sign_reconstruct_sharded",
+__all__ = ["agree_on_failure", "gather_rows", "group_rank_size", "is_main_process", "merge_owned", "owner",
+           "resolve_group", "shard", "sign_project_sharded", "sign_reconstruct_sharded",
            "sum_in_rank_order"]

@@ -6,7 +6,8 @@ features.0"), `done` counts finished units of it out of `total` (total >= 1; don
 
 What it is not: a logger or a timer. The default, `silent`, does nothing, so library calls print
 nothing; the command line passes `bars()` (tqdm on stderr), which stays silent when stderr is not a
-terminal or with --quiet.
+terminal or with --quiet. `Tally` is how the meters and compress_model count their units (a total known
+in advance, or growing with a stream of unknown length).
 """
 
 from __future__ import annotations
@@ -70,3 +71,43 @@ def steps(progress: Progress, stage: str, items):
         progress(stage, i + 1, total)
     if not items:
         progress(stage, 1, 1)
+
+
+class Tally:
+    """Counts finished units of one stage for a `progress(stage, done, total)` callback; None: silent.
+
+    Each meter adds the units it will do (`expect`) before doing them, unless the caller fixed the total
+    (`fix`: measure, which knows all its meters' units when the data's length is known). expect(None) (a
+    stream of unknown length): each step reports total = done + 1 (more may come) until `finish` reports
+    done == total.
+    """
+
+    def __init__(self, progress, stage: str):
+        if progress is not None and not callable(progress):
+            raise TypeError(f"progress must be a callable progress(stage, done, total) or None, got "
+                            f"{type(progress).__name__}")
+        self.progress, self.stage, self.total, self.known, self.done = progress, stage, 0, True, 0
+        self.fixed = False
+
+    def fix(self, total: int) -> None:
+        """The stage's whole total, known in advance: later `expect` calls change nothing."""
+        self.total, self.fixed = total, True
+
+    def expect(self, units: int | None) -> None:
+        if self.fixed:
+            return
+        if units is None:
+            self.known = False
+        else:
+            self.total += units
+
+    def step(self, units: int = 1) -> None:
+        self.done += units
+        if self.progress is not None:
+            total = self.total if self.known and self.total >= self.done else self.done + 1
+            self.progress(self.stage, self.done, max(total, 1))
+
+    def finish(self) -> None:
+        """Report the end: done == total (units never stepped, e.g. of an empty stage, count as one)."""
+        if self.progress is not None and not (self.known and self.done == self.total and self.done):
+            self.progress(self.stage, max(self.done, 1), max(self.done, 1))

@@ -6,6 +6,7 @@ bitwise equal on every rank and run to run, and equal to the single-process resu
 rounding of a k-term sum (the bound is derived in the test).
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,3 +67,107 @@ def test_sharded_ops_on_two_ranks(tmp_path):
         # most 2 (k - 1) u sum_t |y_t| / k (u = 2^-24, first-order bound for recursive summation).
         bound = 2 * (k - 1) * 2.0**-24 * y.abs().sum(-1, keepdim=True) / k
         assert ((rec - single_r).abs() <= bound).all()
+
+
+# --- the meters, choose_k and compress_model on ranks -------------------------------------------------------
+# Each (chunk, injection layer) of a meter and each layer of compress_model is computed by one rank and every
+# entry is taken from its owner (distributed.merge_owned: a selection, no arithmetic), so every rank must get
+# the one-process result bit for bit: compared with np.array_equal / torch.equal, no tolerance.
+
+def _digits_case():
+    from stabkern.zoo.digits import DigitsNet
+
+    torch.manual_seed(0)
+    model = DigitsNet(4).eval()
+    x = torch.randn(7, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    return model, x
+
+
+def _meters_on_ranks(group):
+    from stabkern.compress import choose_k, compress_model
+    from stabkern.stability import interlayer_cushion, measure, noise_attenuation
+
+    model, x = _digits_case()
+    calls = []
+    att = noise_attenuation(model, [x[:3], x[3:]], trials=3, seed=9, memory_budget=_budget(), group="world",
+                            progress=lambda *a: calls.append(a))
+    rep = measure(model, x, alpha=0.2, trials=2, probes=2, draws=1, spectral_iters=3, margin=0.5, group=group)
+    cushion = interlayer_cushion(model, x, probes=2, group=group)
+    compressed, report = compress_model(model, 24, seed=3, group=group)
+    kc = choose_k(model, x, 0.9, C=0.5, batch_size=3, group=group)
+    try:  # non-finite noisy values; one injection layer, one chunk: one unit, its owner (rank 0) raises
+        noise_attenuation(model, x[:2], trials=1, alpha=1e38, layers=["features.0"], group=group)
+        failure = None
+    except Exception as err:  # noqa: BLE001 - the type is what the test checks
+        failure = type(err).__name__
+    return (att.per_sample, att.per_sample_sq, att.mean, rep.to_dict(), cushion, compressed.state_dict(),
+            [r.rel_fro_error for r in report.layers], kc.to_dict(), calls, failure)
+
+
+def _budget():
+    return 80_000  # chunks of 2 samples for DigitsNet(4) (context.plan_chunks): 4 chunks x 5 injection layers
+
+
+def test_meters_and_compress_on_two_ranks_equal_one_process(tmp_path):
+    from stabkern.compress import choose_k, compress_model
+    from stabkern.stability import interlayer_cushion, measure, noise_attenuation
+
+    model, x = _digits_case()
+    att = noise_attenuation(model, x, trials=3, seed=9, memory_budget=_budget())
+    rep = measure(model, x, alpha=0.2, trials=2, probes=2, draws=1, spectral_iters=3, margin=0.5).to_dict()
+    cushion = interlayer_cushion(model, x, probes=2)
+    compressed, report = compress_model(model, 24, seed=3)
+    kc = choose_k(model, x, 0.9, C=0.5, batch_size=3).to_dict()
+    results = run_ranks(_meters_on_ranks, 2, tmp_path)
+    for got in results:
+        per_sample, per_sample_sq, mean, rep2, cushion2, state, errors, kc2, calls, failure = got
+        assert np.array_equal(per_sample, att.per_sample, equal_nan=True)
+        assert np.array_equal(per_sample_sq, att.per_sample_sq, equal_nan=True)
+        assert np.array_equal(mean, att.mean, equal_nan=True)
+        assert _same(rep2, rep)
+        assert _same(cushion2, cushion)
+        assert state.keys() == compressed.state_dict().keys()
+        assert all(torch.equal(state[k], v) for k, v in compressed.state_dict().items())
+        assert errors == [r.rel_fro_error for r in report.layers]
+        assert _same(kc2, kc)
+        done = [d for _, d, _ in calls]
+        assert done == sorted(done) and calls[-1][1] == calls[-1][2]
+        assert failure in ("FloatingPointError", "RuntimeError")
+    assert [got[-1] for got in results] == ["FloatingPointError", "RuntimeError"]  # the owner's error, the other's
+
+
+def _same(a, b) -> bool:
+    """a == b for nested dicts/lists of floats, NaN equal to NaN (the reports hold NaN where undefined)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and np.isnan(a) and np.isnan(b):
+        return True
+    return a == b
+
+
+def _attenuation_on_ranks(group):
+    from stabkern.stability import noise_attenuation
+
+    model, x = _digits_case()
+    return noise_attenuation(model, x, trials=2, seed=4, memory_budget=_budget(), group=group).per_sample
+
+
+def test_attenuation_on_four_ranks_equals_one_process(tmp_path):
+    from stabkern.stability import noise_attenuation
+
+    model, x = _digits_case()
+    single = noise_attenuation(model, x, trials=2, seed=4, memory_budget=_budget()).per_sample
+    for per_sample in run_ranks(_attenuation_on_ranks, 4, tmp_path):
+        assert np.array_equal(per_sample, single, equal_nan=True)
+
+
+def test_is_main_process_without_a_group():
+    assert D.is_main_process(None)
+
+
+def test_merge_owned_single_process_is_identity():
+    a = np.arange(6.0).reshape(3, 2)
+    (b,) = D.merge_owned([a], np.zeros(3, dtype=int), None)
+    assert b is a

@@ -49,6 +49,8 @@ from torch import nn
 
 from .. import opnorms
 from .._checks import check_float, check_names, check_positive, check_positive_int, check_seed
+from ..distributed import group_rank_size, owner, resolve_group
+from ..progress import Tally
 from ..sketched import check_mode, conv_padding, row_length
 from .data import linear_part, run_with_hooks
 from .model import compress_model, fold_batchnorm, sketchable_layers
@@ -152,13 +154,16 @@ class KChoice:
 
 
 def layer_cushions(model: nn.Module, data, *, mode: str = "filter", layers=None, fold_bn: bool = False,
-                   batch_size: int = 256) -> dict[str, dict]:
+                   batch_size: int = 256, group=None, tally=None) -> dict[str, dict]:
     """Per-layer, per-sample statistics on the data: name -> {"mu", "nu", "n_out", "zero_input", "stream", ...}.
 
     mu (samples,): layer cushion ||A z|| / (||A||_F ||z||) (NaN where ||A||_F is undefined);
     nu (samples,): ||A z|| / sqrt(B(z)) for `mode` (module docstring). Samples with z = 0 are
     dropped (A_hat z = A z = 0: nothing to bound) and counted in zero_input; a layer never called
-    on the data has no samples.
+    on the data has no samples. data: a tensor or any iterable of batches or (inputs, labels) pairs,
+    streamed (only these per-sample numbers are kept). group: the batches are shared over its ranks (round
+    robin) and the numbers gathered in batch order, the same on every rank as in one process; tally: a
+    progress.Tally stepped per batch.
     """
     check_mode(mode)
     layers = check_names("layers", layers)
@@ -175,12 +180,30 @@ def layer_cushions(model: nn.Module, data, *, mode: str = "filter", layers=None,
         found = [f for f in found if f[1] in set(layers)]
     stats: dict[str, list] = {name: [] for _, name, _ in found}
 
+    batch = [0]
+
     def hook_for(name):
         def hook(module, inputs, out):
-            stats[name].append(_layer_sample_stats(module, inputs[0], out, mode))
+            s = _layer_sample_stats(module, inputs[0], out, mode)
+            stats[name].append((batch[0], {key: v.cpu() if isinstance(v, torch.Tensor) else v
+                                           for key, v in s.items()}))
         return hook
 
-    run_with_hooks(dense, {m: hook_for(name) for _, name, m in found}, data, batch_size)
+    rank, size = group_rank_size(group)
+
+    def keep(index):
+        batch[0] = index
+        return owner(index, size) == rank
+
+    run_with_hooks(dense, {m: hook_for(name) for _, name, m in found}, data, batch_size, keep=keep, tally=tally)
+    if size > 1:  # every rank gets every batch's numbers, in batch order (a stable sort: a layer called twice)
+        import torch.distributed as dist
+
+        pieces = [None] * size
+        dist.all_gather_object(pieces, stats, group=resolve_group(group))
+        stats = {name: sorted((item for p in pieces for item in p[name]), key=lambda item: item[0])
+                 for name in stats}
+    stats = {name: [s for _, s in items] for name, items in stats.items()}
     result = {}
     empty = {"az2": torch.zeros(0, dtype=torch.float64), "z2": torch.zeros(0, dtype=torch.float64),
              "op2": torch.zeros(0, dtype=torch.float64), "b": torch.zeros(0, dtype=torch.float64), "n_out": 0}
@@ -209,9 +232,19 @@ def _tie_ks(rows: list[LayerChoice], cushions: dict) -> None:
             r.k = k
 
 
+def _batches(data, batch_size: int) -> int | None:
+    """Batches `run_with_hooks` will read from data, None when it cannot say without reading."""
+    if isinstance(data, torch.Tensor):
+        return -(-len(data) // batch_size)
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
 def choose_k(model: nn.Module, data, eps: float, *, eta: float = 0.05, C: float = C_BERNSTEIN, mode: str = "filter",
              seed: int = 0, layers=None, fold_bn: bool = False, check: bool = True, backend: str = "auto",
-             batch_size: int = 256) -> KChoice:
+             batch_size: int = 256, group=None, progress=None) -> KChoice:
     """Per-layer k so that, per sample, ||A_hat z - A z|| <= eps ||A z|| with probability >= 1 - eta.
 
     k_i = ceil(C log(2 N_out,i / eta) / (eps^2 nu_i^2)) from the measured cushions (module
@@ -222,12 +255,22 @@ def choose_k(model: nn.Module, data, eps: float, *, eta: float = 0.05, C: float 
     these k (seed, mode) and measures, per layer, the fraction of samples whose relative
     output error is <= eps (`KChoice.check`, a CompressionReport). eta is per layer and sample:
     over L layers all hold at once with probability >= 1 - L eta.
+    data: a tensor, a list of tensors, a DataLoader or any iterable of batches or (inputs, labels) pairs,
+    streamed (a one-shot generator only with check=False: the check reads the data again). group: None,
+    a ProcessGroup or "world": the cushion pass's batches and the check's layers are shared over its ranks,
+    every rank passing the same arguments and getting the one-process result. progress: None or
+    progress(stage, done, total) (stabkern.progress): stage "cushions" per batch, then the check's
+    "compress" per layer.
     """
     eps = check_float("eps", eps, 0.0, 1.0, low_open=True)  # (0, 1]: the tail bound needs it
     eta = check_float("eta", eta, 0.0, 1.0, low_open=True, high_open=True)
     C = check_positive("C", C)
     seed = check_seed(seed)
-    cushions = layer_cushions(model, data, mode=mode, layers=layers, fold_bn=fold_bn, batch_size=batch_size)
+    tally = Tally(progress, "cushions")
+    tally.expect(_batches(data, batch_size))
+    cushions = layer_cushions(model, data, mode=mode, layers=layers, fold_bn=fold_bn, batch_size=batch_size,
+                              group=group, tally=tally)
+    tally.finish()
     result = KChoice(eps=float(eps), eta=float(eta), C=float(C), mode=mode, seed=seed)
     for name, c in cushions.items():
         m = c["module"]
@@ -251,5 +294,6 @@ def choose_k(model: nn.Module, data, eps: float, *, eta: float = 0.05, C: float 
     if check and result.k:
         ks = {r.name: r.k for r in result.layers}
         _, result.check = compress_model(model, ks, mode=mode, seed=seed, layers=list(ks), fold_bn=fold_bn,
-                                         data=data, eps=eps, backend=backend, batch_size=batch_size)
+                                         data=data, eps=eps, backend=backend, batch_size=batch_size, group=group,
+                                         progress=progress)
     return result

@@ -52,17 +52,22 @@ def eval_mode(model: nn.Module):
             m.training = flag
 
 
-def run_with_hooks(model: nn.Module, hooks: dict, data, batch_size: int) -> None:
+def run_with_hooks(model: nn.Module, hooks: dict, data, batch_size: int, keep=None, tally=None) -> None:
     """Run `data` through `model` in eval mode without grad, with forward hooks {module: hook}.
 
+    keep: None, or keep(index) -> bool says which batches (numbered from 0) to run (the others are read and
+    skipped: a rank's share); tally: a progress.Tally stepped once per batch.
     The hooks are removed and every module's training flag restored whatever happens.
     """
     handles = []
     try:
         with eval_mode(model), torch.no_grad():
             handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
-            for x in iter_batches(data, batch_size, model_device(model)):
-                model(x)
+            for index, x in enumerate(iter_batches(data, batch_size, model_device(model))):
+                if keep is None or keep(index):
+                    model(x)
+                if tally is not None:
+                    tally.step()
     finally:
         for h in handles:
             h.remove()

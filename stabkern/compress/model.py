@@ -25,6 +25,8 @@ from torch import nn
 
 from .. import ops
 from .._checks import check_choice, check_names, check_positive, check_positive_int, check_seed
+from ..distributed import agree_on_failure, group_rank_size, owner
+from ..progress import Tally
 from ..sketched import (SKETCHED_TYPES, NoCompressionWarning, SketchedConv2d, SketchedLinear, check_k, check_mode,
                         compresses, no_compression_message, relative_error, row_length)
 from .data import measure_output_errors
@@ -194,10 +196,51 @@ def _backend_that_runs(requested: str, weight: torch.Tensor) -> str:
     return ops.select_backend(requested, weight.device, weight.dtype).name
 
 
+def _empty_sketch(module: nn.Module, k: int, **sketch) -> nn.Module:
+    """The sketched drop-in of a dense Conv2d / Linear with its bias copied and its coefficients not yet
+    computed (zeros): for a layer whose coefficients come from elsewhere (a tied layer, another rank)."""
+    cls = SketchedConv2d if isinstance(module, nn.Conv2d) else SketchedLinear
+    w = module.weight
+    if cls is SketchedLinear:
+        sk = cls(module.in_features, module.out_features, k, bias=module.bias is not None, device=w.device,
+                 dtype=w.dtype, allow_no_compression=True, **sketch)
+    else:
+        sk = cls(module.in_channels, module.out_channels, module.kernel_size, k, stride=module.stride,
+                 padding=module.padding, dilation=module.dilation, groups=module.groups,
+                 bias=module.bias is not None, padding_mode=module.padding_mode, device=w.device, dtype=w.dtype,
+                 allow_no_compression=True, **sketch)
+    if module.bias is not None:
+        with torch.no_grad():
+            sk.bias.copy_(module.bias.detach())
+        sk.bias.requires_grad_(module.bias.requires_grad)
+    return sk
+
+
+def _share(built, module: nn.Module, k: int, src: int, group, **sketch) -> tuple[nn.Module, float]:
+    """The sketch `src` (a rank of group) built, on every rank: its coefficients and error broadcast; the
+    other ranks construct the same module empty (no projection) and copy the dense bias exactly."""
+    import torch.distributed as dist
+
+    from ..distributed import collective_device, resolve_group
+
+    group = resolve_group(group)
+    sk, err = built if built is not None else (_empty_sketch(module, k, **sketch), 0.0)
+    device = collective_device(group)
+    coeff = sk.coefficients.detach().to(device).contiguous()
+    err_t = torch.tensor([err], dtype=torch.float64, device=device)
+    src_global = dist.get_global_rank(group, src) if group is not dist.group.WORLD else src
+    dist.broadcast(coeff, src=src_global, group=group)
+    dist.broadcast(err_t, src=src_global, group=group)
+    with torch.no_grad():
+        sk.coefficients.copy_(coeff.to(sk.coefficients.device))
+    return sk, float(err_t.item())
+
+
 def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "tensor", seed: int,
                    layers: Iterable[str] | None = None, fold_bn: bool = False, data=None, eps: float | None = None,
                    backend: str = "auto", precision: str = "highest", batch_size: int = 256,
-                   allow_no_compression: bool = False) -> tuple[nn.Module, CompressionReport]:
+                   allow_no_compression: bool = False, group=None,
+                   progress=None) -> tuple[nn.Module, CompressionReport]:
     """A compressed copy of `model` (Algorithm 1 on every chosen Conv2d / Linear) and its report.
 
     k: an int for every layer; a dict name -> int (the layers it names; None leaves one dense);
@@ -218,6 +261,12 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
     that cannot be kept. Non-float weights are refused; modules that are neither Conv2d nor
     Linear are left as they are and listed in report.skipped. The user's model is not changed
     (parameters, buffers, training flags, hooks), also when the call raises.
+
+    group: None (one process), a ProcessGroup or "world": the layers are shared over its ranks (round robin),
+    each rank sketching its own and broadcasting the coefficients, so every rank returns the same model, bit
+    for bit the one-process model (each layer's coefficients depend only on its weight, seed and stream);
+    every rank passes the same model and arguments. progress: None or progress(stage, done, total)
+    (stabkern.progress), stage "compress", one unit per sketched layer.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -238,7 +287,11 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
     report = CompressionReport(seed=seed, mode=mode, backend=backend, folded=folded, eps=eps)
     sketched: dict[str, nn.Module] = {}
     memo: dict[int, object] = {}  # deepcopy memo: original module / bias -> its replacement
-    streams, backends, dense_left = {}, [], []
+    streams, backends, dense_left, report_of = {}, [], [], {}
+    rank, size = group_rank_size(group)
+    tally = Tally(progress, "compress")
+    tally.expect(sum(1 for _, name, m in candidates if ks.get(name) is not None))
+    unit = 0  # sketches built so far (tied layers reuse one): unit u is built by rank owner(u, size)
     for stream, name, module in found:
         if isinstance(module, SKETCHED_TYPES):
             report.skipped.append({"name": name, "type": type(module).__name__, "reason": "already sketched"})
@@ -258,11 +311,29 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
         tied_to = ties.get(name)
         stream = streams[tied_to] if tied_to else stream
         cls = SketchedConv2d if isinstance(module, nn.Conv2d) else SketchedLinear
-        sk = cls.from_module(module, kk, mode=mode, seed=seed, stream=stream, backend=backend, precision=precision,
-                             name=name, allow_no_compression=True)
         if tied_to:  # one sketch: the same coefficients Parameter and seed / stream buffers
+            sk = _empty_sketch(module, kk, mode=mode, seed=seed, stream=stream, backend=backend, precision=precision)
             first = sketched[tied_to]
             sk.coefficients, sk.seed, sk.stream = first.coefficients, first.seed, first.stream
+            err = report_of[tied_to].rel_fro_error
+        else:
+            built, error = None, None
+            if owner(unit, size) == rank:
+                try:
+                    sk = cls.from_module(module, kk, mode=mode, seed=seed, stream=stream, backend=backend,
+                                         precision=precision, name=name, allow_no_compression=True)
+                    built = (sk, relative_error(sk.coefficients, module.weight, mode=mode, seed=seed, stream=stream,
+                                                backend=backend, precision=precision))
+                except Exception as err:  # noqa: BLE001 - raised again on every rank
+                    error = err
+            if size > 1:
+                agree_on_failure(error, group)
+                built = _share(built, module, kk, owner(unit, size), group, mode=mode, seed=seed, stream=stream,
+                               backend=backend, precision=precision)
+            elif error is not None:
+                raise error
+            sk, err = built
+            unit += 1
         if module.bias is not None:  # a bias shared with another module stays shared
             sk.bias = memo.setdefault(id(module.bias), sk.bias)
         memo[id(module)] = sk
@@ -270,15 +341,16 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
         sketched[name] = sk
         ran = _backend_that_runs(backend, module.weight)
         backends += [] if ran in backends else [ran]
-        err = relative_error(sk.coefficients, module.weight, mode=mode, seed=seed, stream=stream, backend=backend,
-                             precision=precision)
-        report.layers.append(LayerReport(name=name, type=cls.__name__.replace("Sketched", ""), stream=stream,
-                                         mode=mode, shape=list(shape), n=module.weight.numel(), k=kk,
-                                         stored=sk.stored, rel_fro_error=err, tied_to=tied_to))
+        report_of[name] = LayerReport(name=name, type=cls.__name__.replace("Sketched", ""), stream=stream,
+                                      mode=mode, shape=list(shape), n=module.weight.numel(), k=kk,
+                                      stored=sk.stored, rel_fro_error=err, tied_to=tied_to)
+        report.layers.append(report_of[name])
+        tally.step()
     if dense_left:
         warnings.warn(f"{len(dense_left)} layer(s) left dense, k at least the entries one sketch covers ({mode} "
                       f"mode: no compression): {', '.join(dense_left)}; pass allow_no_compression=True to sketch "
                       "them anyway", NoCompressionWarning, stacklevel=2)
+    tally.finish()
     report.backend = "+".join(backends) or "none"
     report.skipped += _skipped_modules(dense, {id(m) for _, _, m in found})
     if dense is model or data is not None:

@@ -14,18 +14,27 @@ Reports carry the first word ("highest", "high", "medium"), whichever word was p
 Work is split into chunks of samples (and of trials, if one sample's trials do not fit) so that
 the clean values kept for a chunk plus its noisy activations fit `memory_budget` bytes (default: half
 the free memory of a CUDA device; on CPU 32 MiB, so each chunk's activations stay in cache).
+
+Data (`DataSource`): a tensor (N, ...), a list of tensors, a DataLoader or any iterable of batches
+(inputs, or (inputs, labels, ...) tuples) is streamed: its batches are cut and joined into the meters'
+chunks, so a chunk holds the same samples whatever the batching, and a sample's index (its noise
+counter) is its position in the stream. Only per-sample summaries outlive a chunk.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from .._checks import check_choice, check_positive_int
+from ..distributed import agree_on_failure, group_rank_size, merge_owned, owner
+from ..progress import Tally
 from .layers import Layer, resolve_layers, trace_layers
 from .propagate import build_propagator
 
@@ -66,6 +75,199 @@ def check_data(data) -> torch.Tensor:
     if data.shape[0] >= (1 << 32):
         raise ValueError("data has 2^32 samples or more; the noise counters address fewer")
     return data
+
+
+MAX_SAMPLES = 1 << 32  # the noise counters address fewer samples
+
+
+class DataSource:
+    """The samples a meter reads, streamed in chunks (see the module note).
+
+    data: a floating (N, ...) tensor; or an iterable of batches, each a floating (b, ...) tensor or a
+    tuple/list whose first item is one (its second, if a (b,) integer tensor, the labels). `start` offsets
+    the sample indices (a chunk of a larger stream). A one-shot iterator (a generator) can be read once:
+    a meter that needs a second pass says so. Batches are checked as they come (finite, floating, one
+    sample shape); an iterable with no samples is a ValueError.
+    """
+
+    def __init__(self, data, start: int = 0):
+        self.start = start
+        self._first = None  # a one-shot iterator's first batch, read to trace the model
+        self._consumed = False
+        if isinstance(data, torch.Tensor):
+            self._data = check_data(data)
+            self.n = data.shape[0]
+            self.one_shot = False
+            return
+        if isinstance(data, (str, bytes, dict, np.ndarray)) or not isinstance(data, collections.abc.Iterable):
+            raise TypeError("data must be a torch.Tensor (N, ...), a list of tensors, a DataLoader or an iterable "
+                            f"of batches, got {type(data).__name__}")
+        self._data = data
+        self.one_shot = isinstance(data, collections.abc.Iterator)
+        self.n = _known_length(data)
+
+    def batches(self):
+        """(inputs, labels or None) of each non-empty batch, checked, in stream order."""
+        if isinstance(self._data, torch.Tensor):
+            yield self._data, None
+            return
+        if self.one_shot:
+            if self._consumed:
+                raise ValueError("data is a one-shot iterator (a generator) and this meter reads the data more "
+                                 "than once: pass a list of batches, a DataLoader or a tensor")
+            self._consumed = True
+        items = self._data
+        if self._first is not None:
+            items, first, self._first = iter(items), self._first, None
+            items = _chain(first, items)
+        shape, seen = None, 0
+        for item in items:
+            x, y = _split_batch(item)
+            if x.shape[0] == 0:
+                continue
+            check_data(x)
+            if shape is None:
+                shape = x.shape[1:]
+            elif x.shape[1:] != shape:
+                raise ValueError(f"data: a batch has samples of shape {tuple(x.shape[1:])}, the first had "
+                                 f"{tuple(shape)}")
+            seen += x.shape[0]
+            if self.start + seen > MAX_SAMPLES:
+                raise ValueError("data has 2^32 samples or more; the noise counters address fewer")
+            yield x, y
+        if seen == 0:
+            raise ValueError("data is empty: the iterable yielded no samples")
+
+    def first(self) -> torch.Tensor:
+        """The first sample, (1, ...), for tracing the model (a one-shot iterator keeps its batch for later)."""
+        if isinstance(self._data, torch.Tensor):
+            return self._data[:1]
+        if self.one_shot:
+            if self._first is None:
+                if self._consumed:
+                    raise ValueError("data is a one-shot iterator that was already read")
+                self._first = next(self._data, None)
+                if self._first is None:
+                    raise ValueError("data is empty: the iterable yielded no samples")
+            x, _ = _split_batch(self._first)
+            if x.shape[0] == 0:
+                raise ValueError("data: the first batch has no samples")
+            return check_data(x)[:1]
+        for x, _ in self.batches():
+            return x[:1]
+        raise ValueError("data is empty: the iterable yielded no samples")  # unreachable: batches() raises
+
+    def chunks(self, size: int):
+        """(s0, inputs, labels or None) with exactly `size` samples each but the last; s0 is the index of the
+        chunk's first sample in the stream (plus `start`)."""
+        pending, labels, held, s0 = [], [], 0, self.start
+        for x, y in self.batches():
+            pending.append(x)
+            labels.append(y)
+            held += x.shape[0]
+            while held >= size:
+                xs, ys = _take(pending, labels, size)
+                held -= size
+                yield s0, xs, ys
+                s0 += size
+        if held:
+            xs, ys = _take(pending, labels, held)
+            yield s0, xs, ys
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _known_length(data) -> int | None:
+    """Samples in `data` when it says so without being read (a list of tensors, a DataLoader over a sized
+    data set without a drop_last cut), else None."""
+    if isinstance(data, (list, tuple)):
+        try:
+            return sum(_split_batch(item)[0].shape[0] for item in data)
+        except (TypeError, ValueError):
+            return None  # a bad item: batches() names it
+    dataset = getattr(data, "dataset", None)
+    if dataset is not None and not getattr(data, "drop_last", False):
+        try:
+            return len(dataset)
+        except TypeError:
+            return None
+    return None
+
+
+def _split_batch(item):
+    """(inputs, labels or None) of one batch: a tensor, or a tuple/list (inputs, labels, ...)."""
+    if isinstance(item, torch.Tensor):
+        return item, None
+    if isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
+        x = item[0]
+        y = item[1] if len(item) > 1 and isinstance(item[1], torch.Tensor) else None
+        if y is not None and (y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point()):
+            y = None  # not per-sample class indices (measure checks labels it uses)
+        return x, y
+    raise TypeError("data: each batch must be a tensor or a tuple/list (inputs, labels, ...) of tensors, got "
+                    f"{type(item).__name__}")
+
+
+def _take(pending: list, labels: list, size: int):
+    """The first `size` samples of the pending batches (removed from them), with their labels."""
+    xs, ys, need = [], [], size
+    while need:
+        x, y = pending[0], labels[0]
+        if x.shape[0] <= need:
+            xs.append(x)
+            ys.append(y)
+            need -= x.shape[0]
+            pending.pop(0)
+            labels.pop(0)
+        else:
+            xs.append(x[:need])
+            ys.append(None if y is None else y[:need])
+            pending[0], labels[0] = x[need:], (None if y is None else y[need:])
+            need = 0
+    x = xs[0] if len(xs) == 1 else torch.cat(xs)
+    if any(y is None for y in ys):
+        return x, None
+    return x, ys[0] if len(ys) == 1 else torch.cat(ys)
+
+
+def run_units(source: DataSource, batch: int, num: int, arrays: int, work, *, group=None,
+              tally: Tally | None = None) -> list[np.ndarray]:
+    """The outer loop every per-injection meter shares: over chunks of `batch` samples of `source`, and over
+    the work units (chunk c, injection layer i), each computed by its owner rank
+    (`distributed.owner(c num + i)`; everything, without a group).
+
+    work(s0, x, injections) -> `arrays` float64 arrays (b, L, L) for the chunk x (stream index s0 on), rows
+    `injections` filled (the others are ignored); it steps `tally` once per injection layer it computes.
+    Returns the `arrays` arrays (N, L, L), every row from its owner rank: the same bits on every rank and
+    for any number of ranks. A failure on one rank is raised on all (distributed.agree_on_failure).
+    """
+    rank, size = group_rank_size(group)
+    if tally is not None:
+        count = count_chunks(source.n, batch)
+        tally.expect(None if count is None else count * num)
+    parts, owners, error = [], [], None
+    try:
+        for c, (s0, x, _) in enumerate(source.chunks(batch)):
+            units = [owner(c * num + i, size) for i in range(num)]
+            mine = [i for i in range(num) if units[i] == rank]
+            b = x.shape[0]
+            parts.append(work(s0, x, mine) if mine else [np.full((b, num, num), np.nan)] * arrays)
+            owners.append(np.broadcast_to(np.asarray(units), (b, num)))
+            if tally is not None and len(mine) < num:
+                tally.step(num - len(mine))
+    except Exception as err:  # noqa: BLE001 - raised again below, on every rank
+        error = err
+    agree_on_failure(error, group)
+    merged = [np.concatenate([p[k] for p in parts]) for k in range(arrays)]
+    return merge_owned(merged, np.concatenate(owners), group)
+
+
+def count_chunks(n: int | None, size: int) -> int | None:
+    """Chunks of `size` samples that cover n samples (None when n is unknown)."""
+    return None if n is None else -(-n // size)
 
 
 def check_precision(precision) -> str:
@@ -151,16 +353,17 @@ class Prepared:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
 
-def prepare(model: nn.Module, data: torch.Tensor, layers=None, method: str = "auto",
+def prepare(model: nn.Module, data, layers=None, method: str = "auto",
             channels_last: bool = False) -> Prepared:
-    """Checks model and data, finds the layers (forward order), builds the propagator.
+    """Checks model and data (a DataSource, or what one takes), finds the layers (forward order), builds the
+    propagator (on the first sample).
 
     Call inside `metering(model, channels_last)`.
     """
     device, dtype = check_model(model)
-    data = check_data(data)
+    source = data if isinstance(data, DataSource) else DataSource(data)
     prep = Prepared(model, [], None, device, dtype, channels_last)
-    sample = prep.batch(data[:1])
+    sample = prep.batch(source.first())
     chosen = resolve_layers(model, layers)
     prep.layers = trace_layers(model, sample, chosen)
     prep.propagator = build_propagator(model, prep.layers, sample, method)

@@ -1,7 +1,8 @@
 """`measure`: every meter of the stability package on one model and data set, in one report.
 
-It checks every argument and the data (labels included) before any metering work, runs the meters of
-meters.py and the attenuation, and computes the bounds of bound.py. It is not a meter itself: each
+It checks every argument and the data (labels included) before any metering work (a stream's batches as
+they are read), reads the data once, chunk by chunk, running the meters of meters.py and the attenuation
+on each chunk, and computes the bounds of bound.py. It is not a meter itself: each
 quantity is defined and documented in meters.py and bound.py.
 """
 
@@ -11,15 +12,17 @@ import math
 import warnings
 
 import numpy as np
+import torch
 
 from .._checks import check_choice, check_float, check_int, check_names, check_positive, check_positive_int, \
     check_seed
+from ..progress import Tally
 from .attenuation import attenuation_report, attenuation_sums
-from .bound import bounds, check_labels, choose_margin, data_stats, logits_of, margins, small_margin
-from .context import check_data, check_precision, metering, prepare
-from .meters import (activation_contraction_dict, check_meterable, clean_meters, interlayer_cushion_dict,
-                     jacobian_meters, jacobian_spread, layer_cushion_dict, max_or_nan, min_or_nan,
-                     noise_sensitivity_dict, smoothness_dict, spread_dict)
+from .bound import bounds, check_labels, choose_margin, logits_of, margins, small_margin
+from .context import MAX_SAMPLES, DataSource, check_precision, count_chunks, metering, plan_chunks, prepare
+from .meters import (activation_contraction_dict, check_meterable, clean_batch, clean_meters, interlayer_cushion_dict,
+                     jacobian_batch, jacobian_meters, jacobian_spread, layer_cushion_dict, max_or_nan, min_or_nan,
+                     noise_sensitivity_dict, smoothness_dict, spread_batch, spread_dict)
 from .report import StabilityReport
 
 CI95 = 1.96  # the normal 97.5% quantile: each sample's 95% interval of mu_{i,j} is mu (1 +- CI95 rse)
@@ -29,6 +32,29 @@ def _check_flag(name: str, value):
     if value is not None and not isinstance(value, bool):
         raise TypeError(f"{name} must be True, False or None, got {type(value).__name__} ({value!r})")
     return value
+
+
+def _length(labels) -> int | None:
+    """len(labels) for checking labels against a stream of unknown length (None: check_labels refuses it)."""
+    try:
+        return len(labels) if labels is not None and np.ndim(labels) == 1 else None
+    except TypeError:
+        return None
+
+
+def _measure_units(prep, n: int, outer: int, trials: int, probes: int, draws: int, budget) -> int:
+    """Progress units of `measure` on n samples read in chunks of `outer`: per chunk of each meter, one
+    (clean pass) or one per injection layer (attenuation, Jacobian meters, spread)."""
+    element = torch.finfo(prep.dtype).bits // 8
+    att = plan_chunks(prep.layers, n, trials, element, budget, prep.device)[0]
+    batches = [clean_batch(prep, n, budget)]
+    per_layer = [att, jacobian_batch(prep, n, probes, draws, budget), spread_batch(prep, n, probes, budget)]
+    num = len(prep.layers)
+    total = 0
+    for s0 in range(0, n, outer):
+        b = min(outer, n - s0)
+        total += sum(count_chunks(b, size) for size in batches) + num * sum(count_chunks(b, size) for size in per_layer)
+    return total
 
 
 def conservative_mu_to(mu: np.ndarray, mu_rse: np.ndarray) -> np.ndarray:
@@ -45,20 +71,24 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
             layers=None, seed: int = 0, margin: float | None = None, margin_quantile: float = 0.1,
             precision: str = "highest", floor: bool | None = None, memory_budget: int | None = None,
             method: str = "auto", backend: str = "auto", spectral_iters: int = 500,
-            channels_last: bool = True) -> StabilityReport:
+            channels_last: bool = True, group=None, progress=None) -> StabilityReport:
     """Layer and interlayer cushions, activation contraction, interlayer smoothness (bias-aware and
     literal), the well-distributed-Jacobian constant beta, noise sensitivity, the attenuation matrix and
     the bounds (bound.py: the chain bound "ours" and the conv bound "ours_conv") of `model` on `data`.
 
-    data: (N, ...) model inputs, the training data (the theorem's bound is over the training sample);
-    labels: (N,) integer class indices for the margins (None: the model's own predictions); alpha,
+    data: (N, ...) model inputs, the training data (the theorem's bound is over the training sample), or a
+    list of tensors, a DataLoader or any iterable of batches or (inputs, labels) pairs, read once in chunks
+    (every meter runs on a chunk before the next is read: only per-sample summaries are kept);
+    labels: (N,) integer class indices for the margins (None: the labels of (inputs, labels) pairs, else the
+    model's own predictions); group, progress: as in `noise_attenuation` (one stage, "measure"); alpha,
     trials, seed, precision, floor, memory_budget, method, backend, channels_last: as in
     `noise_attenuation` (alpha also sizes the smoothness noise); probes (>= 2: the bound uses each
     sample's 95% interval): Hutchinson probes per sample and layer for ||J||_F and beta; draws: noise
     draws per sample for the smoothness; margin: gamma, or None to take the margin_quantile quantile of
     the margins; spectral_iters: power-iteration steps.
     The model may return a tensor of logits, a tuple (its first tensor) or a dict ("logits", else "out").
-    Every argument, the data and the labels are checked before any work; a UserWarning says when gamma
+    Every argument, the data and the labels are checked before any work (a stream's batches as they come,
+    and its labels' count at its end); a UserWarning says when gamma
     is below bound.GAMMA_WARN_FRACTION of max_x ||f(x)|| (every bound is then meaningless).
     Per-layer entries of `to_dict()` are keyed by module name (d["layer_cushion"]["features.0"]["min"]).
     """
@@ -78,24 +108,60 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     spectral_iters = check_positive_int("spectral_iters", spectral_iters)
     channels_last = bool(_check_flag("channels_last", channels_last))
     layers = check_names("layers", layers)
-    data = check_data(data)
-    labels = check_labels(labels, data.shape[0])
+    source = DataSource(data)
+    labels = check_labels(labels, source.n if source.n is not None else _length(labels))
     floor = precision != "highest" if floor is None else floor
+    tally = Tally(progress, "measure")
     with metering(model, channels_last):
-        prep = prepare(model, data, layers, method, channels_last)
+        prep = prepare(model, source, layers, method, channels_last)
         check_meterable(prep)
-        classes = logits_of(prep.propagator.clean(prep.batch(data[:1])).logits)[0].numel()
+        classes = logits_of(prep.propagator.clean(prep.batch(source.first())).logits)[0].numel()
         if classes < 2:
             raise ValueError(f"the model's logits have {classes} entry per sample; margins need at least 2")
-        labels = check_labels(labels, data.shape[0], classes)
-        clean = clean_meters(prep, data, memory_budget)
-        sum_r, sum_r2, floor_r = attenuation_sums(prep, data, alpha=alpha, trials=trials, seed=seed,
-                                                  precision=precision, floor=floor, memory_budget=memory_budget,
-                                                  backend=backend)
-        jac = jacobian_meters(prep, data, probes=probes, draws=draws, alpha=alpha, seed=seed, budget=memory_budget,
-                              backend=backend)
-        spread = jacobian_spread(prep, data, probes=probes, seed=seed, budget=memory_budget, backend=backend)
+        if labels is not None:
+            labels = check_labels(labels, labels.shape[0], classes)
+        element = torch.finfo(prep.dtype).bits // 8
+        # Outer chunks as large as the clean pass allows, in whole attenuation chunks so that the
+        # attenuation sees the chunks noise_attenuation would; each meter re-chunks within them.
+        outer, _ = plan_chunks(prep.layers, source.n or MAX_SAMPLES, 1, element, memory_budget, prep.device)
+        inner, _ = plan_chunks(prep.layers, source.n or MAX_SAMPLES, trials, element, memory_budget, prep.device)
+        outer = max(inner, outer - outer % inner)
+        if source.n is not None:
+            tally.fix(_measure_units(prep, source.n, outer, trials, probes, draws, memory_budget))
+        parts, pair_labels, norms, max_abs = [], [], [], 0.0
+        for s0, xc, yc in source.chunks(outer):
+            sub = DataSource(xc, start=s0)
+            clean = clean_meters(prep, sub, memory_budget, tally)
+            att = attenuation_sums(prep, sub, alpha=alpha, trials=trials, seed=seed, precision=precision,
+                                   floor=floor, memory_budget=memory_budget, backend=backend, group=group,
+                                   tally=tally)
+            jac = jacobian_meters(prep, sub, probes=probes, draws=draws, alpha=alpha, seed=seed,
+                                  budget=memory_budget, backend=backend, group=group, tally=tally)
+            spread = jacobian_spread(prep, sub, probes=probes, seed=seed, budget=memory_budget, backend=backend,
+                                     group=group, tally=tally)
+            parts.append((clean, att, jac, spread))
+            pair_labels.append(yc)
+            flat = xc.detach().double().flatten(1)
+            norms.append(flat.norm(dim=1).cpu())
+            max_abs = max(max_abs, float(flat.abs().max()))
+            input_dim = flat.shape[1]
         parameters = sum(p.numel() for p in model.parameters())
+    tally.finish()
+    clean = {key: (torch.cat if key == "logits" else np.concatenate)([p[0][key] for p in parts])
+             for key in ("cushion", "contraction", "logits")}
+    clean["frobenius"] = parts[0][0]["frobenius"]
+    sum_r, sum_r2, floor_r = (None if parts[0][1][k] is None else np.concatenate([p[1][k] for p in parts])
+                              for k in range(3))
+    jac = {key: np.concatenate([p[2][key] for p in parts]) for key in parts[0][2]}
+    spread = {"beta": np.concatenate([p[3]["beta"] for p in parts]), "positions": parts[0][3]["positions"]}
+    n = clean["cushion"].shape[0]
+    if labels is None and all(y is not None for y in pair_labels):
+        labels = check_labels(torch.cat(pair_labels), n, classes)
+    elif labels is not None and labels.shape[0] != n:
+        raise ValueError(f"labels must have shape ({n},) (one class index per sample), got {tuple(labels.shape)}")
+    norms = torch.cat(norms)
+    stats = {"max_norm": float(norms.max()), "mean_sq_norm": float(norms.square().mean()), "max_abs": max_abs,
+             "input_dim": int(input_dim), "n": n}
     names = prep.names
     att = attenuation_report(prep, sum_r, sum_r2, floor_r, alpha=alpha, trials=trials, seed=seed, precision=precision)
     m = margins(clean["logits"], labels)
@@ -124,7 +190,7 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
                      "raise probes")
     beta = max_or_nan(spread["beta"])
     beta = 1.0 if math.isnan(beta) else beta  # one metered layer: no pair i < j, beta = 1
-    bound = bounds(layers=prep.layers, c=c, mu=mu, mu_to=mu_to, logits=clean["logits"], data_stats=data_stats(data),
+    bound = bounds(layers=prep.layers, c=c, mu=mu, mu_to=mu_to, logits=clean["logits"], data_stats=stats,
                    gamma=gamma, parameters=parameters, spectral_iters=spectral_iters, beta=beta)
     bound["mu_to_convention"] = "min_ci95 lower end (data minimum of each sample's 95% interval lower end)"
     bound["margin_loss"] = float(np.mean(m <= gamma)) if gamma == gamma else math.nan
@@ -133,7 +199,7 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     bound["psi"] = float(np.nanmax(att.per_sample_sq[:, :, -1]) / alpha ** 2)
     settings = {"alpha": alpha, "trials": trials, "probes": probes, "draws": draws, "seed": seed,
                 "margin_quantile": margin_quantile if margin is None else None, "precision": precision,
-                "method": prep.propagator.method, "device": str(prep.device), "n_samples": int(data.shape[0]),
+                "method": prep.propagator.method, "device": str(prep.device), "n_samples": n,
                 "channels_last": channels_last,
                 "notes": notes}
     return StabilityReport(

@@ -38,6 +38,14 @@ Jacobian at x^i; h_i = dim x^i.
   exactly ||M||_F^2 ||z||^2 / (h ||M z||^2), any alpha); read off the attenuation run.
 
 Every quantity is kept per sample; reports give its distribution over the data (report.summarize).
+
+Data, ranks, progress (every meter here): data is a tensor (N, ...), a list of tensors, a DataLoader or
+any iterable of batches or (inputs, labels) pairs, streamed in chunks (context.DataSource: only
+per-sample summaries are kept; a sample's noise and probes depend on its position in the stream, not on
+the batching). group: None (one process), a ProcessGroup or "world": every rank passes the same data and
+arguments, the (chunk, injection layer) units are shared over the ranks and every rank gets the
+one-process bits (context.run_units; the clean-pass meters are computed by every rank). progress: None
+(silent) or a callable progress(stage, done, total) (stabkern.progress).
 """
 
 from __future__ import annotations
@@ -53,8 +61,11 @@ from torch import nn
 from .. import opnorms
 from .. import ops
 from .._checks import check_names, check_positive, check_positive_int, check_seed
+from ..distributed import resolve_group
+from ..progress import Tally
 from .bound import logits_of
-from .context import Prepared, check_finite, chunks, metering, plan_chunks, precision_mode, prepare
+from .context import (MAX_SAMPLES, DataSource, Prepared, check_finite, count_chunks, metering, plan_chunks,
+                      precision_mode, prepare, run_units)
 from .propagate import repeat_trials
 from .report import summarize
 
@@ -94,19 +105,26 @@ def _activation_after(prep: Prepared, sample: torch.Tensor) -> list:
     return after
 
 
-def clean_meters(prep: Prepared, data: torch.Tensor, budget) -> dict:
+def clean_meters(prep: Prepared, data, budget, tally: Tally | None = None) -> dict:
     """Per-sample layer cushion (N, L), activation contraction (N, L; NaN without an activation),
-    the model outputs (N, ...) and the squared norms of the metered layers' clean outputs (N, L)."""
-    n, num = data.shape[0], len(prep.layers)
+    the model outputs (N, ...) and the squared norms of the metered layers' clean outputs (N, L).
+
+    data: a DataSource (or what one takes), streamed in chunks; tally: stepped once per chunk. One clean
+    pass per chunk: not sharded (every rank of a group computes it, the same bits)."""
+    source = data if isinstance(data, DataSource) else DataSource(data)
+    num = len(prep.layers)
     frob = [opnorms.frobenius(layer.module, layer.in_shape) for layer in prep.layers]
-    after = _activation_after(prep, prep.batch(data[:1]))
-    cushion = np.full((n, num), np.nan)
-    contraction = np.full((n, num), np.nan)
+    after = _activation_after(prep, prep.batch(source.first()))
+    cushions, contractions = [], []
     outputs = []
-    batch, _ = plan_chunks(prep.layers, n, 1, torch.finfo(prep.dtype).bits // 8, budget, prep.device)
+    batch = clean_batch(prep, source.n, budget)
+    if tally is not None:
+        tally.expect(count_chunks(source.n, batch))
     acts = [m for m in prep.model.modules() if isinstance(m, ACTIVATIONS)]
-    for s0, s1 in chunks(n, batch):
-        xb = prep.batch(data[s0:s1])
+    for s0, xc, _ in source.chunks(batch):
+        xb = prep.batch(xc)
+        cushion = np.full((xc.shape[0], num), np.nan)
+        contraction = np.full((xc.shape[0], num), np.nan)
         pre, post = [], []
         handles = [m.register_forward_pre_hook(lambda m, a: pre.append(a[0].flatten(1).double().norm(dim=1)))
                    for m in acts]
@@ -125,15 +143,42 @@ def clean_meters(prep: Prepared, data: torch.Tensor, budget) -> dict:
             az = clean.outputs[i] if bias is None else \
                 clean.outputs[i] - (bias.view(1, -1, 1, 1) if clean.outputs[i].dim() == 4 else bias)
             z = clean.inputs[i].flatten(1).double().norm(dim=1)
-            cushion[s0:s1, i] = (az.flatten(1).double().norm(dim=1) / (frob[i] * z)).cpu().numpy()
+            cushion[:, i] = (az.flatten(1).double().norm(dim=1) / (frob[i] * z)).cpu().numpy()
             if after[i] is not None:
-                contraction[s0:s1, i] = (pre[after[i]] / post[after[i]]).cpu().numpy()
+                contraction[:, i] = (pre[after[i]] / post[after[i]]).cpu().numpy()
         outputs.append(logits_of(clean.logits).detach().cpu())
-    return {"cushion": cushion, "contraction": contraction, "frobenius": frob, "logits": torch.cat(outputs)}
+        cushions.append(cushion)
+        contractions.append(contraction)
+        if tally is not None:
+            tally.step()
+    return {"cushion": np.concatenate(cushions), "contraction": np.concatenate(contractions), "frobenius": frob,
+            "logits": torch.cat(outputs)}
 
 
-def jacobian_meters(prep: Prepared, data: torch.Tensor, *, probes: int, draws: int, alpha: float, seed: int,
-                    budget, backend: str) -> dict:
+def jacobian_batch(prep: Prepared, n: int | None, probes: int, draws: int, budget) -> int:
+    """Samples per chunk of `jacobian_meters` (n: samples, None when unknown)."""
+    rows = 1 + max(probes, draws) + draws
+    batch, trial_chunk = plan_chunks(prep.layers, n or MAX_SAMPLES, 2 * rows, torch.finfo(prep.dtype).bits // 8,
+                                     budget, prep.device)
+    if trial_chunk < 2 * rows:
+        raise ValueError(f"memory_budget is too small for one sample's {rows} forward-mode rows; raise it or "
+                         "lower probes/draws")
+    return batch
+
+
+def spread_batch(prep: Prepared, n: int | None, probes: int, budget) -> int:
+    """Samples per chunk of `jacobian_spread`."""
+    return plan_chunks(prep.layers, n or MAX_SAMPLES, 3 * probes, torch.finfo(prep.dtype).bits // 8, budget,
+                       prep.device)[0]
+
+
+def clean_batch(prep: Prepared, n: int | None, budget) -> int:
+    """Samples per chunk of `clean_meters` (the largest chunks: one pass, no trials)."""
+    return plan_chunks(prep.layers, n or MAX_SAMPLES, 1, torch.finfo(prep.dtype).bits // 8, budget, prep.device)[0]
+
+
+def jacobian_meters(prep: Prepared, data, *, probes: int, draws: int, alpha: float, seed: int,
+                    budget, backend: str, group=None, tally: Tally | None = None) -> dict:
     """Per-sample interlayer cushion mu (N, L, L) with its relative standard error mu_rse, ||J^{i,j} x^i||
     (jx_norm) and the smoothness rho (bias-aware) and rho_literal (N, L, L, min over draws).
 
@@ -141,30 +186,29 @@ def jacobian_meters(prep: Prepared, data: torch.Tensor, *, probes: int, draws: i
     a residual block's 1x1 downsample conv beside its main path): there M^{i,j} does not depend on x^i.
     Probe k and noise draw k share their direction u_k (same counters), so J eta_k is a probe's JVP
     scaled; max(probes, draws) directions are pushed, the first `probes` give ||J||_F, the first
-    `draws` the smoothness.
+    `draws` the smoothness. data, group, tally: as in attenuation_sums (units: chunk x injection layer).
     """
-    n, num = data.shape[0], len(prep.layers)
-    mu, jx_norm, mu_rse, rho, rho_literal = (np.full((n, num, num), np.nan) for _ in range(5))
+    source = data if isinstance(data, DataSource) else DataSource(data)
+    num = len(prep.layers)
     directions = max(probes, draws)
-    rows = 1 + directions + draws
-    batch, trial_chunk = plan_chunks(prep.layers, n, 2 * rows, torch.finfo(prep.dtype).bits // 8, budget,
-                                     prep.device)
-    if trial_chunk < 2 * rows:
-        raise ValueError(f"memory_budget is too small for one sample's {rows} forward-mode rows; raise it or "
-                         "lower probes/draws")
-    for s0, s1 in chunks(n, batch):
-        b = s1 - s0
-        xb = prep.batch(data[s0:s1])
+    batch = jacobian_batch(prep, source.n, probes, draws, budget)
+
+    def work(s0, xc, injections):
+        b = xc.shape[0]
+        xb = prep.batch(xc)
+        mu, jx_norm, mu_rse, rho, rho_literal = (np.full((b, num, num), np.nan) for _ in range(5))
         with precision_mode("highest", prep.device):
             clean = prep.propagator.clean(xb)
         y_norm = [y.flatten(1).double().norm(dim=1) for y in clean.outputs]
-        for i in range(num):
+        for i in injections:
             x_i = clean.outputs[i]
             h = x_i[0].numel()
             x_norm = y_norm[i]
-            mu[s0:s1, i, i] = 1.0 / math.sqrt(h)
-            mu_rse[s0:s1, i, i] = 0.0
+            mu[:, i, i] = 1.0 / math.sqrt(h)
+            mu_rse[:, i, i] = 0.0
             if i == num - 1:
+                if tally is not None:
+                    tally.step()
                 continue
             stream = num + i  # streams 0..L-1 are the attenuation's
             probe = ops.sphere_noise(torch.zeros_like(x_i), torch.full((b,), math.sqrt(h), dtype=torch.float64,
@@ -199,33 +243,46 @@ def jacobian_meters(prep: Prepared, data: torch.Tensor, *, probes: int, draws: i
             with fwAD.dual_level(), precision_mode("highest", prep.device):
                 prep.propagator.suffix(clean, i, fwAD.make_dual(primal, tangent), "output", observe)
             for j, (jxn, ratio, rse, r_bias, r_literal) in found.items():
-                jx_norm[s0:s1, i, j] = jxn.cpu().numpy()
-                mu[s0:s1, i, j] = ratio.cpu().numpy()
-                mu_rse[s0:s1, i, j] = (0.5 * rse).cpu().numpy()  # delta method: mu ~ (||J||_F^2)^(-1/2)
-                rho[s0:s1, i, j] = r_bias.cpu().numpy()
-                rho_literal[s0:s1, i, j] = r_literal.cpu().numpy()
+                jx_norm[:, i, j] = jxn.cpu().numpy()
+                mu[:, i, j] = ratio.cpu().numpy()
+                mu_rse[:, i, j] = (0.5 * rse).cpu().numpy()  # delta method: mu ~ (||J||_F^2)^(-1/2)
+                rho[:, i, j] = r_bias.cpu().numpy()
+                rho_literal[:, i, j] = r_literal.cpu().numpy()
+            if tally is not None:
+                tally.step()
+        return mu, mu_rse, rho, rho_literal, jx_norm
+
+    mu, mu_rse, rho, rho_literal, jx_norm = run_units(source, batch, num, 5, work, group=group, tally=tally)
     return {"mu": mu, "mu_rse": mu_rse, "rho": rho, "rho_literal": rho_literal, "jx_norm": jx_norm}
 
 
-def jacobian_spread(prep: Prepared, data: torch.Tensor, *, probes: int, seed: int, budget, backend: str) -> dict:
+def jacobian_spread(prep: Prepared, data, *, probes: int, seed: int, budget, backend: str, group=None,
+                    tally: Tally | None = None) -> dict:
     """Per-sample well-distributed-Jacobian constant beta_{i,j}(x) (N, L, L) (see the module note) and
     positions (L,): the number P_i of spatial positions of each layer's output.
 
     1 where x^i has one position (a Linear layer), NaN where j <= i or layer j is not downstream of i.
     Probes for output layer j use stream 2L + j (0..2L-1 are the attenuation's and the cushions').
+    data, group, tally: as in attenuation_sums (units: chunk x injection layer).
     """
-    n, num = data.shape[0], len(prep.layers)
-    beta = np.full((n, num, num), np.nan)
+    source = data if isinstance(data, DataSource) else DataSource(data)
+    num = len(prep.layers)
     positions = [math.prod(layer.out_shape[1:]) if len(layer.out_shape) == 3 else 1 for layer in prep.layers]
-    batch, _ = plan_chunks(prep.layers, n, 3 * probes, torch.finfo(prep.dtype).bits // 8, budget, prep.device)
-    for s0, s1 in chunks(n, batch):
-        b = s1 - s0
-        xb = prep.batch(data[s0:s1])
+    batch = spread_batch(prep, source.n, probes, budget)
+
+    def work(s0, xc, injections):
+        b = xc.shape[0]
+        xb = prep.batch(xc)
+        beta = np.full((b, num, num), np.nan)
         with precision_mode("highest", prep.device):
             clean = prep.propagator.clean(xb)
-        for i in range(num - 1):
+        for i in injections:
+            if tally is not None:
+                tally.step()
+            if i == num - 1:
+                continue
             if positions[i] == 1:
-                beta[s0:s1, i, i + 1:] = 1.0
+                beta[:, i, i + 1:] = 1.0
                 continue
             x_in = repeat_trials(clean.outputs[i], probes).requires_grad_(True)
             outs = {}
@@ -247,8 +304,11 @@ def jacobian_spread(prep: Prepared, data: torch.Tensor, *, probes: int, seed: in
                         continue
                     energy = g.detach().double().square().sum(1).reshape(probes, b, -1).mean(0)  # (B, P_i)
                     share = energy.max(1).values / energy.sum(1)
-                    beta[s0:s1, i, j] = (positions[i] * share).sqrt().cpu().numpy()
+                    beta[:, i, j] = (positions[i] * share).sqrt().cpu().numpy()
             del outs, x_in
+        return (beta,)
+
+    (beta,) = run_units(source, batch, num, 1, work, group=group, tally=tally)
     return {"beta": beta, "positions": positions}
 
 
@@ -313,20 +373,30 @@ def spread_dict(names, beta, positions) -> dict:
     return out
 
 
-def _run(model, data, layers, method, channels_last, fn):
+def _run(model, data, layers, method, channels_last, fn, progress, stage):
+    """fn(prep, source, tally) in metering mode, on data streamed through a DataSource."""
     layers = check_names("layers", layers)
+    tally = Tally(progress, stage)
+    source = DataSource(data)
     with metering(model, channels_last):
-        prep = prepare(model, data, layers, method, channels_last)
-        return prep, fn(prep)
+        prep = prepare(model, source, layers, method, channels_last)
+        result = fn(prep, source, tally)
+    tally.finish()
+    return prep, result
 
 
 def layer_cushion(model, data, *, layers=None, memory_budget=None, method: str = "auto",
-                  channels_last: bool = True) -> dict:
-    """Layer cushion mu_i per sample, summarized: {name: {min, q05, ..., median, ..., max, mean, n, frobenius}}."""
-    def fn(prep):
+                  channels_last: bool = True, group=None, progress=None) -> dict:
+    """Layer cushion mu_i per sample, summarized: {name: {min, q05, ..., median, ..., max, mean, n, frobenius}}.
+
+    data, group, progress: see the module note, "Data, ranks, progress". One clean pass: every rank of a
+    group computes it (not sharded); progress per chunk."""
+    resolve_group(group)  # checked like every meter's group, though nothing is shared
+
+    def fn(prep, source, tally):
         check_meterable(prep)
-        return clean_meters(prep, data, memory_budget)
-    prep, m = _run(model, data, layers, method, channels_last, fn)
+        return clean_meters(prep, source, memory_budget, tally)
+    prep, m = _run(model, data, layers, method, channels_last, fn, progress, "layer cushion")
     return layer_cushion_dict(prep.names, m["cushion"], m["frobenius"])
 
 
@@ -340,44 +410,56 @@ def activation_contraction_dict(names, contraction) -> dict:
 
 
 def activation_contraction(model, data, *, layers=None, memory_budget=None, method: str = "auto",
-                           channels_last: bool = True) -> dict:
-    """Activation contraction per layer and sample (see `activation_contraction_dict`)."""
-    def fn(prep):
+                           channels_last: bool = True, group=None, progress=None) -> dict:
+    """Activation contraction per layer and sample (see `activation_contraction_dict`).
+
+    data, group, progress: see the module note, "Data, ranks, progress". One clean pass: every rank of a
+    group computes it (not sharded); progress per chunk."""
+    resolve_group(group)  # checked like every meter's group, though nothing is shared
+
+    def fn(prep, source, tally):
         check_meterable(prep)
-        return clean_meters(prep, data, memory_budget)
-    prep, m = _run(model, data, layers, method, channels_last, fn)
+        return clean_meters(prep, source, memory_budget, tally)
+    prep, m = _run(model, data, layers, method, channels_last, fn, progress, "activation contraction")
     return activation_contraction_dict(prep.names, m["contraction"])
 
 
 def interlayer_cushion(model, data, *, probes: int = 16, layers=None, seed: int = 0, memory_budget=None,
-                       method: str = "auto", backend: str = "auto", channels_last: bool = True) -> dict:
-    """Interlayer cushions mu_{i,j} and mu_{i->} per sample (see `interlayer_cushion_dict`)."""
+                       method: str = "auto", backend: str = "auto", channels_last: bool = True, group=None,
+                       progress=None) -> dict:
+    """Interlayer cushions mu_{i,j} and mu_{i->} per sample (see `interlayer_cushion_dict`).
+
+    data, group, progress: see the module note, "Data, ranks, progress"; progress per chunk and injection
+    layer."""
     probes = check_positive_int("probes", probes)
     seed = check_seed(seed)
 
-    def fn(prep):
+    def fn(prep, source, tally):
         check_meterable(prep)
-        return jacobian_meters(prep, data, probes=probes, draws=1, alpha=0.1, seed=seed, budget=memory_budget,
-                               backend=backend)
-    prep, m = _run(model, data, layers, method, channels_last, fn)
+        return jacobian_meters(prep, source, probes=probes, draws=1, alpha=0.1, seed=seed, budget=memory_budget,
+                               backend=backend, group=group, tally=tally)
+    prep, m = _run(model, data, layers, method, channels_last, fn, progress, "interlayer cushion")
     return interlayer_cushion_dict(prep.names, m["mu"], m["mu_rse"])
 
 
 def interlayer_smoothness(model, data, *, alpha: float = 0.1, draws: int = 4, layers=None, seed: int = 0,
                           memory_budget=None, method: str = "auto", backend: str = "auto",
-                          channels_last: bool = True) -> dict:
+                          channels_last: bool = True, group=None, progress=None) -> dict:
     """Interlayer smoothness per sample: the bias-aware rho_{i,j} (see `smoothness_dict`) and "rho": its min
     over all; "literal": the same for the literal form ||M(x^i + eta) - J(x^i + eta)|| and its "rho" (see
-    the module note: on nets with biases the literal form shrinks with alpha)."""
+    the module note: on nets with biases the literal form shrinks with alpha).
+
+    data, group, progress: see the module note, "Data, ranks, progress"; progress per chunk and injection
+    layer."""
     alpha = check_positive("alpha", alpha)
     draws = check_positive_int("draws", draws)
     seed = check_seed(seed)
 
-    def fn(prep):
+    def fn(prep, source, tally):
         check_meterable(prep)
-        return jacobian_meters(prep, data, probes=2, draws=draws, alpha=alpha, seed=seed, budget=memory_budget,
-                               backend=backend)
-    prep, m = _run(model, data, layers, method, channels_last, fn)
+        return jacobian_meters(prep, source, probes=2, draws=draws, alpha=alpha, seed=seed, budget=memory_budget,
+                               backend=backend, group=group, tally=tally)
+    prep, m = _run(model, data, layers, method, channels_last, fn, progress, "interlayer smoothness")
     out = smoothness_dict(prep.names, m["rho"])
     out["rho"] = min_or_nan(m["rho"])
     out["literal"] = smoothness_dict(prep.names, m["rho_literal"])
@@ -402,12 +484,17 @@ def noise_sensitivity_dict(names, per_sample_sq, alpha: float) -> dict:
 
 def noise_sensitivity(model, data, *, alpha: float = 0.1, trials: int = 8, layers=None, seed: int = 0,
                       memory_budget=None, method: str = "auto", backend: str = "auto",
-                      channels_last: bool = True) -> dict:
+                      channels_last: bool = True, group=None, progress=None) -> dict:
     """Noise sensitivity psi_i of the net from layer i's input to its last metered layer, per sample,
-    summarized: {name: {...}} and "psi": the max over layers and data (the paper's psi_N(M, S))."""
+    summarized: {name: {...}} and "psi": the max over layers and data (the paper's psi_N(M, S)).
+
+    data, group, progress: see the module note, "Data, ranks, progress". Read off `noise_attenuation` (its
+    progress stage: "attenuation")."""
     from .attenuation import noise_attenuation
     rep = noise_attenuation(model, data, alpha=alpha, trials=trials, layers=layers, seed=seed,
-                            memory_budget=memory_budget, method=method, backend=backend, channels_last=channels_last)
+                            memory_budget=memory_budget, method=method, backend=backend, channels_last=channels_last,
+                            group=group, progress=progress)
     out = noise_sensitivity_dict(rep.layers, rep.per_sample_sq, rep.alpha)
     out["psi"] = float(np.nanmax(rep.per_sample_sq[:, :, -1]) / rep.alpha ** 2)
     return out
+
