@@ -182,6 +182,7 @@ def test_labels_checked_before_any_work():
 
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(spectral_iters=0), ValueError, "spectral_iters"),
+    (dict(spectral_tol=-1.0), ValueError, "spectral_tol"),
     (dict(memory_budget=-5), ValueError, "memory_budget"),
     (dict(probes=1), ValueError, "probes"),
     (dict(trials=2.0), TypeError, "trials"),
