@@ -233,7 +233,7 @@ def jacobian_spread(prep: Prepared, data: torch.Tensor, *, probes: int, seed: in
 
             def observe(j, y):
                 if y.requires_grad:  # else the hooked forward reached a layer that does not depend on x^i
-                    outs[j] = y
+                    outs[j] = y.clone()  # kept as made: a later ReLU(inplace=True) would rewrite y's graph
 
             with torch.enable_grad(), precision_mode("highest", prep.device):
                 prep.propagator.suffix(clean, i, x_in.clone(), "output", observe)
