@@ -179,7 +179,7 @@ def spectral_norm(module: nn.Module, in_shape, tol: float = 1e-3, iters: int = 5
         x = q.view(1, *in_shape).float()
         return apply_adjoint(single, apply(single, x), in_shape).reshape(-1).double()
 
-    block = max(2, min(64, _BASIS_BYTES // (8 * v.numel()), v.numel()))
+    block = max(1, min(64, _BASIS_BYTES // (8 * v.numel()), v.numel()))
     basis = torch.empty(block, v.numel(), dtype=torch.float64, device=device)
     used, theta, ritz, converged = 0, 0.0, v, False
     while True:
@@ -199,8 +199,8 @@ def spectral_norm(module: nn.Module, in_shape, tol: float = 1e-3, iters: int = 5
                 t += torch.diag(off, 1) + torch.diag(off, -1)
             evals, evecs = torch.linalg.eigh(t)
             theta, y = max(float(evals[-1]), 0.0), evecs[:, -1]
-            # an invariant subspace (beta = 0, e.g. the whole space) makes T's eigenvalues exact
-            converged = beta * abs(float(y[-1])) <= tol * theta or beta == 0.0
+            # an invariant subspace (beta = 0, or a basis of the whole space) makes T's eigenvalues exact
+            converged = beta * abs(float(y[-1])) <= tol * theta or beta == 0.0 or k + 1 == v.numel()
             if converged or used >= iters or k + 1 == block:
                 break
             betas.append(beta)

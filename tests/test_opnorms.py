@@ -109,6 +109,15 @@ def test_spectral_warm_start_is_never_stale():
     assert not opnorms.spectral_norm(module, (8, 9, 10)).warm  # another input shape: another operator
 
 
+def test_spectral_on_the_whole_space_is_exact():
+    """With as many iterations as input dimensions the basis spans the space: converged even at tol = 0."""
+    for layer in (nn.Linear(1, 3), nn.Linear(3, 4)):
+        got = opnorms.spectral_norm(layer, (layer.in_features,), tol=0.0, warm=False)
+        want = torch.linalg.matrix_norm(layer.weight.detach().double(), 2).item()
+        assert got.converged and got.iterations == layer.in_features
+        assert got.value == pytest.approx(want, rel=SLACK)
+
+
 def test_zero_weight_has_norm_zero():
     layer = nn.Linear(4, 3)
     with torch.no_grad():
