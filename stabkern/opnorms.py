@@ -121,7 +121,7 @@ class Spectral:
 # write), data pointer (a `.data =` swap), shape, dtype and device. The vector is only a start: every call
 # checks convergence on the current weight, so a cached vector can cost iterations, never accuracy.
 _WARM: OrderedDict = OrderedDict()
-_WARM_ENTRIES = 256
+_WARM_BYTES = 256 << 20  # the oldest vectors are dropped beyond this (float32 copies)
 # Lanczos keeps its basis (float64): at most this many bytes of it before an explicit restart.
 _BASIS_BYTES = 64 << 20
 
@@ -143,9 +143,9 @@ def _warm_start(module: nn.Module, key: tuple):
 
 
 def _remember(module: nn.Module, key: tuple, vector: torch.Tensor) -> None:
-    _WARM[key] = (weakref.ref(module.weight), vector)
+    _WARM[key] = (weakref.ref(module.weight), vector.float())
     _WARM.move_to_end(key)
-    while len(_WARM) > _WARM_ENTRIES:
+    while len(_WARM) > 1 and sum(v.numel() * 4 for _, v in _WARM.values()) > _WARM_BYTES:
         _WARM.popitem(last=False)
 
 
@@ -173,7 +173,7 @@ def spectral_norm(module: nn.Module, in_shape, tol: float = 1e-3, iters: int = 5
         start = torch.randn(math.prod(in_shape), generator=gen, dtype=torch.float64)
     single = _as_dtype(module, torch.float32)
     device = module.weight.device
-    v = start.to(device)
+    v = start.to(device=device, dtype=torch.float64)
 
     def gram(q: torch.Tensor) -> torch.Tensor:  # A^T A q in float32, returned flat in float64
         x = q.view(1, *in_shape).float()

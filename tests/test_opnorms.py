@@ -109,6 +109,18 @@ def test_spectral_warm_start_is_never_stale():
     assert not opnorms.spectral_norm(module, (8, 9, 10)).warm  # another input shape: another operator
 
 
+def test_warm_cache_is_bounded(monkeypatch):
+    """Beyond _WARM_BYTES the oldest vectors go: room for one (8 x 10 x 10 float32) keeps only the last."""
+    monkeypatch.setattr(opnorms, "_WARM", type(opnorms._WARM)())
+    monkeypatch.setattr(opnorms, "_WARM_BYTES", 800 * 4)
+    first, in_shape = _slow_conv()
+    second = nn.Conv2d(8, 8, 3, padding=1)
+    opnorms.spectral_norm(first, in_shape)
+    opnorms.spectral_norm(second, in_shape)
+    assert len(opnorms._WARM) == 1
+    assert opnorms.spectral_norm(second, in_shape).warm and not opnorms.spectral_norm(first, in_shape).warm
+
+
 def test_spectral_on_the_whole_space_is_exact():
     """With as many iterations as input dimensions the basis spans the space: converged even at tol = 0."""
     for layer in (nn.Linear(1, 3), nn.Linear(3, 4)):
