@@ -27,6 +27,16 @@ times measured here at T B rows, contiguous); the rest of the speed-up comes fro
 (cache-sized chunks, fused kernels, fewer calls). Kernels: `sphere_noise` and `sq_error` (backend cpu)
 on rows the size of the digits net's largest layer input (449 rows of 1024 = 16 x 8 x 8, 8 trials).
 
+CPU cases at scale (issue 11, items 1 and 2), each measured side by side in one run:
+- attenuation floor: for `vgg19_cifar()` and a torchvision-style VGG-19 head (`VGG(hidden=4096)`), B images
+  (STABKERN_BENCH_FLOOR_IMAGES, default 16), 8 trials: noise_attenuation (defaults, fp32) against its floor,
+  the suffix forwards alone (sum over injection layers i of the modules from layer i on, each timed at B T
+  rows, channels_last), with the default memory budget and with all samples in one chunk; the notes give
+  the ratios and the top ops of a torch.profiler run (on 4 images) by self CPU time: what takes the rest.
+- measure vs attenuation: `measure` (defaults) and noise_attenuation with the same images (STABKERN_BENCH_
+  MEASURE_IMAGES, default 64) and trials, each once, with measure's phases timed and the rows each phase
+  pushes per injection layer in the notes (the arithmetic behind the ratio).
+
 GPU cases (skipped without CUDA): VGG-19 CIFAR shape (`vgg19_cifar()`), batch 256, 8 trials, all 19
 layers, fp32 (TF32 off), tf32 and bf16 (targets <= 120 ms fp32/TF32, <= 50 ms bf16; H100 anchors:
 hook loop 806 ms, batched torch 197 ms fp32 / 112 ms bf16, FLOP floor ~26 ms), the same engine with
@@ -40,7 +50,9 @@ autotuning included) to show the memory budget keeps it on one GPU (peak memory 
 from __future__ import annotations
 
 import copy
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +64,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers import stability_reference as ref  # noqa: E402
 from stabkern.zoo.digits import load_digits_tensors, trained_digits_net  # noqa: E402
-from stabkern.zoo.cifar import vgg19_cifar  # noqa: E402
+from stabkern.zoo.cifar import VGG, vgg19_cifar  # noqa: E402
 from stabkern import ops as kernels  # noqa: E402
 from stabkern.backends import BACKENDS  # noqa: E402
-from stabkern.stability import noise_attenuation  # noqa: E402
+from stabkern.stability import measure, noise_attenuation  # noqa: E402
 from stabkern.stability.context import precision_mode  # noqa: E402
 from stabkern.stability.propagate import repeat_trials  # noqa: E402
 
@@ -172,6 +184,102 @@ def test_cpu_suffix_work_ratio(bench_report, bench_time, digits):
     ratio = len(pos) * sum(times) / sum(sum(times[p:]) for p in pos)
     bench_report("stability").notes[f"digits suffix work ratio ({len(x)} samples, {TRIALS} trials, "
                                     f"{torch.get_num_threads()} threads)"] = round(ratio, 3)
+
+
+# --------------------------------------------------------------------------- CPU: VGG-19 at scale
+
+CPU_VGGS = {"vgg19_cifar": vgg19_cifar, "vgg19 4096 head": lambda: VGG(hidden=4096)}
+FLOOR_IMAGES = int(os.environ.get("STABKERN_BENCH_FLOOR_IMAGES", "16"))
+MEASURE_IMAGES = int(os.environ.get("STABKERN_BENCH_MEASURE_IMAGES", "64"))
+ONE_CHUNK = 1 << 30  # bytes: memory_budget that holds all the floor case's samples in one chunk
+
+
+def _top_ops(fn, count: int = 8) -> dict:
+    """{op: share of self CPU time} of the `count` costliest ops of one profiled call of fn."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return {e.key: round(e.self_cpu_time_total / total, 3) for e in events[:count]}
+
+
+@pytest.mark.parametrize("name", list(CPU_VGGS))
+def test_cpu_vgg19_attenuation_floor(bench_report, bench_time, name):
+    """noise_attenuation / its floor (the suffix forwards alone at B T rows), same machine, same run."""
+    torch.manual_seed(0)
+    model = CPU_VGGS[name]().eval()
+    x = torch.randn(FLOOR_IMAGES, 3, 32, 32)
+    noise_attenuation(model, x[:2], trials=TRIALS)  # warm-up (oneDNN primitives), untimed
+    median = bench_time(lambda: noise_attenuation(model, x, trials=TRIALS), rounds=1, warmup=0)
+    report = bench_report("stability")
+    floor_key = f"{name} cpu: suffix forwards"
+    _add_suffix_ceiling(report, bench_time, floor_key, f"{name} attenuation", model, x, "fp32")
+    layers = len(_layer_positions(list(model.features) + list(model.classifier)))
+    report.add(f"{name} attenuation", shape=x.shape, dtype=x.dtype, device="cpu", backend="stabkern",
+               median_s=median, work=len(x) * TRIALS * layers, unit=INJECTIONS, ceiling=floor_key, threads=torch.get_num_threads())
+    # the same call in one chunk of samples: each conv call pays a fixed cost (oneDNN reorders the weight),
+    # so the default cache-sized chunks (context.CPU_DEFAULT_BUDGET) pay it once per chunk
+    one_chunk = bench_time(lambda: noise_attenuation(model, x, trials=TRIALS, memory_budget=ONE_CHUNK), rounds=1,
+                           warmup=0)
+    report.add(f"{name} attenuation", shape=x.shape, dtype=x.dtype, device="cpu", backend="stabkern, one chunk",
+               median_s=one_chunk, work=len(x) * TRIALS * layers, unit=INJECTIONS, ceiling=floor_key,
+               threads=torch.get_num_threads(), memory_budget=ONE_CHUNK)
+    floor = report.row(floor_key)["median_s"]
+    report.notes[f"{name}: attenuation / floor ({len(x)} images, {TRIALS} trials, cpu)"] = round(median / floor, 3)
+    report.notes[f"{name}: attenuation in one chunk / floor"] = round(one_chunk / floor, 3)
+    report.notes[f"{name}: top ops of noise_attenuation (4 images, self CPU share)"] = _top_ops(
+        lambda: noise_attenuation(model, x[:4], trials=TRIALS))
+
+
+MEASURE_PHASES = ("clean_meters", "attenuation_sums", "jacobian_meters", "jacobian_spread", "bounds")
+
+
+def test_cpu_vgg19_measure_vs_attenuation(bench_report, bench_time, monkeypatch):
+    """measure (defaults) against noise_attenuation with the same images and trials, side by side."""
+    import importlib
+
+    measure_module = importlib.import_module("stabkern.stability.measure")
+    torch.manual_seed(0)
+    model = vgg19_cifar().eval()
+    x = torch.randn(MEASURE_IMAGES, 3, 32, 32)
+    noise_attenuation(model, x[:2], trials=TRIALS)  # warm-up, untimed
+    t_att = bench_time(lambda: noise_attenuation(model, x, trials=TRIALS), rounds=1, warmup=0)
+    phases = {}
+    for phase in MEASURE_PHASES:
+        def timed(*args, _fn=getattr(measure_module, phase), _phase=phase, **kwargs):
+            start = time.perf_counter()
+            out = _fn(*args, **kwargs)
+            phases[_phase] = phases.get(_phase, 0.0) + time.perf_counter() - start
+            return out
+        monkeypatch.setattr(measure_module, phase, timed)
+    found = {}
+
+    def run():
+        found["report"] = measure(model, x, trials=TRIALS)
+
+    t_measure = bench_time(run, rounds=1, warmup=0)
+    report = bench_report("stability")
+    key = "vgg19_cifar cpu: noise_attenuation (measure's trials)"
+    layers = len(found["report"].layers)
+    for backend, median, k in (("noise_attenuation", t_att, key), ("measure (defaults)", t_measure, None)):
+        report.add("vgg19_cifar measure", shape=x.shape, dtype=x.dtype, device="cpu", backend=backend,
+                   median_s=median, work=len(x) * TRIALS * layers, unit=INJECTIONS, key=k, baseline=key)
+    tag = f"vgg19_cifar ({len(x)} images, cpu)"
+    report.notes[f"{tag}: measure / noise_attenuation"] = round(t_measure / t_att, 3)
+    report.notes[f"{tag}: measure seconds"] = round(t_measure, 1)
+    report.notes[f"{tag}: measure phases (s)"] = {k: round(v, 2) for k, v in phases.items()}
+    norms = found["report"].bound["operator_norms"]
+    report.notes[f"{tag}: spectral norms, Lanczos iterations (sum over {layers} layers, all converged to 1e-3)"] = \
+        (sum(v["spectral_iterations"] for v in norms.values()), all(v["spectral_converged"] for v in norms.values()))
+    probes, draws = 16, 4  # measure's defaults
+    report.notes["measure rows per injection layer and sample (defaults)"] = (
+        f"attenuation {TRIALS} forward rows; jacobian_meters 1 + max(probes, draws) + draws = "
+        f"{1 + max(probes, draws) + draws} forward-mode rows (a primal and a tangent each: ~{2 * (1 + probes + draws)} "
+        f"forward rows); jacobian_spread {probes} forward rows plus one reverse sweep of {probes} rows from every later "
+        f"layer j back to i (~2 forward rows per sweep, sum over j): measure >= (8 + 42) / 8 = 6.25x the attenuation "
+        f"before the spread")
 
 
 # --------------------------------------------------------------------------- kernels

@@ -12,14 +12,20 @@ and Neyshabur et al. 2018 state their bounds for matrices; we give them the oper
   tap k, S[o, k] = sum_c W[o, c, k]^2 (or |W|), times the 0/1 in-bounds mask of tap k at position p
   (`F.unfold` of an all-ones image gives it): row_sq = S @ mask. Hence
   ||A||_F^2 = sum row_sq, ||A^T||_{2,1} = sum sqrt(row_sq), ||A||_{1,inf} = max row_abs.
-- ||A||_2 (spectral) by power iteration on A^T A with the exact adjoint (`torch.nn.grad.conv2d_input`),
-  a lower estimate that rises to ||A||_2; `iters` steps, stopping early when it changes < tol.
+- ||A||_2 (spectral) by Lanczos on A^T A with the exact adjoint (`torch.nn.grad.conv2d_input`): a lower
+  estimate, stopped at a stated relative tolerance (default 1e-3) by its Ritz residual, warm-started
+  from the last call on the same weight; `spectral_norm` reports the iterations used.
 
 Used by the meters (cushions, bounds) and by `choose_k`; all are checked against the explicit
 matrix (`operator_matrix`) in tests/test_opnorms.py.
 """
 
 from __future__ import annotations
+
+import math
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -97,30 +103,120 @@ def apply_adjoint(module: nn.Module, y: torch.Tensor, in_shape) -> torch.Tensor:
     return padded[..., top:top + h, left:left + w]
 
 
-def spectral(module: nn.Module, in_shape, iters: int = 500, tol: float = 1e-9, seed: int = 0) -> float:
-    """||A||_2 by power iteration on A^T A from a seeded random start (float32 maps, float64 norms).
+@dataclass(frozen=True)
+class Spectral:
+    """What `spectral_norm` found: value (a lower estimate of ||A||_2, sqrt of the top Ritz value), the
+    iterations used (applications of A^T A: one A and one A^T each), whether the Ritz residual met tol
+    (relative), and whether it started from the cached vector of an earlier call on the same weight."""
 
-    After k steps the estimate is below ||A||_2 by a relative O((s_2 / s_1)^(2k)) (s_1 > s_2 the top
-    singular values); it stops early once a step changes it by less than tol (relative).
+    value: float
+    iterations: int
+    converged: bool
+    tol: float
+    warm: bool
+
+
+# Warm starts: the top Ritz vector of the last call per (weight, geometry, in_shape). The key holds the
+# weight's identity (checked through a weak reference), its version counter (bumped by every in-place
+# write), data pointer (a `.data =` swap), shape, dtype and device. The vector is only a start: every call
+# checks convergence on the current weight, so a cached vector can cost iterations, never accuracy.
+_WARM: OrderedDict = OrderedDict()
+_WARM_BYTES = 256 << 20  # the oldest vectors are dropped beyond this (float32 copies)
+# Lanczos keeps its basis (float64): at most this many bytes of it before an explicit restart.
+_BASIS_BYTES = 64 << 20
+
+
+def _warm_key(module: nn.Module, in_shape) -> tuple:
+    w = module.weight
+    geometry = (module.stride, module.padding, module.dilation, module.groups) if isinstance(module, nn.Conv2d) \
+        else ()
+    return (id(w), w._version, w.data_ptr(), tuple(w.shape), w.dtype, str(w.device), tuple(in_shape),
+            type(module).__name__, geometry)
+
+
+def _warm_start(module: nn.Module, key: tuple):
+    entry = _WARM.get(key)
+    if entry is None or entry[0]() is not module.weight:  # the id was reused by another tensor
+        return None
+    _WARM.move_to_end(key)
+    return entry[1]
+
+
+def _remember(module: nn.Module, key: tuple, vector: torch.Tensor) -> None:
+    _WARM[key] = (weakref.ref(module.weight), vector.float())
+    _WARM.move_to_end(key)
+    while len(_WARM) > 1 and sum(v.numel() * 4 for _, v in _WARM.values()) > _WARM_BYTES:
+        _WARM.popitem(last=False)
+
+
+def spectral_norm(module: nn.Module, in_shape, tol: float = 1e-3, iters: int = 500, seed: int = 0,
+                  warm: bool = True) -> Spectral:
+    """||A||_2 by Lanczos on A^T A (float32 maps, float64 basis, full reorthogonalization), stopping once
+    the top Ritz value theta has Ritz residual r <= tol theta, or after `iters` applications of A^T A.
+
+    Some eigenvalue of A^T A lies within r of theta, and theta <= ||A||_2^2, so at convergence
+    sqrt(theta) is below ||A||_2 by a relative tol / 2 at most (the eigenvalue is the top one unless the
+    start is orthogonal to the top singular vector, probability 0 from a random start). The start is the
+    cached Ritz vector of an earlier call on the same weight (warm=True; see _WARM) or a seeded random
+    vector; the basis restarts from the current Ritz vector when it would exceed _BASIS_BYTES.
     """
     _check(module)
-    iters = check_positive_int("iters", iters)
     tol = check_float("tol", tol, 0.0)
+    iters = check_positive_int("iters", iters)
     seed = check_seed(seed)
     in_shape = _check_shape(in_shape)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    v = torch.randn(1, *in_shape, generator=gen).to(module.weight.device)
+    key = _warm_key(module, in_shape)
+    start = _warm_start(module, key) if warm else None
+    used_warm = start is not None
+    if start is None:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        start = torch.randn(math.prod(in_shape), generator=gen, dtype=torch.float64)
     single = _as_dtype(module, torch.float32)
-    sigma = 0.0
-    for _ in range(iters):  # no autograd: the copy's parameters do not require grad
-        v = v / v.norm()
-        av = apply(single, v)
-        new = float(av.double().norm())
-        v = apply_adjoint(single, av, in_shape)
-        if abs(new - sigma) <= tol * new:
-            return new
-        sigma = new
-    return sigma
+    device = module.weight.device
+    v = start.to(device=device, dtype=torch.float64)
+
+    def gram(q: torch.Tensor) -> torch.Tensor:  # A^T A q in float32, returned flat in float64
+        x = q.view(1, *in_shape).float()
+        return apply_adjoint(single, apply(single, x), in_shape).reshape(-1).double()
+
+    block = max(1, min(64, _BASIS_BYTES // (8 * v.numel()), v.numel()))
+    basis = torch.empty(block, v.numel(), dtype=torch.float64, device=device)
+    used, theta, ritz, converged = 0, 0.0, v, False
+    while True:
+        alphas, betas = [], []
+        basis[0] = v / v.norm()
+        for k in range(block):
+            w = gram(basis[k])
+            used += 1
+            alphas.append(float(basis[k] @ w))
+            q_mat = basis[:k + 1]
+            for _ in range(2):  # full reorthogonalization, twice (Kahan: twice is enough)
+                w = w - (q_mat @ w) @ q_mat
+            beta = float(w.norm())
+            t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+            if betas:
+                off = torch.tensor(betas, dtype=torch.float64)
+                t += torch.diag(off, 1) + torch.diag(off, -1)
+            evals, evecs = torch.linalg.eigh(t)
+            theta, y = max(float(evals[-1]), 0.0), evecs[:, -1]
+            # an invariant subspace (beta = 0, or a basis of the whole space) makes T's eigenvalues exact
+            converged = beta * abs(float(y[-1])) <= tol * theta or beta == 0.0 or k + 1 == v.numel()
+            if converged or used >= iters or k + 1 == block:
+                break
+            betas.append(beta)
+            basis[k + 1] = w / beta
+        ritz = y.to(device) @ basis[:len(alphas)]
+        if converged or used >= iters:
+            break
+        v = ritz  # explicit restart from the current Ritz vector
+    if theta > 0:
+        _remember(module, key, ritz.detach().clone())
+    return Spectral(math.sqrt(theta), used, converged, tol, used_warm)
+
+
+def spectral(module: nn.Module, in_shape, iters: int = 500, tol: float = 1e-3, seed: int = 0) -> float:
+    """||A||_2 (a lower estimate, relative error <= tol / 2 when converged): `spectral_norm(...).value`."""
+    return spectral_norm(module, in_shape, tol=tol, iters=iters, seed=seed).value
 
 
 def _as_dtype(module: nn.Module, dtype: torch.dtype, keep_bias: bool = False) -> nn.Module:

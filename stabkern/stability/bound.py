@@ -207,20 +207,24 @@ def log_factors_log10(*, m: int, d: int, h: int, n0: int) -> dict:
 
 
 def bounds(*, layers, c: float, mu, mu_to, logits, data_stats: dict, gamma: float, parameters: int,
-           spectral_iters: int = 500, beta: float | None = None) -> dict:
+           spectral_iters: int = 500, spectral_tol: float = 1e-3, beta: float | None = None) -> dict:
     """All capacities for metered `layers` (layers.Layer list): {"log10": {...}, "value": {...}, inputs}.
 
     data_stats: {"max_norm", "mean_sq_norm", "max_abs", "input_dim", "n"} of the data; beta: the measured
     well-distributed-Jacobian constant (None: no conv bound). mu_to: the interlayer cushions to use.
+    Spectral norms: `opnorms.spectral_norm` to relative tolerance spectral_tol within spectral_iters
+    iterations; "operator_norms" reports the iterations each used and whether it converged.
     """
     spectral_iters = check_positive_int("spectral_iters", spectral_iters)
-    spec, frob, l21, l1inf = [], [], [], []
+    spectral_tol = check_float("spectral_tol", spectral_tol, 0.0)
+    spec, frob, l21, l1inf, runs = [], [], [], [], []
     for layer in layers:
         row_sq, row_abs = opnorms.row_norms(layer.module, layer.in_shape)
         frob.append(float(row_sq.sum().sqrt()))
         l21.append(float(row_sq.sqrt().sum()))
         l1inf.append(float(row_abs.max()))
-        spec.append(opnorms.spectral(layer.module, layer.in_shape, iters=spectral_iters))
+        runs.append(opnorms.spectral_norm(layer.module, layer.in_shape, tol=spectral_tol, iters=spectral_iters))
+        spec.append(runs[-1].value)
     d = len(layers)
     h = max(max(math.prod(layer.in_shape), math.prod(layer.out_shape)) for layer in layers)
     max_out = float(logits.detach().double().flatten(1).norm(dim=1).max())
@@ -240,8 +244,10 @@ def bounds(*, layers, c: float, mu, mu_to, logits, data_stats: dict, gamma: floa
         "log_factors_log10": log_factors_log10(m=data_stats.get("n", 1), d=d, h=h, n0=data_stats["input_dim"]),
         "gamma": gamma, "c": c, "d": d, "h": h, "max_output_norm": max_out,
         "mu": list(mu), "mu_to": list(mu_to), "beta": beta, "overlap": overlaps,
-        "operator_norms": {layer.name: {"spectral": s, "frobenius": f, "l21": a, "l1inf": b}
-                           for layer, s, f, a, b in zip(layers, spec, frob, l21, l1inf)},
+        "operator_norms": {layer.name: {"spectral": s, "frobenius": f, "l21": a, "l1inf": b,
+                                        "spectral_iterations": r.iterations, "spectral_converged": r.converged}
+                           for layer, s, f, a, b, r in zip(layers, spec, frob, l21, l1inf, runs)},
+        "spectral_tol": spectral_tol,
     }
 
 

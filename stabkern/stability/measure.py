@@ -70,7 +70,7 @@ def conservative_mu_to(mu: np.ndarray, mu_rse: np.ndarray) -> np.ndarray:
 def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, probes: int = 16, draws: int = 4,
             layers=None, seed: int = 0, margin: float | None = None, margin_quantile: float = 0.1,
             precision: str = "highest", floor: bool | None = None, memory_budget: int | None = None,
-            method: str = "auto", backend: str = "auto", spectral_iters: int = 500,
+            method: str = "auto", backend: str = "auto", spectral_iters: int = 500, spectral_tol: float = 1e-3,
             channels_last: bool = True, group=None, progress=None) -> StabilityReport:
     """Layer and interlayer cushions, activation contraction, interlayer smoothness (bias-aware and
     literal), the well-distributed-Jacobian constant beta, noise sensitivity, the attenuation matrix and
@@ -85,7 +85,8 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     `noise_attenuation` (alpha also sizes the smoothness noise); probes (>= 2: the bound uses each
     sample's 95% interval): Hutchinson probes per sample and layer for ||J||_F and beta; draws: noise
     draws per sample for the smoothness; margin: gamma, or None to take the margin_quantile quantile of
-    the margins; spectral_iters: power-iteration steps.
+    the margins; spectral_iters, spectral_tol: the most iterations and the relative tolerance of the spectral
+    norms (Lanczos, stabkern/opnorms.py; the report's bound["operator_norms"] gives the iterations used).
     The model may return a tensor of logits, a tuple (its first tensor) or a dict ("logits", else "out").
     Every argument, the data and the labels are checked before any work (a stream's batches as they come,
     and its labels' count at its end); a UserWarning says when gamma
@@ -106,6 +107,7 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
         memory_budget = check_positive_int("memory_budget", memory_budget)
     method = check_choice("method", method, ("auto", "graph", "hooks"))
     spectral_iters = check_positive_int("spectral_iters", spectral_iters)
+    spectral_tol = check_float("spectral_tol", spectral_tol, 0.0)
     channels_last = bool(_check_flag("channels_last", channels_last))
     layers = check_names("layers", layers)
     source = DataSource(data)
@@ -191,7 +193,8 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     beta = max_or_nan(spread["beta"])
     beta = 1.0 if math.isnan(beta) else beta  # one metered layer: no pair i < j, beta = 1
     bound = bounds(layers=prep.layers, c=c, mu=mu, mu_to=mu_to, logits=clean["logits"], data_stats=stats,
-                   gamma=gamma, parameters=parameters, spectral_iters=spectral_iters, beta=beta)
+                   gamma=gamma, parameters=parameters, spectral_iters=spectral_iters, spectral_tol=spectral_tol,
+                   beta=beta)
     bound["mu_to_convention"] = "min_ci95 lower end (data minimum of each sample's 95% interval lower end)"
     bound["margin_loss"] = float(np.mean(m <= gamma)) if gamma == gamma else math.nan
     bound["rho"] = min_or_nan(jac["rho"])

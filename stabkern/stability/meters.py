@@ -286,13 +286,14 @@ def jacobian_spread(prep: Prepared, data, *, probes: int, seed: int, budget, bac
                 continue
             x_in = repeat_trials(clean.outputs[i], probes).requires_grad_(True)
             outs = {}
+            # the suffix gets a non-leaf copy: the model's next op may write into its input (ReLU(inplace=True))
 
             def observe(j, y):
                 if y.requires_grad:  # else the hooked forward reached a layer that does not depend on x^i
-                    outs[j] = y
+                    outs[j] = y.clone()  # kept as made: a later ReLU(inplace=True) would rewrite y's graph
 
             with torch.enable_grad(), precision_mode("highest", prep.device):
-                prep.propagator.suffix(clean, i, x_in, "output", observe)
+                prep.propagator.suffix(clean, i, x_in.clone(), "output", observe)
                 for j, y in outs.items():
                     m = y[0].numel()
                     v = ops.sphere_noise(torch.zeros_like(y[:b]), torch.full((b,), math.sqrt(m), dtype=torch.float64,

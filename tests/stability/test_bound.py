@@ -69,6 +69,11 @@ def test_norm_bounds_on_a_linear_chain_match_numpy():
         assert out["log10"][key] == pytest.approx(math.log10(value), abs=1e-6), key
         assert out["value"][key] == pytest.approx(value, rel=1e-5)
     assert out["operator_norms"]["0"]["spectral"] == pytest.approx(spec[0], rel=1e-6)
+    # Lanczos ends within dim(input) iterations (6 and 5), converged (issue 11, item 1)
+    norms = out["operator_norms"]
+    assert 1 <= norms["0"]["spectral_iterations"] <= 6 and 1 <= norms["2"]["spectral_iterations"] <= 5
+    assert norms["0"]["spectral_converged"] and norms["2"]["spectral_converged"]
+    assert out["spectral_tol"] == 1e-3
     logs = out["log_factors_log10"]  # what each bound dropped, so it can be put back
     assert logs["spectral_bartlett2017"] == pytest.approx(2 * math.log10(math.log(2 * h) * math.log(30)))
     assert logs["pac_bayes_neyshabur2018"] == pytest.approx(math.log10(math.log(d * h)))

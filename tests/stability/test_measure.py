@@ -183,6 +183,7 @@ def test_labels_checked_before_any_work():
 
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(spectral_iters=0), ValueError, "spectral_iters"),
+    (dict(spectral_tol=-1.0), ValueError, "spectral_tol"),
     (dict(memory_budget=-5), ValueError, "memory_budget"),
     (dict(probes=1), ValueError, "probes"),
     (dict(trials=2.0), TypeError, "trials"),
@@ -301,3 +302,23 @@ def test_no_positive_margin_leaves_the_meters_and_marks_the_bounds_undefined():
     from stabkern.schemas import validate
 
     validate(doc)
+
+
+def test_spread_and_jacobians_with_an_inplace_relu():
+    """Regression: jacobian_spread raised "a leaf Variable that requires grad is being used in an in-place
+    operation" on nets with ReLU(inplace=True) right after a metered layer (vgg19_cifar). The same net
+    with ReLU(inplace=False) gives the same beta and mu, computed in the same order (bitwise here, 1e-6 allowed)."""
+    got = {}
+    for inplace in (True, False):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=inplace), nn.Conv2d(4, 4, 3),
+                            nn.ReLU(inplace=inplace), nn.Flatten(), nn.Linear(64, 3)).eval()
+        x = images()
+        with metering(net):
+            prep = prepare(net, x)
+            got[inplace] = (jacobian_spread(prep, x, probes=3, seed=0, budget=None, backend="auto")["beta"],
+                            jacobian_meters(prep, x, probes=3, draws=2, alpha=0.1, seed=0, budget=None,
+                                            backend="auto")["mu"])
+    for a, b in zip(got[True], got[False]):
+        assert np.isfinite(a[:, 0, 1:]).all()
+        np.testing.assert_allclose(a, b, rtol=1e-6)
