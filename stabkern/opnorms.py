@@ -13,8 +13,9 @@ and Neyshabur et al. 2018 state their bounds for matrices; we give them the oper
   (`F.unfold` of an all-ones image gives it): row_sq = S @ mask. Hence
   ||A||_F^2 = sum row_sq, ||A^T||_{2,1} = sum sqrt(row_sq), ||A||_{1,inf} = max row_abs.
 - ||A||_2 (spectral) by Lanczos on A^T A with the exact adjoint (`torch.nn.grad.conv2d_input`): a lower
-  estimate, stopped at a stated relative tolerance (default 1e-3) by its Ritz residual, warm-started
-  from the last call on the same weight; `spectral_norm` reports the iterations used.
+  estimate, stopped at a stated relative tolerance (default 1e-3) by its Ritz residual, from a seeded
+  start, and cached per weight (a repeated call on an equal weight returns the same result without
+  iterating); `spectral_norm` reports the iterations that computed its value.
 
 Used by the meters (cushions, bounds) and by `choose_k`; all are checked against the explicit
 matrix (`operator_matrix`) in tests/test_opnorms.py.
@@ -107,7 +108,7 @@ def apply_adjoint(module: nn.Module, y: torch.Tensor, in_shape) -> torch.Tensor:
 class Spectral:
     """What `spectral_norm` found: value (a lower estimate of ||A||_2, sqrt of the top Ritz value), the
     iterations used (applications of A^T A: one A and one A^T each), whether the Ritz residual met tol
-    (relative), and whether it started from the cached vector of an earlier call on the same weight."""
+    (relative), and whether it is the cached result of an earlier call on an equal weight (warm)."""
 
     value: float
     iterations: int
@@ -116,12 +117,13 @@ class Spectral:
     warm: bool
 
 
-# Warm starts: the top Ritz vector of the last call per (weight, geometry, in_shape). The key holds the
-# weight's identity (checked through a weak reference), its version counter (bumped by every in-place
-# write), data pointer (a `.data =` swap), shape, dtype and device. The vector is only a start: every call
-# checks convergence on the current weight, so a cached vector can cost iterations, never accuracy.
+# The result cache: per (weight, geometry, in_shape), the last result and a copy of the weight it was
+# computed on. A call on a weight equal to the copy (torch.equal: values, not version counters, which a
+# `.data.copy_` does not bump) returns that result, so the same weight always gives the same bits; any
+# other weight starts cold from the seeded vector (a warm start from another weight's Ritz vector would make
+# the result depend on the call history, within tol).
 _WARM: OrderedDict = OrderedDict()
-_WARM_BYTES = 256 << 20  # the oldest vectors are dropped beyond this (float32 copies)
+_WARM_BYTES = 256 << 20  # the oldest entries are dropped beyond this (weight copies)
 # Lanczos keeps its basis (float64): at most this many bytes of it before an explicit restart.
 _BASIS_BYTES = 64 << 20
 
@@ -130,22 +132,23 @@ def _warm_key(module: nn.Module, in_shape) -> tuple:
     w = module.weight
     geometry = (module.stride, module.padding, module.dilation, module.groups) if isinstance(module, nn.Conv2d) \
         else ()
-    return (id(w), w._version, w.data_ptr(), tuple(w.shape), w.dtype, str(w.device), tuple(in_shape),
-            type(module).__name__, geometry)
+    return (id(w), tuple(w.shape), w.dtype, str(w.device), tuple(in_shape), type(module).__name__, geometry)
 
 
-def _warm_start(module: nn.Module, key: tuple):
+def _cached(module: nn.Module, key: tuple, tol: float, iters: int, seed: int):
     entry = _WARM.get(key)
-    if entry is None or entry[0]() is not module.weight:  # the id was reused by another tensor
+    if entry is None or entry[0]() is not module.weight or entry[2] != (tol, iters, seed):
+        return None  # the id was reused by another tensor, or the call asks for something else
+    if not torch.equal(entry[1], module.weight.detach()):
         return None
     _WARM.move_to_end(key)
-    return entry[1]
+    return entry[3]
 
 
-def _remember(module: nn.Module, key: tuple, vector: torch.Tensor) -> None:
-    _WARM[key] = (weakref.ref(module.weight), vector.float())
+def _remember(module: nn.Module, key: tuple, call: tuple, result) -> None:
+    _WARM[key] = (weakref.ref(module.weight), module.weight.detach().clone(), call, result)
     _WARM.move_to_end(key)
-    while len(_WARM) > 1 and sum(v.numel() * 4 for _, v in _WARM.values()) > _WARM_BYTES:
+    while len(_WARM) > 1 and sum(v[1].numel() * v[1].element_size() for v in _WARM.values()) > _WARM_BYTES:
         _WARM.popitem(last=False)
 
 
@@ -157,8 +160,10 @@ def spectral_norm(module: nn.Module, in_shape, tol: float = 1e-3, iters: int = 5
     Some eigenvalue of A^T A lies within r of theta, and theta <= ||A||_2^2, so at convergence
     sqrt(theta) is below ||A||_2 by a relative tol / 2 at most (the eigenvalue is the top one unless the
     start is orthogonal to the top singular vector, probability 0 from a random start). The start is the
-    cached Ritz vector of an earlier call on the same weight (warm=True; see _WARM) or a seeded random
-    vector; the basis restarts from the current Ritz vector when it would exceed _BASIS_BYTES.
+    seeded random vector; the basis restarts from the current Ritz vector when it would exceed _BASIS_BYTES.
+    warm=True returns the cached result of an earlier call with the same arguments on an equal weight
+    (warm True, with the iterations that computed it; see _WARM), so a repeated call costs one comparison
+    and gives the same bits, and a report does not depend on what was metered before.
     """
     _check(module)
     tol = check_float("tol", tol, 0.0)
@@ -166,11 +171,11 @@ def spectral_norm(module: nn.Module, in_shape, tol: float = 1e-3, iters: int = 5
     seed = check_seed(seed)
     in_shape = _check_shape(in_shape)
     key = _warm_key(module, in_shape)
-    start = _warm_start(module, key) if warm else None
-    used_warm = start is not None
-    if start is None:
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        start = torch.randn(math.prod(in_shape), generator=gen, dtype=torch.float64)
+    hit = _cached(module, key, tol, iters, seed) if warm else None
+    if hit is not None:
+        return Spectral(hit.value, hit.iterations, hit.converged, tol, True)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    start = torch.randn(math.prod(in_shape), generator=gen, dtype=torch.float64)
     single = _as_dtype(module, torch.float32)
     device = module.weight.device
     v = start.to(device=device, dtype=torch.float64)
@@ -209,9 +214,9 @@ def spectral_norm(module: nn.Module, in_shape, tol: float = 1e-3, iters: int = 5
         if converged or used >= iters:
             break
         v = ritz  # explicit restart from the current Ritz vector
-    if theta > 0:
-        _remember(module, key, ritz.detach().clone())
-    return Spectral(math.sqrt(theta), used, converged, tol, used_warm)
+    result = Spectral(math.sqrt(theta), used, converged, tol, False)
+    _remember(module, key, (tol, iters, seed), result)
+    return result
 
 
 def spectral(module: nn.Module, in_shape, iters: int = 500, tol: float = 1e-3, seed: int = 0) -> float:

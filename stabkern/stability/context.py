@@ -13,7 +13,8 @@ Reports carry the first word ("highest", "high", "medium"), whichever word was p
 
 Work is split into chunks of samples (and of trials, if one sample's trials do not fit) so that
 the clean values kept for a chunk plus its noisy activations fit `memory_budget` bytes (default: half
-the free memory of a CUDA device; on CPU 32 MiB, so each chunk's activations stay in cache).
+the free memory of a CUDA device; on CPU 32 MiB, so each chunk's activations stay in cache, but never
+fewer than 16 samples a chunk (up to 1 GiB): each conv call has a fixed cost that tiny chunks pay again and again).
 
 Data (`DataSource`): a tensor (N, ...), a list of tensors, a DataLoader or any iterable of batches
 (inputs, or (inputs, labels, ...) tuples) is streamed: its batches are cut and joined into the meters'
@@ -44,6 +45,8 @@ PRECISION_ALIASES = {"fp32": "highest", "tf32": "high", "bf16": "medium"}
 # 25% faster in chunks of ~100 samples, ~35 MB, than in one 140 MB chunk of 449 samples).
 CPU_DEFAULT_BUDGET = 32 << 20  # bytes
 CUDA_BUDGET_FRACTION = 0.5  # of the free device memory
+CPU_MIN_CHUNK_SAMPLES = 16  # the CPU default budget never cuts chunks smaller than this (see plan_chunks) ...
+CPU_MIN_CHUNK_CAP = 1 << 30  # ... unless they would need more than this many bytes
 
 
 def check_model(model) -> tuple[torch.device, torch.dtype]:
@@ -393,7 +396,10 @@ def plan_chunks(layers: list[Layer], n: int, trials: int, element_size: int, bud
     if budget is None:
         budget = default_budget(device)
         if device.type != "cuda":
-            budget = max(budget, kept + trials * per_trial)
+            # each conv call has a fixed cost (oneDNN reorders the weight) that small chunks pay again and again:
+            # VGG-19 metered 2.6x slower in chunks of 2 samples than in one chunk of 16 (benchmarks/results)
+            per_sample = kept + trials * per_trial
+            budget = max(budget, min(min(n, CPU_MIN_CHUNK_SAMPLES) * per_sample, CPU_MIN_CHUNK_CAP), per_sample)
     budget = check_positive_int("memory_budget", budget)
     samples = budget // (kept + trials * per_trial)
     if samples >= 1:

@@ -128,10 +128,15 @@ def test_plan_chunks_defaults():
     from stabkern.stability.layers import Layer
     big = [Layer(0, "a", nn.Identity(), (64, 224, 224), (64, 224, 224))]  # 25.7 MB kept per sample
     cpu = torch.device("cpu")
-    assert plan_chunks(big, 100, 8, 4, None, cpu) == (1, 8)  # the CPU default never refuses one sample
+    per_sample = 2 * 2 * 64 * 224 * 224 * 4 + 8 * 4 * 64 * 224 * 224 * 4  # kept values + 8 trials' activations
+    samples, trials = plan_chunks(big, 100, 8, 4, None, cpu)  # the CPU default never refuses one sample ...
+    assert trials == 8 and samples == max(1, (1 << 30) // per_sample)  # ... and stops at 1 GiB for 16 of them
     small = [Layer(0, "a", nn.Identity(), (16, 8, 8), (32, 8, 8))]
     samples, trials = plan_chunks(small, 10_000, 8, 4, None, cpu)
-    assert trials == 8 and 1 < samples < 10_000
+    assert trials == 8 and 16 < samples < 10_000  # 32 MiB holds more than the minimum of 16
+    mid = [Layer(0, "a", nn.Identity(), (128, 32, 32), (128, 32, 32))]  # 32 MiB holds one sample (19 MB)
+    assert plan_chunks(mid, 100, 8, 4, None, cpu) == (16, 8)  # at least 16 a chunk (conv calls' fixed cost)
+    assert plan_chunks(mid, 5, 8, 4, None, cpu) == (5, 8)
     with pytest.raises(ValueError, match="too small"):
         plan_chunks(big, 100, 8, 4, 1 << 20, cpu)
 
