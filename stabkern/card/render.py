@@ -113,6 +113,17 @@ def check_writable(folder) -> pathlib.Path:
     return folder
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path) -> None:
+    """Give a file made by mkstemp (private, 0600) the mode an ordinary open() would have (0666 & ~umask)."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def write_card(card, folder) -> pathlib.Path:
     """Write card.md, card.json and the PNGs into `folder` (replaced as a whole). Returns the folder."""
     folder = pathlib.Path(folder)
@@ -122,6 +133,8 @@ def write_card(card, folder) -> pathlib.Path:
         card.doc["figures"] = figures.draw_all(card.doc, tmp)
         (tmp / "card.json").write_text(json.dumps(card.doc, indent=1, allow_nan=False))
         (tmp / "card.md").write_text(markdown(card.doc))
+        # mkdtemp makes the folder private (0700): give it the mode a plain mkdir would have
+        tmp.chmod(0o777 & ~_umask())
         old = None
         if folder.exists():
             old = folder.parent / f".{folder.name}.old-{os.getpid()}"

@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from ..card.render import publish_mode
 from .inputs import CLIError, check_fit, device, load_data, load_model, out_folder
 
 
@@ -49,6 +50,7 @@ def _write_json(folder: pathlib.Path, name: str, doc: dict) -> pathlib.Path:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f, indent=1, allow_nan=False)
+        publish_mode(tmp)
         os.replace(tmp, folder / name)
     except BaseException:
         os.unlink(tmp)
@@ -178,6 +180,7 @@ def cmd_compress(args) -> None:
         fd, tmp = tempfile.mkstemp(dir=out, prefix=".compressed.pt.tmp-")
         os.close(fd)
         torch.save(small.state_dict(), tmp)
+        publish_mode(tmp)
         os.replace(tmp, out / "compressed.pt")
     _emit(args, doc, ("" if chosen is None else f"{chosen}\n\n") + str(report))
 

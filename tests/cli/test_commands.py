@@ -133,3 +133,22 @@ def test_help_of_every_subcommand(capsys):
         text = capsys.readouterr().out
         for opt in ("--json", "--device", "--out", "--seed", "--quiet", "--debug"):
             assert opt in text, (cmd, opt)
+
+
+def test_written_files_have_ordinary_permissions(tmp_path):
+    """Files and card folders are written through temporary names (mkstemp/mkdtemp make them private);
+    what lands has the mode a plain open()/mkdir() would give under the umask."""
+    import os
+    import stat
+
+    from stabkern.card.render import publish_mode
+
+    mask = os.umask(0o022)
+    try:
+        f = tmp_path / "f"
+        f.write_text("x")
+        os.chmod(f, 0o600)
+        publish_mode(f)
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644
+    finally:
+        os.umask(mask)
