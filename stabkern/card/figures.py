@@ -13,8 +13,7 @@ import math
 
 import numpy as np
 
-MAX_LEGEND = 12  # above this many curves a colorbar replaces the legend
-MAX_TICKS = 30  # above this many layers only every n-th name is written
+from ..stability.plots import MAX_LEGEND, layer_ticks
 
 
 def _pyplot():
@@ -23,13 +22,6 @@ def _pyplot():
     matplotlib.use("Agg")  # files only: never open a window from the CLI
     import matplotlib.pyplot as plt
     return plt
-
-
-def _layer_ticks(ax, names):
-    step = max(1, math.ceil(len(names) / MAX_TICKS))
-    idx = list(range(0, len(names), step))
-    ax.set_xticks(idx)
-    ax.set_xticklabels([names[i] for i in idx], rotation=45, ha="right", fontsize=7)
 
 
 def attenuation(doc: dict, ax):
@@ -46,7 +38,7 @@ def attenuation(doc: dict, ax):
         ax.plot(j, mean[i, i:], marker="o" if num <= MAX_LEGEND else None, ms=3, lw=1,
                 color=cmap(0.9 * i / max(num - 1, 1)), label=names[i])
     ax.set_yscale("log")
-    _layer_ticks(ax, names)
+    layer_ticks(ax, names)
     ax.set_xlabel("observation layer j")
     ax.set_ylabel("||x_hat^j - x^j|| / ||x^j||")
     ax.set_title(f"noise attenuation (alpha = {att['alpha']:g}, {att['trials']} trials, {att['n_samples']} samples)")
@@ -67,7 +59,7 @@ def _boxes(ax, per_layer: dict, names, title, ylabel):
                       "whishi": d["q95"], "fliers": [d["min"], d["max"]]})
     if stats:
         ax.bxp(stats, positions=range(len(stats)), showfliers=True, flierprops={"marker": "_", "markersize": 6})
-        _layer_ticks(ax, [s["label"] for s in stats])
+        layer_ticks(ax, [s["label"] for s in stats])
     ax.set_title(title)
     ax.set_ylabel(ylabel)
 

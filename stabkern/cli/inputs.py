@@ -1,10 +1,9 @@
 """The command line's inputs: MODEL and DATA specs, the device, the output folder, checked up front.
 
-MODEL and DATA go through `stabkern.io` (load_model / load_data; imported lazily) when it is present.
-Without it only the embedded digits are understood: MODEL "digits" (the trained digits net),
-"digits-shuffled" (the same architecture trained on shuffled labels) or "digits:FILE" (a DigitsNet
-state_dict, loaded with weights_only=True); DATA "digits" (the 449 test digits), "digits-train",
-"digits-shuffled" (the shuffled-label training set) or an .npz (arrays x and optionally y) / .npy (x).
+MODEL and DATA go through `stabkern.io` (load_model / load_data; imported lazily), except the embedded
+digits specs resolved here: MODEL "digits" (the trained digits net), "digits-shuffled" (the same
+architecture trained on shuffled labels) or "digits:FILE" (a DigitsNet state_dict, loaded with
+weights_only=True); DATA "digits-train" and "digits-shuffled" (the two nets' training sets).
 
 Every problem is a `CLIError` whose message names the problem and the fix; main.py prints it on one
 line and exits with status 2. Not the computation: commands.py.
@@ -36,11 +35,9 @@ class Data:
 
 
 def input_errors() -> tuple:
-    """The exception types that mean bad input (stabkern.io's InputError when it is present)."""
-    try:
-        from ..io import InputError
-    except ImportError:
-        return (CLIError,)
+    """The exception types that mean bad input."""
+    from ..io import InputError
+
     return (CLIError, InputError)
 
 
@@ -64,16 +61,14 @@ def out_folder(path) -> pathlib.Path:
 
 
 def load_model(spec: str, *, num_classes=None, trust_pickle: bool = False, dev: torch.device) -> Model:
-    """MODEL spec -> Model (eval mode, on `dev`)."""
-    try:
-        from .. import io
-    except ImportError:
-        io = None
-    if io is not None and not spec.startswith("digits"):  # the embedded digits specs are resolved here
-        lm = io.load_model(spec, num_classes=num_classes, trust_pickle=trust_pickle, device=str(dev))
-        return Model(lm.model.eval(), lm.name)
+    """MODEL spec -> Model (eval mode, on `dev`): the digits specs here, everything else by stabkern.io."""
     from ..zoo.digits import DigitsNet, trained_digits_net
 
+    if not spec.startswith("digits"):
+        from .. import io
+
+        lm = io.load_model(spec, num_classes=num_classes, trust_pickle=trust_pickle, device=str(dev))
+        return Model(lm.model.eval(), lm.name)
     if spec in ("digits", "digits-shuffled"):
         model = trained_digits_net(labels="true" if spec == "digits" else "shuffled")
         return Model(model.to(dev).eval(), spec)
@@ -94,59 +89,23 @@ def load_model(spec: str, *, num_classes=None, trust_pickle: bool = False, dev: 
             raise CLIError(f"MODEL {spec}: {path} does not hold DigitsNet weights ({str(err).splitlines()[0]}); "
                            "pass the state_dict of a stabkern.zoo.digits.DigitsNet") from err
         return Model(model.to(dev).eval(), f"digits:{path.name}")
-    raise CLIError(f"MODEL {spec!r}: unknown architecture (this build has no stabkern.io, so only 'digits', "
-                   "'digits-shuffled' and 'digits:WEIGHTS.pt' are known); pass one of those")
+    raise CLIError(f"MODEL {spec!r}: unknown digits model; pass 'digits', 'digits-shuffled' or "
+                   "'digits:WEIGHTS.pt'")
 
 
 def load_data(spec: str, *, limit=None, trust_pickle: bool = False, seed: int = 0) -> Data:
-    """DATA spec -> Data (x float32 on the CPU)."""
-    try:
+    """DATA spec -> Data (x float32 on the CPU): the digits training sets here, everything else by stabkern.io."""
+    if spec not in ("digits-train", "digits-shuffled"):
         from .. import io
-    except ImportError:
-        io = None
-    if io is not None and spec not in ("digits-train", "digits-shuffled"):
+
         ld = io.load_data(spec, limit=limit, trust_pickle=trust_pickle, seed=seed)
         return Data(ld.x, ld.y, ld.name)
-    from ..zoo.digits import load_digits_tensors, training_set
+    from ..zoo.digits import training_set
 
-    if spec in ("digits", "digits-train", "digits-shuffled"):
-        if spec == "digits":
-            _, (x, y) = load_digits_tensors()
-        else:
-            x, y = training_set("true" if spec == "digits-train" else "shuffled")
-    elif spec.endswith((".npz", ".npy")):
-        x, y = _arrays(pathlib.Path(spec))
-    else:
-        raise CLIError(f"DATA {spec!r}: unknown data (this build has no stabkern.io, so only 'digits', "
-                       "'digits-train', 'digits-shuffled' and .npz/.npy files are read); pass one of those")
+    x, y = training_set("true" if spec == "digits-train" else "shuffled")
     if limit is not None:
-        x, y = x[:limit], None if y is None else y[:limit]
+        x, y = x[:limit], y[:limit]
     return Data(x, y, spec)
-
-
-def _arrays(path: pathlib.Path):
-    import numpy as np
-
-    if not path.is_file():
-        raise CLIError(f"DATA {path}: no such file; give the path of an .npz with arrays x (N, C, H, W) and y (N,)")
-    try:
-        arrays = np.load(path, allow_pickle=False)
-    except Exception as err:
-        raise CLIError(f"DATA {path}: not a readable numpy file ({type(err).__name__}); save it with "
-                       "numpy.savez(path, x=x, y=y)") from err
-    if isinstance(arrays, np.ndarray):
-        x, y = arrays, None
-    else:
-        if "x" not in arrays.files:
-            raise CLIError(f"DATA {path}: no array named 'x' (found {arrays.files}); save with numpy.savez(path, x=x, y=y)")
-        x, y = arrays["x"], arrays["y"] if "y" in arrays.files else None
-    if x.dtype.kind not in "fiub" or x.ndim != 4:
-        raise CLIError(f"DATA {path}: x is {x.dtype} of shape {x.shape}; it must be real numbers of shape "
-                       "(N, C, H, W)")
-    if y is not None and (y.dtype.kind not in "iu" or y.shape != (x.shape[0],)):
-        raise CLIError(f"DATA {path}: y is {y.dtype} of shape {y.shape}; it must be ({x.shape[0]},) integer "
-                       "class indices")
-    return torch.from_numpy(x.astype(np.float32)), None if y is None else torch.from_numpy(y.astype(np.int64))
 
 
 def check_fit(model: Model, data: Data, dev: torch.device) -> int:

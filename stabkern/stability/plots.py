@@ -24,7 +24,8 @@ MAX_LEGEND = 12  # above this many curves a colorbar replaces the legend (a Dens
 MAX_TICKS = 30  # above this many layers only every n-th name is written
 
 
-def _layer_ticks(ax, names):
+def layer_ticks(ax, names):
+    """Layer names as x tick labels, every n-th one beyond MAX_TICKS layers."""
     step = max(1, math.ceil(len(names) / MAX_TICKS))
     ax.set_xticks(range(0, len(names), step))
     ax.set_xticklabels(names[::step], rotation=45, ha="right", fontsize=7)
@@ -68,7 +69,7 @@ def plot_attenuation(report, ax=None, path=None):
         ax.plot(np.arange(num)[shown], floor[shown], ls=":", color="gray",
                 label=f"floor ({report.precision}, alpha = 0)")
     ax.set_yscale("log")
-    _layer_ticks(ax, list(report.layers))
+    layer_ticks(ax, list(report.layers))
     ax.set_xlabel("observation layer j")
     ax.set_ylabel("||x_hat^j - x^j|| / ||x^j||")
     ax.set_title(f"noise attenuation: alpha = {report.alpha:g}, {report.trials} trials, {report.n_samples} samples")
@@ -127,7 +128,7 @@ def plot_cushions(report, ax=None, path=None):
         ax.plot(x, med, style, label=f"{label} (median; bars: min-max)")
         ax.vlines(x, lo, hi, alpha=0.5)
     ax.set_yscale("log")
-    _layer_ticks(ax, list(names))
+    layer_ticks(ax, list(names))
     ax.legend(fontsize=7)
     ax.set_title("cushions over the data")
     return _finish(fig, ax, path)
