@@ -217,9 +217,9 @@ def _check_pixels(x: np.ndarray, name: str) -> np.ndarray:
 def _digits(limit):
     """The test split of `stabkern.zoo.digits.load_digits_tensors`, before its standardization."""
     images, target = _digits_arrays()
-    # the same permutation and split as zoo.digits.load_digits_tensors(seed=0, test_fraction=0.25)
-    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0)).numpy()
-    test = perm[:int(round(len(images) * 0.25))][:limit]
+    from ..zoo.digits import digits_split
+
+    test = digits_split(len(images))[1].numpy()[:limit]
     y, _ = _check_labels(target[test], len(test), 10, "digits")
     return images[test], y, "digits (scikit-learn, test split)", "digits", 10, digits_normalization()
 

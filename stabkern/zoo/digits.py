@@ -20,6 +20,14 @@ import torch
 from torch import nn
 
 
+def digits_split(n: int, seed: int = 0, test_fraction: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) indices of n digits: a fixed permutation drawn from `seed`, its first test_fraction
+    the test split."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(n * test_fraction))
+    return perm[n_test:], perm[:n_test]
+
+
 def load_digits_tensors(seed: int = 0, test_fraction: float = 0.25):
     """((x_train, y_train), (x_test, y_test)): x (N, 1, 8, 8) float32 standardized, y (N,) int64.
 
@@ -33,9 +41,7 @@ def load_digits_tensors(seed: int = 0, test_fraction: float = 0.25):
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(data.target, dtype=torch.int64)
     x = (x - x.mean()) / x.std()
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_test = int(round(len(x) * test_fraction))
-    test, train = perm[:n_test], perm[n_test:]
+    train, test = digits_split(len(x), seed, test_fraction)
     return (x[train], y[train]), (x[test], y[test])
 
 
