@@ -33,9 +33,10 @@ CPU cases at scale (issue 11, items 1 and 2), each measured side by side in one 
   the suffix forwards alone (sum over injection layers i of the modules from layer i on, each timed at B T
   rows, channels_last), with the default memory budget and with all samples in one chunk; the notes give
   the ratios and the top ops of a torch.profiler run (on 4 images) by self CPU time: what takes the rest.
-- measure vs attenuation: `measure` (defaults) and noise_attenuation with the same images (STABKERN_BENCH_
-  MEASURE_IMAGES, default 64) and trials, each once, with measure's phases timed and the rows each phase
-  pushes per injection layer in the notes (the arithmetic behind the ratio).
+- measure vs attenuation: `measure` (defaults, and probes=16, draws=4, the defaults before the reverse
+  sweeps) and noise_attenuation with the same images (STABKERN_BENCH_MEASURE_IMAGES, default 64) and
+  trials, each once, with measure's phases timed, the work each phase does per sample and the median
+  relative standard error of mu_{i,j} each setting gives (what fewer probes cost in precision) in the notes.
 
 GPU cases (skipped without CUDA): VGG-19 CIFAR shape (`vgg19_cifar()`), batch 256, 8 trials, all 19
 layers, fp32 (TF32 off), tf32 and bf16 (targets <= 120 ms fp32/TF32, <= 50 ms bf16; H100 anchors:
@@ -233,53 +234,76 @@ def test_cpu_vgg19_attenuation_floor(bench_report, bench_time, name):
         lambda: noise_attenuation(model, x[:4], trials=TRIALS))
 
 
-MEASURE_PHASES = ("clean_meters", "attenuation_sums", "jacobian_meters", "jacobian_spread", "bounds")
+MEASURE_PHASES = {"stabkern.stability.measure": ("clean_meters", "attenuation_sums", "jacobian_meters", "bounds"),
+                  "stabkern.stability.meters": ("forward_meters", "reverse_sweeps")}
+OLD_DEFAULTS = dict(probes=16, draws=4)  # measure's defaults before the reverse sweeps (for comparison)
+
+
+def _median_rse(report) -> float:
+    """The median over layer pairs i < j of each pair's median relative standard error of mu_{i,j}."""
+    d = report.to_dict()["interlayer_cushion"]
+    names = list(d)
+    values = [d[a]["to"][b]["rel_se_median"] for k, a in enumerate(names) for b in names[k + 1:]]
+    return float(np.nanmedian([v for v in values if v is not None]))
 
 
 def test_cpu_vgg19_measure_vs_attenuation(bench_report, bench_time, monkeypatch):
-    """measure (defaults) against noise_attenuation with the same images and trials, side by side."""
+    """measure (defaults, and the old defaults) against noise_attenuation with the same images and trials,
+    side by side in one run."""
     import importlib
+    import inspect
 
-    measure_module = importlib.import_module("stabkern.stability.measure")
     torch.manual_seed(0)
     model = vgg19_cifar().eval()
     x = torch.randn(MEASURE_IMAGES, 3, 32, 32)
     noise_attenuation(model, x[:2], trials=TRIALS)  # warm-up, untimed
     t_att = bench_time(lambda: noise_attenuation(model, x, trials=TRIALS), rounds=1, warmup=0)
     phases = {}
-    for phase in MEASURE_PHASES:
-        def timed(*args, _fn=getattr(measure_module, phase), _phase=phase, **kwargs):
-            start = time.perf_counter()
-            out = _fn(*args, **kwargs)
-            phases[_phase] = phases.get(_phase, 0.0) + time.perf_counter() - start
-            return out
-        monkeypatch.setattr(measure_module, phase, timed)
+    for module_name, names in MEASURE_PHASES.items():
+        module = importlib.import_module(module_name)
+        for phase in names:
+            def timed(*args, _fn=getattr(module, phase), _phase=phase, **kwargs):
+                start = time.perf_counter()
+                out = _fn(*args, **kwargs)
+                phases[_phase] = phases.get(_phase, 0.0) + time.perf_counter() - start
+                return out
+            monkeypatch.setattr(module, phase, timed)
     found = {}
 
-    def run():
-        found["report"] = measure(model, x, trials=TRIALS)
+    def run(key, **kwargs):
+        phases.clear()
+        fresh = copy.deepcopy(model)  # new weights for the spectral-norm cache: each run pays its own Lanczos
+        found[key] = measure(fresh, x, trials=TRIALS, **kwargs)
+        found[key + " phases"] = dict(phases)
 
-    t_measure = bench_time(run, rounds=1, warmup=0)
+    t_measure = bench_time(lambda: run("defaults"), rounds=1, warmup=0)
+    t_old = bench_time(lambda: run("old", **OLD_DEFAULTS), rounds=1, warmup=0)
     report = bench_report("stability")
     key = "vgg19_cifar cpu: noise_attenuation (measure's trials)"
-    layers = len(found["report"].layers)
-    for backend, median, k in (("noise_attenuation", t_att, key), ("measure (defaults)", t_measure, None)):
+    layers = len(found["defaults"].layers)
+    old = ", ".join(f"{k}={v}" for k, v in OLD_DEFAULTS.items())
+    for backend, median, k in (("noise_attenuation", t_att, key), ("measure (defaults)", t_measure, None),
+                               (f"measure ({old})", t_old, None)):
         report.add("vgg19_cifar measure", shape=x.shape, dtype=x.dtype, device="cpu", backend=backend,
                    median_s=median, work=len(x) * TRIALS * layers, unit=INJECTIONS, key=k, baseline=key)
+    signature = inspect.signature(measure).parameters
+    probes, draws = signature["probes"].default, signature["draws"].default
     tag = f"vgg19_cifar ({len(x)} images, cpu)"
-    report.notes[f"{tag}: measure / noise_attenuation"] = round(t_measure / t_att, 3)
-    report.notes[f"{tag}: measure seconds"] = round(t_measure, 1)
-    report.notes[f"{tag}: measure phases (s)"] = {k: round(v, 2) for k, v in phases.items()}
-    norms = found["report"].bound["operator_norms"]
+    report.notes[f"{tag}: measure (probes={probes}, draws={draws}: defaults) / noise_attenuation"] = \
+        round(t_measure / t_att, 3)
+    report.notes[f"{tag}: measure ({old}) / noise_attenuation"] = round(t_old / t_att, 3)
+    report.notes[f"{tag}: measure seconds (defaults; {old})"] = (round(t_measure, 1), round(t_old, 1))
+    for label, k in (("defaults", "defaults"), (old, "old")):
+        report.notes[f"{tag}: measure phases, {label} (s)"] = {p: round(v, 2) for p, v in found[k + " phases"].items()}
+        report.notes[f"{tag}: median relative standard error of mu_ij, {label}"] = round(_median_rse(found[k]), 4)
+    norms = found["defaults"].bound["operator_norms"]
     report.notes[f"{tag}: spectral norms, Lanczos iterations (sum over {layers} layers, all converged to 1e-3)"] = \
         (sum(v["spectral_iterations"] for v in norms.values()), all(v["spectral_converged"] for v in norms.values()))
-    probes, draws = 16, 4  # measure's defaults
-    report.notes["measure rows per injection layer and sample (defaults)"] = (
-        f"attenuation {TRIALS} forward rows; jacobian_meters 1 + max(probes, draws) + draws = "
-        f"{1 + max(probes, draws) + draws} forward-mode rows (a primal and a tangent each: ~{2 * (1 + probes + draws)} "
-        f"forward rows); jacobian_spread {probes} forward rows plus one reverse sweep of {probes} rows from every later "
-        f"layer j back to i (~2 forward rows per sweep, sum over j): measure >= (8 + 42) / 8 = 6.25x the attenuation "
-        f"before the spread")
+    report.notes["measure work per sample (defaults)"] = (
+        f"attenuation: {TRIALS} rows through the suffix after each layer; forward_meters: 1 + draws = {1 + draws} "
+        f"forward-mode rows (a primal and a tangent: two products per conv) and {draws} plain rows through each "
+        f"suffix; reverse_sweeps: one forward of the net on probes = {probes} rows and one backward of {probes} rows "
+        f"from every layer j to the first (all pairs i < j at once)")
 
 
 # --------------------------------------------------------------------------- kernels

@@ -21,8 +21,8 @@ from .attenuation import attenuation_report, attenuation_sums
 from .bound import bounds, check_labels, choose_margin, logits_of, margins, small_margin
 from .context import MAX_SAMPLES, DataSource, check_precision, count_chunks, metering, plan_chunks, prepare
 from .meters import (activation_contraction_dict, check_meterable, clean_batch, clean_meters, interlayer_cushion_dict,
-                     jacobian_batch, jacobian_meters, jacobian_spread, layer_cushion_dict, max_or_nan, min_or_nan,
-                     noise_sensitivity_dict, smoothness_dict, spread_batch, spread_dict)
+                     jacobian_meters, jacobian_units, layer_cushion_dict, max_or_nan, min_or_nan,
+                     noise_sensitivity_dict, smoothness_dict, spread_dict)
 from .report import StabilityReport
 
 CI95 = 1.96  # the normal 97.5% quantile: each sample's 95% interval of mu_{i,j} is mu (1 +- CI95 rse)
@@ -44,16 +44,16 @@ def _length(labels) -> int | None:
 
 def _measure_units(prep, n: int, outer: int, trials: int, probes: int, draws: int, budget) -> int:
     """Progress units of `measure` on n samples read in chunks of `outer`: per chunk of each meter, one
-    (clean pass) or one per injection layer (attenuation, Jacobian meters, spread)."""
+    (clean pass) or one per layer (attenuation, forward-mode meters, reverse sweeps)."""
     element = torch.finfo(prep.dtype).bits // 8
     att = plan_chunks(prep.layers, n, trials, element, budget, prep.device)[0]
     batches = [clean_batch(prep, n, budget)]
-    per_layer = [att, jacobian_batch(prep, n, probes, draws, budget), spread_batch(prep, n, probes, budget)]
     num = len(prep.layers)
     total = 0
     for s0 in range(0, n, outer):
         b = min(outer, n - s0)
-        total += sum(count_chunks(b, size) for size in batches) + num * sum(count_chunks(b, size) for size in per_layer)
+        total += sum(count_chunks(b, size) for size in batches) + num * count_chunks(b, att)
+        total += jacobian_units(prep, b, probes, draws, budget)
     return total
 
 
@@ -67,7 +67,7 @@ def conservative_mu_to(mu: np.ndarray, mu_rse: np.ndarray) -> np.ndarray:
         return np.nanmin(np.nanmin(low, axis=2), axis=0)
 
 
-def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, probes: int = 16, draws: int = 4,
+def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, probes: int = 4, draws: int = 1,
             layers=None, seed: int = 0, margin: float | None = None, margin_quantile: float = 0.1,
             precision: str = "highest", floor: bool | None = None, memory_budget: int | None = None,
             method: str = "auto", backend: str = "auto", spectral_iters: int = 500, spectral_tol: float = 1e-3,
@@ -83,8 +83,10 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     model's own predictions); group, progress: as in `noise_attenuation` (one stage, "measure"); alpha,
     trials, seed, precision, floor, memory_budget, method, backend, channels_last: as in
     `noise_attenuation` (alpha also sizes the smoothness noise); probes (>= 2: the bound uses each
-    sample's 95% interval): Hutchinson probes per sample and layer for ||J||_F and beta; draws: noise
-    draws per sample for the smoothness; margin: gamma, or None to take the margin_quantile quantile of
+    sample's 95% interval): reverse-mode Hutchinson probes per sample and output layer for ||J||_F and
+    beta (the cost of `measure` grows with probes and draws, a forward and a backward over the net per
+    probe, about one suffix pass per draw; more probes narrow each sample's interval as 1/sqrt(probes));
+    draws: noise draws per sample and layer for the smoothness (min over them); margin: gamma, or None to take the margin_quantile quantile of
     the margins; spectral_iters, spectral_tol: the most iterations and the relative tolerance of the spectral
     norms (Lanczos, stabkern/opnorms.py; the report's bound["operator_norms"] gives the iterations used).
     The model may return a tensor of logits, a tuple (its first tensor) or a dict ("logits", else "out").
@@ -139,9 +141,7 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
                                    tally=tally)
             jac = jacobian_meters(prep, sub, probes=probes, draws=draws, alpha=alpha, seed=seed,
                                   budget=memory_budget, backend=backend, group=group, tally=tally)
-            spread = jacobian_spread(prep, sub, probes=probes, seed=seed, budget=memory_budget, backend=backend,
-                                     group=group, tally=tally)
-            parts.append((clean, att, jac, spread))
+            parts.append((clean, att, jac))
             pair_labels.append(yc)
             flat = xc.detach().double().flatten(1)
             norms.append(flat.norm(dim=1).cpu())
@@ -154,8 +154,8 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     clean["frobenius"] = parts[0][0]["frobenius"]
     sum_r, sum_r2, floor_r = (None if parts[0][1][k] is None else np.concatenate([p[1][k] for p in parts])
                               for k in range(3))
-    jac = {key: np.concatenate([p[2][key] for p in parts]) for key in parts[0][2]}
-    spread = {"beta": np.concatenate([p[3]["beta"] for p in parts]), "positions": parts[0][3]["positions"]}
+    jac = {key: np.concatenate([p[2][key] for p in parts]) for key in parts[0][2] if key != "positions"}
+    spread = {"beta": jac["beta"], "positions": parts[0][2]["positions"]}
     n = clean["cushion"].shape[0]
     if labels is None and all(y is not None for y in pair_labels):
         labels = check_labels(torch.cat(pair_labels), n, classes)

@@ -9,16 +9,19 @@ Jacobian at x^i; h_i = dim x^i.
 - layer cushion      mu_i(x)     = ||A^i z^i|| / (||A^i||_F ||z^i||)                     (Definition 4)
 - interlayer cushion mu_{i,j}(x) = ||J^{i,j} x^i|| / (||J^{i,j}||_F ||x^i||), j >= i     (Definition 5)
   with mu_{i,i} = 1/sqrt(h_i) (J = I) and mu_{i->}(x) = min_{j >= i} mu_{i,j}(x).
-  ||J||_F^2 = E ||J p||^2 for p = sqrt(h_i) u, u uniform on the unit sphere (E p p^T = I: Hutchinson
-  with exactly-normed probes, lower variance than Gaussian probes); `probes` JVPs per sample, batched
-  in one forward-mode pass (torch.autograd.forward_ad); the standard error of the mean over probes
-  gives each sample's 95% interval.
+  ||J x^i|| is exact (a forward-mode JVP, torch.autograd.forward_ad, one pass per layer i for every j).
+  ||J||_F^2 = E ||J^T v||^2 for v = sqrt(h_j) u, u uniform on the unit sphere of x^j (E v v^T = I:
+  Hutchinson with exactly-normed probes, lower variance than Gaussian probes), by reverse mode: one
+  forward of the model on `probes` copies of each sample, then one sweep back from each layer j gives
+  J^{i,j}^T v at every earlier x^i at once (L sweeps, not one per pair). The standard error of the mean
+  over probes gives each sample's 95% interval (half the relative error of ||J||_F^2, delta method).
 - activation contraction c_i(x) = ||u|| / ||phi(u)|| at the first activation module (ReLU and kin)
   called after layer i, u its input (for a plain chain u = x^i)                       (Definition 3)
 - interlayer smoothness, bias-aware (the one the bound uses)
       rho_{i,j}(x) = ||eta|| ||x^j|| / (||x^i|| ||M^{i,j}(x^i + eta) - M^{i,j}(x^i) - J^{i,j} eta||)
   for j > i and noise eta with ||eta|| = alpha ||x^i|| (the relative size a compression injects),
-  minimized over `draws` draws: the first-order remainder of M around the clean point. The paper asks
+  minimized over `draws` draws: the first-order remainder of M around the clean point. M(x^i + eta) is
+  one plain pass per layer i, J eta rides as a tangent in the forward-mode pass that gives J x^i. The paper asks
   rho >= 3d; large is smooth. The paper's nets have no biases, so its Definition 6 writes the remainder
   as M(x^i + eta) - J(x^i + eta); with biases M(x^i) != J x^i and that literal form also counts the
   constant offset M(x^i) - J x^i, so it shrinks in proportion to alpha for small alpha (on an affine
@@ -28,7 +31,7 @@ Jacobian at x^i; h_i = dim x^i.
   P_i max_p ||J^{i,j}[:, p]||_F^2 / ||J^{i,j}||_F^2, with p one of the P_i = H_i W_i spatial positions of
   x^i and J[:, p] the columns of its C_i channels: beta = 1 when the Jacobian's energy is spread evenly
   over the positions, beta^2 = P_i when it all sits on one. A Linear layer's output is one position
-  (beta = 1). Estimated with reverse-mode Hutchinson probes v (E v v^T = I on x^j):
+  (beta = 1). Estimated from the same reverse sweeps as ||J||_F (probes v, E v v^T = I on x^j):
   ||J[:, p]||_F^2 = E ||(J^T v)[:, p]||^2, all positions from the same `probes` vector-Jacobian products;
   the max over positions of noisy estimates is biased upwards (a conservative beta). Not checked
   against the paper's text: see `stabkern.stability.bound`.
@@ -155,21 +158,37 @@ def clean_meters(prep: Prepared, data, budget, tally: Tally | None = None) -> di
             "logits": torch.cat(outputs)}
 
 
-def jacobian_batch(prep: Prepared, n: int | None, probes: int, draws: int, budget) -> int:
-    """Samples per chunk of `jacobian_meters` (n: samples, None when unknown)."""
-    rows = 1 + max(probes, draws) + draws
-    batch, trial_chunk = plan_chunks(prep.layers, n or MAX_SAMPLES, 2 * rows, torch.finfo(prep.dtype).bits // 8,
+def _rows_per_pass(prep: Prepared) -> int:
+    """Noisy-pass rows (context.plan_chunks' unit: about four activations of the largest layer) that hold one
+    row of a whole forward kept for a reverse sweep: every layer's input, output and the copy of the
+    output the sweep differentiates against, and what autograd saves (about three times the activations)."""
+    numel = sum(math.prod(layer.in_shape) + math.prod(layer.out_shape) for layer in prep.layers)
+    largest = max(max(math.prod(layer.in_shape), math.prod(layer.out_shape)) for layer in prep.layers)
+    return max(1, math.ceil(3 * numel / (4 * largest)))
+
+
+def forward_batch(prep: Prepared, n: int | None, draws: int, budget) -> int:
+    """Samples per chunk of `forward_meters` (n: samples, None when unknown): 1 + draws forward-mode rows (a
+    primal, a tangent and the work of a dual convolution: three rows each), draws plain rows and the draws
+    J eta kept between the two passes."""
+    rows = 3 * (1 + draws) + 2 * draws
+    batch, trial_chunk = plan_chunks(prep.layers, n or MAX_SAMPLES, rows, torch.finfo(prep.dtype).bits // 8,
                                      budget, prep.device)
-    if trial_chunk < 2 * rows:
-        raise ValueError(f"memory_budget is too small for one sample's {rows} forward-mode rows; raise it or "
-                         "lower probes/draws")
+    if trial_chunk < rows:
+        raise ValueError(f"memory_budget is too small for one sample's {1 + draws} forward-mode and {draws} noisy "
+                         "rows; raise it or lower draws")
     return batch
 
 
-def spread_batch(prep: Prepared, n: int | None, probes: int, budget) -> int:
-    """Samples per chunk of `jacobian_spread`."""
-    return plan_chunks(prep.layers, n or MAX_SAMPLES, 3 * probes, torch.finfo(prep.dtype).bits // 8, budget,
-                       prep.device)[0]
+def sweep_batch(prep: Prepared, n: int | None, probes: int, budget) -> int:
+    """Samples per chunk of `reverse_sweeps`: a whole forward of `probes` rows per sample, kept for autograd."""
+    rows = probes * _rows_per_pass(prep)
+    batch, trial_chunk = plan_chunks(prep.layers, n or MAX_SAMPLES, rows, torch.finfo(prep.dtype).bits // 8,
+                                     budget, prep.device)
+    if trial_chunk < rows:
+        raise ValueError(f"memory_budget is too small for one sample's forward on {probes} probe rows kept for the "
+                         "reverse sweeps; raise it or lower probes")
+    return batch
 
 
 def clean_batch(prep: Prepared, n: int | None, budget) -> int:
@@ -177,140 +196,211 @@ def clean_batch(prep: Prepared, n: int | None, budget) -> int:
     return plan_chunks(prep.layers, n or MAX_SAMPLES, 1, torch.finfo(prep.dtype).bits // 8, budget, prep.device)[0]
 
 
-def jacobian_meters(prep: Prepared, data, *, probes: int, draws: int, alpha: float, seed: int,
-                    budget, backend: str, group=None, tally: Tally | None = None) -> dict:
-    """Per-sample interlayer cushion mu (N, L, L) with its relative standard error mu_rse, ||J^{i,j} x^i||
-    (jx_norm) and the smoothness rho (bias-aware) and rho_literal (N, L, L, min over draws).
+def forward_meters(prep: Prepared, data, *, draws: int, alpha: float, seed: int, budget, backend: str, group=None,
+                   tally: Tally | None = None) -> dict:
+    """Per sample (N, L, L): jx_norm = ||J^{i,j} x^i||, jx_rel = jx_norm / ||x^i|| and the smoothness rho (bias-aware) and
+    rho_literal (min over `draws` noise draws; NaN when draws = 0).
 
-    NaN where j < i (rho: j <= i) and where layer j is not downstream of layer i (a parallel branch, e.g.
-    a residual block's 1x1 downsample conv beside its main path): there M^{i,j} does not depend on x^i.
-    Probe k and noise draw k share their direction u_k (same counters), so J eta_k is a probe's JVP
-    scaled; max(probes, draws) directions are pushed, the first `probes` give ||J||_F, the first
-    `draws` the smoothness. data, group, tally: as in attenuation_sums (units: chunk x injection layer).
+    One forward-mode pass per injection layer i from x^i on 1 + draws rows (tangents x^i and the noise draws
+    eta_d: J x^i and J eta_d at every later layer), then one plain pass on the draws noisy rows x^i + eta_d.
+    Noise draw d of sample s at layer i uses stream L + i, trial d (0..L-1 are the attenuation's). NaN where
+    j < i (rho: j <= i) and where layer j does not depend on x^i (a parallel branch, e.g. a residual block's
+    1x1 downsample conv beside its main path). data, group, tally: as in attenuation_sums (units: chunk x
+    injection layer).
     """
     source = data if isinstance(data, DataSource) else DataSource(data)
     num = len(prep.layers)
-    directions = max(probes, draws)
-    batch = jacobian_batch(prep, source.n, probes, draws, budget)
+    batch = forward_batch(prep, source.n, draws, budget)
 
     def work(s0, xc, injections):
         b = xc.shape[0]
-        xb = prep.batch(xc)
-        mu, jx_norm, mu_rse, rho, rho_literal = (np.full((b, num, num), np.nan) for _ in range(5))
+        jx_norm, jx_rel, rho, rho_literal = (np.full((b, num, num), np.nan) for _ in range(4))
         with precision_mode("highest", prep.device):
-            clean = prep.propagator.clean(xb)
+            clean = prep.propagator.clean(prep.batch(xc))
         y_norm = [y.flatten(1).double().norm(dim=1) for y in clean.outputs]
         for i in injections:
-            x_i = clean.outputs[i]
-            h = x_i[0].numel()
-            x_norm = y_norm[i]
-            mu[:, i, i] = 1.0 / math.sqrt(h)
-            mu_rse[:, i, i] = 0.0
+            if tally is not None:
+                tally.step()
+            jx_rel[:, i, i] = 1.0
+            jx_norm[:, i, i] = y_norm[i].cpu().numpy()
             if i == num - 1:
-                if tally is not None:
-                    tally.step()
                 continue
-            stream = num + i  # streams 0..L-1 are the attenuation's
-            probe = ops.sphere_noise(torch.zeros_like(x_i), torch.full((b,), math.sqrt(h), dtype=torch.float64,
-                                                                           device=x_i.device),
-                                         trials=directions, seed=seed, stream=stream, sample0=s0, backend=backend)
-            noisy = ops.sphere_noise(x_i, alpha * x_norm, trials=draws, seed=seed, stream=stream, sample0=s0,
-                                         backend=backend)
-            primal = torch.cat([repeat_trials(x_i, 1 + directions), noisy])
-            tangent = torch.cat([x_i, probe, torch.zeros_like(noisy)])
-            # eta_k = c_b u_k and p_k = sqrt(h) u_k, so J eta_k = c_b J p_k / sqrt(h)
-            c = (alpha * x_norm / math.sqrt(h)).view(1, b, 1)
-            found = {}
+            x_i = clean.outputs[i]
+            radius = alpha * y_norm[i]
+            eta = ops.sphere_noise(torch.zeros_like(x_i), radius, trials=draws, seed=seed, stream=num + i,
+                                   sample0=s0, backend=backend) if draws else x_i[:0]
+            linear = {}  # j -> (M(x^i), J x^i, J eta_d), flattened, float64
 
-            def observe(j, y, i=i):
+            def observe_tangent(j, y, i=i):
                 p, t = fwAD.unpack_dual(y)
                 if t is None:  # the hooked forward reached a layer that does not depend on x^i
                     return
-                p, t = p.flatten(1).double(), t.flatten(1).double()
-                jx = t[:b]
-                jp = t[b:(1 + directions) * b].view(directions, b, -1)
-                f2 = jp[:probes].square().sum(-1)  # (K, B): ||J p_k||^2
-                mean = f2.mean(0)
-                rse = f2.std(0) / (math.sqrt(probes) * mean) if probes > 1 else torch.full_like(mean, math.nan)
-                m = p[(1 + directions) * b:].view(draws, b, -1)
-                j_eta = c * jp[:draws]
-                remainder = m - p[:b].view(1, b, -1) - j_eta  # M(x + eta) - M(x) - J eta
-                literal = m - jx.view(1, b, -1) - j_eta  # M(x + eta) - J (x + eta)
-                found[j] = (jx.norm(dim=1), jx.norm(dim=1) / (mean.sqrt() * x_norm), rse,
-                            (alpha * y_norm[j] / remainder.norm(dim=-1)).min(0).values,
-                            (alpha * y_norm[j] / literal.norm(dim=-1)).min(0).values)
+                t = t.flatten(1).double()
+                norm = t[:b].norm(dim=1)
+                jx_norm[:, i, j] = norm.cpu().numpy()
+                jx_rel[:, i, j] = (norm / y_norm[i]).cpu().numpy()
+                if draws:
+                    linear[j] = (p[:b].flatten(1).double(), t[:b], t[b:].view(draws, b, -1))
 
             with fwAD.dual_level(), precision_mode("highest", prep.device):
-                prep.propagator.suffix(clean, i, fwAD.make_dual(primal, tangent), "output", observe)
-            for j, (jxn, ratio, rse, r_bias, r_literal) in found.items():
-                jx_norm[:, i, j] = jxn.cpu().numpy()
-                mu[:, i, j] = ratio.cpu().numpy()
-                mu_rse[:, i, j] = (0.5 * rse).cpu().numpy()  # delta method: mu ~ (||J||_F^2)^(-1/2)
-                rho[:, i, j] = r_bias.cpu().numpy()
-                rho_literal[:, i, j] = r_literal.cpu().numpy()
-            if tally is not None:
-                tally.step()
-        return mu, mu_rse, rho, rho_literal, jx_norm
+                prep.propagator.suffix(clean, i, fwAD.make_dual(repeat_trials(x_i, 1 + draws),
+                                                                torch.cat([x_i, eta])), "output", observe_tangent)
+            if not draws:
+                continue
 
-    mu, mu_rse, rho, rho_literal, jx_norm = run_units(source, batch, num, 5, work, group=group, tally=tally)
-    return {"mu": mu, "mu_rse": mu_rse, "rho": rho, "rho_literal": rho_literal, "jx_norm": jx_norm}
+            def observe_noisy(j, y, i=i):
+                if j not in linear:
+                    return
+                m, jx, j_eta = linear.pop(j)
+                noisy = y.flatten(1).double().view(draws, b, -1)
+                remainder = noisy - m.view(1, b, -1) - j_eta  # M(x + eta) - M(x) - J eta
+                literal = noisy - jx.view(1, b, -1) - j_eta  # M(x + eta) - J (x + eta)
+                rho[:, i, j] = (radius * y_norm[j] / (y_norm[i] * remainder.norm(dim=-1))).min(0).values.cpu().numpy()
+                rho_literal[:, i, j] = (radius * y_norm[j] / (y_norm[i] * literal.norm(dim=-1))).min(0).values.cpu().numpy()
+
+            with precision_mode("highest", prep.device):
+                prep.propagator.suffix(clean, i, repeat_trials(x_i, draws) + eta, "output", observe_noisy)
+        return jx_norm, jx_rel, rho, rho_literal
+
+    jx_norm, jx_rel, rho, rho_literal = run_units(source, batch, num, 4, work, group=group, tally=tally)
+    return {"jx_norm": jx_norm, "jx_rel": jx_rel, "rho": rho, "rho_literal": rho_literal}
 
 
-def jacobian_spread(prep: Prepared, data, *, probes: int, seed: int, budget, backend: str, group=None,
-                    tally: Tally | None = None) -> dict:
-    """Per-sample well-distributed-Jacobian constant beta_{i,j}(x) (N, L, L) (see the module note) and
-    positions (L,): the number P_i of spatial positions of each layer's output.
+def reverse_sweeps(prep: Prepared, data, *, probes: int, seed: int, budget, backend: str, group=None,
+                   tally: Tally | None = None) -> dict:
+    """Per sample (N, L, L) [i, j]: the Hutchinson estimate frob2 of ||J^{i,j}||_F^2 with its relative standard
+    error frob2_rse, and the well-distributed-Jacobian constant beta (see the module note); positions (L,):
+    the number P_i of spatial positions of each layer's output.
 
-    1 where x^i has one position (a Linear layer), NaN where j <= i or layer j is not downstream of i.
-    Probes for output layer j use stream 2L + j (0..2L-1 are the attenuation's and the cushions').
-    data, group, tally: as in attenuation_sums (units: chunk x injection layer).
+    One forward of the model on `probes` copies of each sample, kept for autograd, then one reverse sweep
+    per output layer j: a probe v_k (E v v^T = I on x^j: sqrt(h_j) times a point of the unit sphere,
+    stream 2L + j, trial k) gives J^{i,j}^T v_k at every earlier layer output x^i at once, whose square
+    norm estimates ||J^{i,j}||_F^2 and whose square norm per spatial position ||J^{i,j}[:, p]||_F^2. The
+    copy of x^i the rest of the forward reads is what a later in-place op may rewrite; x^i itself is kept
+    as the layer made it. The diagonal is exact (J = I: frob2 = h_i, rse 0; beta NaN); NaN where j < i
+    or layer j does not depend on x^i; beta = 1 where x^i has one position (a Linear layer).
+    data, group, tally: as in attenuation_sums (units: chunk x output layer j).
     """
     source = data if isinstance(data, DataSource) else DataSource(data)
     num = len(prep.layers)
     positions = [math.prod(layer.out_shape[1:]) if len(layer.out_shape) == 3 else 1 for layer in prep.layers]
-    batch = spread_batch(prep, source.n, probes, budget)
+    batch = sweep_batch(prep, source.n, probes, budget)
 
-    def work(s0, xc, injections):
+    def work(s0, xc, outputs):  # arrays indexed [sample, j, i]: the units are the output layers j
         b = xc.shape[0]
-        xb = prep.batch(xc)
-        beta = np.full((b, num, num), np.nan)
+        frob2, frob2_rse, beta = (np.full((b, num, num), np.nan) for _ in range(3))
+        for j in outputs:
+            frob2[:, j, j] = math.prod(prep.layers[j].out_shape)
+            frob2_rse[:, j, j] = 0.0
+        sweeps = [j for j in outputs if j > 0]
+        if tally is not None and len(sweeps) < len(outputs):
+            tally.step(len(outputs) - len(sweeps))
+        if sweeps:
+            _sweep_chunk(prep, prep.batch(xc), s0, sweeps, probes, seed, backend, positions, frob2, frob2_rse,
+                         beta, tally)
+        return frob2, frob2_rse, beta
+
+    found = run_units(source, batch, num, 3, work, group=group, tally=tally)
+    frob2, frob2_rse, beta = (np.ascontiguousarray(a.transpose(0, 2, 1)) for a in found)
+    return {"frob2": frob2, "frob2_rse": frob2_rse, "beta": beta, "positions": positions}
+
+
+def _sweep_chunk(prep, xb, s0, sweeps, probes, seed, backend, positions, frob2, frob2_rse, beta, tally):
+    """The forward on probes x b rows and the reverse sweeps from each output layer j in `sweeps` (reverse_sweeps;
+    arrays [sample, j, i] filled in place)."""
+    b = xb.shape[0]
+    made = {}
+
+    def keep(module, args, output, j=0):
+        made[j] = output
+        return output.clone()  # what the forward goes on with: an in-place op downstream rewrites this copy
+
+    handles = [layer.module.register_forward_hook(lambda m, a, o, j=layer.index: keep(m, a, o, j))
+               for layer in prep.layers]
+    try:
+        with torch.enable_grad(), precision_mode("highest", prep.device):
+            prep.model(repeat_trials(xb, probes).requires_grad_(True))
+    finally:
+        for h in handles:
+            h.remove()
+    last = max(sweeps)
+    for j in sorted(sweeps):
+        if tally is not None:
+            tally.step()
+        y = made.get(j)
+        earlier = [i for i in range(j) if i in made and made[i].requires_grad]
+        if y is None or not y.requires_grad or not earlier:  # a forward that skipped a layer: nothing to sweep
+            continue
+        m = y[0].numel()
+        v = ops.sphere_noise(torch.zeros_like(y[:b]), torch.full((b,), math.sqrt(m), dtype=torch.float64,
+                                                                   device=y.device),
+                             trials=probes, seed=seed, stream=2 * len(prep.layers) + j, sample0=s0, backend=backend)
         with precision_mode("highest", prep.device):
-            clean = prep.propagator.clean(xb)
-        for i in injections:
-            if tally is not None:
-                tally.step()
-            if i == num - 1:
+            grads = torch.autograd.grad(y, [made[i] for i in earlier], v.to(y.dtype), retain_graph=j != last,
+                                        allow_unused=True)
+        for i, g in zip(earlier, grads):
+            if g is None:  # x^j does not depend on x^i (a parallel branch)
                 continue
+            g = g.detach().double()
+            energy = (g.square().sum(1) if g.dim() > 2 else g.square().sum(1, keepdim=True)).reshape(probes, b, -1)
+            f2 = energy.sum(-1)  # (K, B): ||J^T v_k||^2
+            mean = f2.mean(0)
+            frob2[:, j, i] = mean.cpu().numpy()
+            frob2_rse[:, j, i] = (f2.std(0) / (math.sqrt(probes) * mean)).cpu().numpy() if probes > 1 else math.nan
             if positions[i] == 1:
-                beta[:, i, i + 1:] = 1.0
-                continue
-            x_in = repeat_trials(clean.outputs[i], probes).requires_grad_(True)
-            outs = {}
-            # the suffix gets a non-leaf copy: the model's next op may write into its input (ReLU(inplace=True))
+                beta[:, j, i] = 1.0
+            else:
+                per_position = energy.mean(0)  # (B, P_i)
+                share = per_position.max(1).values / per_position.sum(1)
+                beta[:, j, i] = (positions[i] * share).sqrt().cpu().numpy()
+    made.clear()
 
-            def observe(j, y):
-                if y.requires_grad:  # else the hooked forward reached a layer that does not depend on x^i
-                    outs[j] = y.clone()  # kept as made: a later ReLU(inplace=True) would rewrite y's graph
 
-            with torch.enable_grad(), precision_mode("highest", prep.device):
-                prep.propagator.suffix(clean, i, x_in.clone(), "output", observe)
-                for j, y in outs.items():
-                    m = y[0].numel()
-                    v = ops.sphere_noise(torch.zeros_like(y[:b]), torch.full((b,), math.sqrt(m), dtype=torch.float64,
-                                                                                 device=y.device),
-                                             trials=probes, seed=seed, stream=2 * num + j, sample0=s0,
-                                             backend=backend)
-                    (g,) = torch.autograd.grad(y, x_in, v.to(y.dtype), retain_graph=True, allow_unused=True)
-                    if g is None:  # hooks: a parallel branch reads parameters but not x^i
-                        continue
-                    energy = g.detach().double().square().sum(1).reshape(probes, b, -1).mean(0)  # (B, P_i)
-                    share = energy.max(1).values / energy.sum(1)
-                    beta[:, i, j] = (positions[i] * share).sqrt().cpu().numpy()
-            del outs, x_in
-        return (beta,)
+def jacobian_meters(prep: Prepared, data, *, probes: int, draws: int, alpha: float, seed: int,
+                    budget, backend: str, group=None, tally: Tally | None = None) -> dict:
+    """Per sample (N, L, L): the interlayer cushion mu with its relative standard error mu_rse (delta method:
+    mu ~ (||J||_F^2)^(-1/2), so half the Hutchinson estimate's), ||J^{i,j} x^i|| (jx_norm), the smoothness
+    rho (bias-aware) and rho_literal, and beta; positions as in `reverse_sweeps`.
 
-    (beta,) = run_units(source, batch, num, 1, work, group=group, tally=tally)
-    return {"beta": beta, "positions": positions}
+    `forward_meters` (||J x^i||, rho) and `reverse_sweeps` (||J||_F, beta) on each chunk of the data, read
+    once (chunks of `jacobian_chunk` samples). data, group, tally: as in attenuation_sums (units: see
+    `jacobian_units`)."""
+    source = data if isinstance(data, DataSource) else DataSource(data)
+    parts = []
+    for s0, xc, _ in source.chunks(jacobian_chunk(prep, source.n, probes, draws, budget)):
+        sub = DataSource(xc, start=s0)
+        fwd = forward_meters(prep, sub, draws=draws, alpha=alpha, seed=seed, budget=budget, backend=backend,
+                             group=group, tally=tally)
+        rev = reverse_sweeps(prep, sub, probes=probes, seed=seed, budget=budget, backend=backend, group=group,
+                             tally=tally)
+        parts.append((fwd, rev))
+    fwd, rev = ({key: np.concatenate([p[k][key] for p in parts]) for key in parts[0][k] if key != "positions"}
+                for k in range(2))
+    with np.errstate(invalid="ignore", divide="ignore"):  # NaN where undefined (j < i, a parallel branch)
+        mu = fwd["jx_rel"] / np.sqrt(rev["frob2"])
+    return {"mu": mu, "mu_rse": 0.5 * rev["frob2_rse"], "jx_norm": fwd["jx_norm"], "rho": fwd["rho"],
+            "rho_literal": fwd["rho_literal"], "beta": rev["beta"], "positions": parts[0][1]["positions"]}
+
+
+def jacobian_chunk(prep: Prepared, n: int | None, probes: int, draws: int, budget) -> int:
+    """Samples per chunk `jacobian_meters` reads: the larger of its two meters' chunks (each re-chunks within)."""
+    return max(forward_batch(prep, n, draws, budget), sweep_batch(prep, n, probes, budget))
+
+
+def jacobian_units(prep: Prepared, n: int, probes: int, draws: int, budget) -> int:
+    """Progress units of `jacobian_meters` on n samples: one per chunk and layer of each of its two meters."""
+    outer, num = jacobian_chunk(prep, n, probes, draws, budget), len(prep.layers)
+    sizes = (forward_batch(prep, n, draws, budget), sweep_batch(prep, n, probes, budget))
+    return sum(num * count_chunks(min(outer, n - s0), size) for s0 in range(0, n, outer) for size in sizes)
+
+
+def jacobian_spread(prep: Prepared, data, *, probes: int, seed: int, budget, backend: str, group=None,
+                    tally: Tally | None = None) -> dict:
+    """Per-sample well-distributed-Jacobian constant beta_{i,j}(x) (N, L, L) and positions (L,): the
+    `reverse_sweeps` meter alone."""
+    rev = reverse_sweeps(prep, data, probes=probes, seed=seed, budget=budget, backend=backend, group=group,
+                         tally=tally)
+    return {"beta": rev["beta"], "positions": rev["positions"]}
 
 
 def _per_layer(names, values) -> dict:
@@ -425,7 +515,7 @@ def activation_contraction(model, data, *, layers=None, memory_budget=None, meth
     return activation_contraction_dict(prep.names, m["contraction"])
 
 
-def interlayer_cushion(model, data, *, probes: int = 16, layers=None, seed: int = 0, memory_budget=None,
+def interlayer_cushion(model, data, *, probes: int = 4, layers=None, seed: int = 0, memory_budget=None,
                        method: str = "auto", backend: str = "auto", channels_last: bool = True, group=None,
                        progress=None) -> dict:
     """Interlayer cushions mu_{i,j} and mu_{i->} per sample (see `interlayer_cushion_dict`).
@@ -437,13 +527,15 @@ def interlayer_cushion(model, data, *, probes: int = 16, layers=None, seed: int 
 
     def fn(prep, source, tally):
         check_meterable(prep)
-        return jacobian_meters(prep, source, probes=probes, draws=1, alpha=0.1, seed=seed, budget=memory_budget,
+        if source.n is not None:
+            tally.fix(jacobian_units(prep, source.n, probes, 0, memory_budget))
+        return jacobian_meters(prep, source, probes=probes, draws=0, alpha=0.1, seed=seed, budget=memory_budget,
                                backend=backend, group=group, tally=tally)
     prep, m = _run(model, data, layers, method, channels_last, fn, progress, "interlayer cushion")
     return interlayer_cushion_dict(prep.names, m["mu"], m["mu_rse"])
 
 
-def interlayer_smoothness(model, data, *, alpha: float = 0.1, draws: int = 4, layers=None, seed: int = 0,
+def interlayer_smoothness(model, data, *, alpha: float = 0.1, draws: int = 1, layers=None, seed: int = 0,
                           memory_budget=None, method: str = "auto", backend: str = "auto",
                           channels_last: bool = True, group=None, progress=None) -> dict:
     """Interlayer smoothness per sample: the bias-aware rho_{i,j} (see `smoothness_dict`) and "rho": its min
@@ -458,8 +550,8 @@ def interlayer_smoothness(model, data, *, alpha: float = 0.1, draws: int = 4, la
 
     def fn(prep, source, tally):
         check_meterable(prep)
-        return jacobian_meters(prep, source, probes=2, draws=draws, alpha=alpha, seed=seed, budget=memory_budget,
-                               backend=backend, group=group, tally=tally)
+        return forward_meters(prep, source, draws=draws, alpha=alpha, seed=seed, budget=memory_budget,
+                              backend=backend, group=group, tally=tally)
     prep, m = _run(model, data, layers, method, channels_last, fn, progress, "interlayer smoothness")
     out = smoothness_dict(prep.names, m["rho"])
     out["rho"] = min_or_nan(m["rho"])

@@ -41,6 +41,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import fx, nn
 from torch.utils._pytree import tree_leaves, tree_map
 
@@ -420,7 +421,12 @@ class GraphPropagator:
 
     def _run_node(self, n, args, kwargs):
         if n.op == "call_module":
-            return self.modules[n.target](*args, **kwargs)
+            module = self.modules[n.target]
+            if type(module) in (nn.Conv2d, nn.Linear) and len(args) == 1 and not kwargs:
+                dual = _dual_linear_layer(module, args[0])
+                if dual is not None:
+                    return dual
+            return module(*args, **kwargs)
         if n.op == "call_function":
             return n.target(*args, **kwargs)
         if n.op == "call_method":
@@ -488,6 +494,20 @@ class GraphPropagator:
                 observe(self.layer_of[n], env[n])
             for key in free:
                 env.pop(key, None)
+
+
+def _dual_linear_layer(module: nn.Module, x):
+    """module(x) for a Conv2d or Linear and a forward-mode dual x: the primal through the module and the tangent
+    through its weight alone (the same bits as torch's rule, which also convolves the primal with a zero
+    weight tangent: a third product, 1.6x the time on CPU). None when x carries no tangent."""
+    if not isinstance(x, torch.Tensor):
+        return None
+    primal, tangent = fwAD.unpack_dual(x)
+    if tangent is None or fwAD.unpack_dual(module.weight).tangent is not None:
+        return None
+    if isinstance(module, nn.Conv2d):
+        return fwAD.make_dual(module(primal), module._conv_forward(tangent, module.weight, None))
+    return fwAD.make_dual(module(primal), nn.functional.linear(tangent, module.weight))
 
 
 def _close(ours: torch.Tensor, theirs: torch.Tensor) -> bool:

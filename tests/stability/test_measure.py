@@ -88,7 +88,8 @@ def chain(bias=True):
 @pytest.mark.parametrize("probes", [1, 2])
 def test_draws_above_probes(probes):
     """Regression (issue 9, item 3): draws > probes crashed (1 < probes) or reused probe 0's direction for
-    every draw (probes = 1). Noise draw k uses direction u_k, so rho must equal the probes >= draws run."""
+    every draw (probes = 1). The smoothness draws do not depend on the probes (forward_meters draws them,
+    reverse_sweeps probes), so rho must equal the probes >= draws run."""
     net, x = chain(), torch.randn(5, 6, generator=torch.Generator().manual_seed(2))
     with metering(net):
         prep = prepare(net, x)
@@ -322,3 +323,61 @@ def test_spread_and_jacobians_with_an_inplace_relu():
     for a, b in zip(got[True], got[False]):
         assert np.isfinite(a[:, 0, 1:]).all()
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def _pairwise_vjp_energy(prep, x, probes, seed):
+    """The definition, one pair at a time: for each i, the model from x^i on (propagator.suffix: skip inputs
+    from before layer i held at their clean values) on `probes` copies, and for each j the VJP with the probes
+    reverse_sweeps draws (stream 2L + j). Returns {(i, j): (K, B, P_i) per-position energy}."""
+    from stabkern import ops
+    from stabkern.stability.propagate import repeat_trials
+
+    num, b, out = len(prep.layers), x.shape[0], {}
+    clean = prep.propagator.clean(x)
+    for i in range(num - 1):
+        x_in = repeat_trials(clean.outputs[i], probes).requires_grad_(True)
+        outs = {}
+        with torch.enable_grad():
+            prep.propagator.suffix(clean, i, x_in.clone(), "output",
+                                   lambda j, y: outs.__setitem__(j, y.clone()) if y.requires_grad else None)
+            for j, y in outs.items():
+                if j <= i:
+                    continue
+                v = ops.sphere_noise(torch.zeros_like(y[:b]), torch.full((b,), math.sqrt(y[0].numel()),
+                                                                         dtype=torch.float64),
+                                     trials=probes, seed=seed, stream=2 * num + j, sample0=0)
+                (g,) = torch.autograd.grad(y, x_in, v, retain_graph=True, allow_unused=True)
+                if g is not None:
+                    g = g.double()
+                    e = g.square().sum(1) if g.dim() > 2 else g.square().sum(1, keepdim=True)
+                    out[(i, j)] = e.reshape(probes, b, -1)
+    return out
+
+
+@pytest.mark.parametrize("kind", sorted(RESNETS))
+def test_reverse_sweeps_equal_the_pairwise_definition(kind):
+    """One forward and one sweep back from each layer j must give, at every earlier x^i, the VJP of M^{i,j}
+    (the map from x^i to x^j with skip inputs from before layer i held clean) with the same probes: the
+    Hutchinson estimate of ||J^{i,j}||_F^2 and beta equal the pairwise computation up to float32 rounding of
+    a differently ordered backward (rtol 1e-4 on sums of squares), NaN exactly where x^j does not depend on
+    x^i (the downsample conv beside the main path)."""
+    from stabkern.stability.meters import reverse_sweeps
+
+    torch.manual_seed(3)
+    net, x, probes = RESNETS[kind]().eval(), images(), 3
+    with metering(net):
+        prep = prepare(net, x)
+        got = reverse_sweeps(prep, x, probes=probes, seed=7, budget=None, backend="auto")
+        want = _pairwise_vjp_energy(prep, x, probes, seed=7)
+    num = len(prep.layers)
+    for i in range(num):
+        for j in range(i + 1, num):
+            if (i, j) not in want:
+                assert np.isnan(got["frob2"][:, i, j]).all() and np.isnan(got["beta"][:, i, j]).all()
+                continue
+            e = want[(i, j)]
+            np.testing.assert_allclose(got["frob2"][:, i, j], e.sum(-1).mean(0).numpy(), rtol=1e-4)
+            per_position = e.mean(0)
+            beta = (got["positions"][i] * per_position.max(1).values / per_position.sum(1)).sqrt().numpy()
+            np.testing.assert_allclose(got["beta"][:, i, j], beta if got["positions"][i] > 1 else 1.0, rtol=1e-4)
+    assert len(want) > 0

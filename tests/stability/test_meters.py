@@ -3,7 +3,7 @@
 Direct computations use explicit operator matrices (opnorms.operator_matrix), torch.autograd's exact
 Jacobians and hooks, one sample at a time. Hutchinson: the meter reports each sample's relative standard
 error rse of mu_{i,j} (delta method from the probes' spread); we require |mu_hat - mu| <= 5 rse mu_hat
-per sample and pair (with 64 probes the mean of ||J p||^2 is close to normal; < 1e-4 false failures over
+per sample and pair (with 64 probes the mean of ||J^T v||^2 is close to normal; < 1e-4 false failures over
 the ~100 comparisons).
 """
 

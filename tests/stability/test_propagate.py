@@ -367,3 +367,29 @@ def test_downstream_is_nan_everywhere_on_a_parallel_branch():
     d = rep.to_dict()
     a, b = parallel[0]
     assert d["mean"][a][b] is None
+
+
+@pytest.mark.parametrize("layer", [
+    nn.Conv2d(5, 7, 3, padding=1), nn.Conv2d(6, 9, (3, 2), stride=(2, 1), padding=(0, 1), dilation=(1, 2), groups=3),
+    nn.Conv2d(5, 4, 3, padding=1, padding_mode="circular", bias=False), nn.Linear(11, 6), nn.Linear(11, 3, bias=False)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dual_linear_layer_is_torchs_forward_mode_bit_for_bit(layer, channels_last):
+    """The graph path pushes a forward-mode dual through a Conv2d/Linear as the primal through the module and
+    the tangent through the weight alone; torch's own rule also convolves the primal with a zero weight
+    tangent. Both must give the same primal and tangent bits (the zero term adds exact zeros)."""
+    import torch.autograd.forward_ad as fwAD
+    from stabkern.stability.propagate import _dual_linear_layer
+
+    g = torch.Generator().manual_seed(11)
+    layer = layer.eval()
+    shape = (4, layer.in_channels, 9, 8) if isinstance(layer, nn.Conv2d) else (4, layer.in_features)
+    x, t = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    if channels_last and x.dim() == 4:
+        x, t, layer = (x.to(memory_format=torch.channels_last), t.to(memory_format=torch.channels_last),
+                       layer.to(memory_format=torch.channels_last))
+    with torch.no_grad(), fwAD.dual_level():
+        ours = fwAD.unpack_dual(_dual_linear_layer(layer, fwAD.make_dual(x, t)))
+        theirs = fwAD.unpack_dual(layer(fwAD.make_dual(x, t)))
+        assert _dual_linear_layer(layer, x) is None  # no tangent: the module runs as usual
+    assert torch.equal(ours.primal, theirs.primal)
+    assert torch.equal(ours.tangent, theirs.tangent)
