@@ -229,18 +229,17 @@ def forward_meters(prep: Prepared, data, *, draws: int, alpha: float, seed: int,
             radius = alpha * y_norm[i]
             eta = ops.sphere_noise(torch.zeros_like(x_i), radius, trials=draws, seed=seed, stream=num + i,
                                    sample0=s0, backend=backend) if draws else x_i[:0]
-            linear = {}  # j -> (M(x^i), J x^i, J eta_d), flattened, float64
+            linear = {}  # j -> (M(x^i), J x^i, J eta_d): views of the forward-mode pass, as made
 
             def observe_tangent(j, y, i=i):
                 p, t = fwAD.unpack_dual(y)
                 if t is None:  # the hooked forward reached a layer that does not depend on x^i
                     return
-                t = t.flatten(1).double()
-                norm = t[:b].norm(dim=1)
+                norm = _row_norms(t[:b])
                 jx_norm[:, i, j] = norm.cpu().numpy()
                 jx_rel[:, i, j] = (norm / y_norm[i]).cpu().numpy()
                 if draws:
-                    linear[j] = (p[:b].flatten(1).double(), t[:b], t[b:].view(draws, b, -1))
+                    linear[j] = (p[:b], t[:b], t[b:])
 
             with fwAD.dual_level(), precision_mode("highest", prep.device):
                 prep.propagator.suffix(clean, i, fwAD.make_dual(repeat_trials(x_i, 1 + draws),
@@ -252,11 +251,14 @@ def forward_meters(prep: Prepared, data, *, draws: int, alpha: float, seed: int,
                 if j not in linear:
                     return
                 m, jx, j_eta = linear.pop(j)
-                noisy = y.flatten(1).double().view(draws, b, -1)
-                remainder = noisy - m.view(1, b, -1) - j_eta  # M(x + eta) - M(x) - J eta
-                literal = noisy - jx.view(1, b, -1) - j_eta  # M(x + eta) - J (x + eta)
-                rho[:, i, j] = (radius * y_norm[j] / (y_norm[i] * remainder.norm(dim=-1))).min(0).values.cpu().numpy()
-                rho_literal[:, i, j] = (radius * y_norm[j] / (y_norm[i] * literal.norm(dim=-1))).min(0).values.cpu().numpy()
+                # in float64: for a map that is affine around x^i the remainder is float32 rounding, which a
+                # float32 difference could round to an exact 0 (rho = inf)
+                base = (y.double() - j_eta).unflatten(0, (draws, b))  # M(x + eta) - J eta
+                remainder = _row_norms(base - m, start=2)  # - M(x)
+                literal = _row_norms(base - jx, start=2)  # - J x
+                scale = radius * y_norm[j] / y_norm[i]  # ||eta|| ||x^j|| / ||x^i||
+                rho[:, i, j] = (scale / remainder).min(0).values.cpu().numpy()
+                rho_literal[:, i, j] = (scale / literal).min(0).values.cpu().numpy()
 
             with precision_mode("highest", prep.device):
                 prep.propagator.suffix(clean, i, repeat_trials(x_i, draws) + eta, "output", observe_noisy)
@@ -264,6 +266,12 @@ def forward_meters(prep: Prepared, data, *, draws: int, alpha: float, seed: int,
 
     jx_norm, jx_rel, rho, rho_literal = run_units(source, batch, num, 4, work, group=group, tally=tally)
     return {"jx_norm": jx_norm, "jx_rel": jx_rel, "rho": rho, "rho_literal": rho_literal}
+
+
+def _row_norms(v: torch.Tensor, start: int = 1) -> torch.Tensor:
+    """v (B, ...) -> (B,) float64 Euclidean norms of the rows (of dims start..: (D, B, ...) -> (D, B) with
+    start=2), read in v's memory format (no flattening copy)."""
+    return torch.linalg.vector_norm(v, dim=tuple(range(start, v.dim()))).double()
 
 
 def reverse_sweeps(prep: Prepared, data, *, probes: int, seed: int, budget, backend: str, group=None,
@@ -341,8 +349,8 @@ def _sweep_chunk(prep, xb, s0, sweeps, probes, seed, backend, positions, frob2, 
         for i, g in zip(earlier, grads):
             if g is None:  # x^j does not depend on x^i (a parallel branch)
                 continue
-            g = g.detach().double()
-            energy = (g.square().sum(1) if g.dim() > 2 else g.square().sum(1, keepdim=True)).reshape(probes, b, -1)
+            g = g.detach().square()  # summed over channels in g's precision (a few hundred terms), then float64
+            energy = (g.sum(1) if g.dim() > 2 else g.sum(1, keepdim=True)).double().reshape(probes, b, -1)
             f2 = energy.sum(-1)  # (K, B): ||J^T v_k||^2
             mean = f2.mean(0)
             frob2[:, j, i] = mean.cpu().numpy()
