@@ -40,6 +40,7 @@
 #include "sign_kernels_avx2.h"
 #include "sign_kernels_avx512.h"
 #include "sign_kernels_generic.h"
+#include "sign_lut.h"
 
 namespace stabkern::cpu {
 namespace {
@@ -298,39 +299,41 @@ Isa chosen_isa() {
                               "'");
 }
 
-// Whether a float32 call takes the GEMM kernels (sign_gemm.h) instead of the lookup-table kernels.
-// The table kernels apply 64 (AVX-512) or 24 (AVX2) sign-MACs per vpermps, one vpermps per cycle on
-// Intel; an FMA applies 16 or 8, two FMAs per cycle at most (one zmm FMA on some AVX-512 parts). So
-// the FMA kernels win only where vpermps is slow or the table kernel wastes it: AVX2 reconstruction
-// (its table kernel adds one +-y per 8 columns), and AVX2 projection on AMD (vpermps ymm is not one
-// per cycle there). From kGemmMinRows rows, where the tile expansion is amortized. On AVX-512 the
-// table kernels stay. STABKERN_CPU_KERNEL=fma|table forces one (read at every call, for tests).
-bool use_gemm(Isa isa, bool project, int64_t rows) {
+// The float32 kernel family of a call. FIXME: rule
+enum class Family { kTable = 0, kFma = 1, kLut = 2 };
+const char* const kFamilyNames[] = {"table", "fma", "lut"};
+
+Family family(Isa isa, bool project, int64_t rows) {
   const char* env = std::getenv("STABKERN_CPU_KERNEL");
-  bool gemm;
+  Family f;
   if (env == nullptr || env[0] == '\0' || std::strcmp(env, "auto") == 0)
-    gemm = isa == Isa::kAvx2 && rows >= kGemmMinRows && (!project || is_amd());
+    f = isa == Isa::kAvx2 && rows >= kGemmMinRows && (!project || is_amd()) ? Family::kFma : Family::kTable;
   else if (std::strcmp(env, "fma") == 0)
-    gemm = true;
+    f = Family::kFma;
   else if (std::strcmp(env, "table") == 0)
-    gemm = false;
+    f = Family::kTable;
+  else if (std::strcmp(env, "lut") == 0)
+    f = Family::kLut;
   else
-    throw std::invalid_argument(std::string("STABKERN_CPU_KERNEL must be auto, fma or table, got '") + env + "'");
-  return gemm && isa != Isa::kGeneric;
+    throw std::invalid_argument(std::string("STABKERN_CPU_KERNEL must be auto, fma, lut or table, got '") + env +
+                                "'");
+  return isa == Isa::kGeneric ? Family::kTable : f;
 }
 
 }  // namespace
 
 void project(const float* x, float* y, const SketchArgs& a) {
   const Isa isa = chosen_isa();
-  [[maybe_unused]] const bool gemm = use_gemm(isa, true, a.rows);
+  [[maybe_unused]] const Family f = family(isa, true, a.rows);
   switch (isa) {
 #if defined(__x86_64__)
     case Isa::kAvx512:
-      if (gemm) return gemm_run<Avx512Gemm>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
+      if (f == Family::kLut) return lut_run<Avx2Lut>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
+      if (f == Family::kFma) return gemm_run<Avx512Gemm>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
       return project_run<Avx512Kernel>(x, y, a);
     case Isa::kAvx2:
-      if (gemm) return gemm_run<Avx2Gemm>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
+      if (f == Family::kLut) return lut_run<Avx2Lut>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
+      if (f == Family::kFma) return gemm_run<Avx2Gemm>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
       return project_run<Avx2Kernel>(x, y, a);
 #endif
     default: return project_run<GenericKernel<float>>(x, y, a);
@@ -344,14 +347,16 @@ void project(const double* x, double* y, const SketchArgs& a) {
 
 void reconstruct(const float* y, float* out, double scale, const SketchArgs& a) {
   const Isa isa = chosen_isa();
-  [[maybe_unused]] const bool gemm = use_gemm(isa, false, a.rows);
+  [[maybe_unused]] const Family f = family(isa, false, a.rows);
   switch (isa) {
 #if defined(__x86_64__)
     case Isa::kAvx512:
-      if (gemm) return gemm_run<Avx512Gemm>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
+      if (f == Family::kLut) return lut_run<Avx2Lut>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
+      if (f == Family::kFma) return gemm_run<Avx512Gemm>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
       return reconstruct_run<Avx512Kernel>(y, out, scale, a);
     case Isa::kAvx2:
-      if (gemm) return gemm_run<Avx2Gemm>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
+      if (f == Family::kLut) return lut_run<Avx2Lut>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
+      if (f == Family::kFma) return gemm_run<Avx2Gemm>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
       return reconstruct_run<Avx2Kernel>(y, out, scale, a);
 #endif
     default: return reconstruct_run<GenericKernel<float>>(y, out, scale, a);
@@ -368,7 +373,7 @@ const char* isa() { return kIsaNames[int(chosen_isa())]; }
 const char* kernel(const std::string& op, int64_t rows) {
   if (op != "project" && op != "reconstruct")
     throw std::invalid_argument("op must be 'project' or 'reconstruct', got '" + op + "'");
-  return use_gemm(chosen_isa(), op == "project", rows) ? "fma" : "table";
+  return kFamilyNames[int(family(chosen_isa(), op == "project", rows))];
 }
 
 std::vector<std::string> available_isas() {
