@@ -30,7 +30,7 @@ namespace stabkern::cpu {
 
 constexpr int kLutChunk = kGroupCols;  // p per fp32 chain: one Philox group of columns, or 128 rows of S
 constexpr int kLutPanelRows = 128;     // rows of a per unit
-constexpr int kLutBlockCols = 256;     // output columns per unit (a multiple of kGroupCols)
+constexpr int kLutBlockCols = 512;     // output columns per unit (a multiple of kGroupCols)
 
 // out (rows, C) = T(scale * a (rows, P) B), B as above; project selects which of the two B's.
 template <class L>
