@@ -76,7 +76,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("isa", &stabkern::cpu::isa,
         "instruction-set path float32 kernels take now: avx512, avx2 or generic (STABKERN_CPU_ISA forces a lower one)");
   m.def("kernel", &stabkern::cpu::kernel, py::arg("op"), py::arg("rows"),
-        "float32 kernel family a call of op (project or reconstruct) with this many rows takes now: fma (the "
-        "GEMM form) or table; STABKERN_CPU_KERNEL=fma|table forces one");
+        "float32 kernel family a call of op (project or reconstruct) with this many rows takes now: lut or fma "
+        "(GEMM-form kernels) or table; STABKERN_CPU_KERNEL=lut|fma|table forces one");
   m.def("available_isas", &stabkern::cpu::available_isas, "every path this CPU can run, lowest first");
 }

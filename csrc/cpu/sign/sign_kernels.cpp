@@ -20,8 +20,9 @@
 //   vector) threads take (unit, span) tasks, a wave of spans at a time, and the span sums are added
 //   in span order afterwards: the same additions either way. Reconstruction units are (8 rows of y,
 //   512 columns); each sweeps all rows of S. Philox words are generated per unit, shared by its rows.
-// - The GEMM form (many rows) can instead take the FMA kernels of sign_gemm.h (own summation order
-//   and work split, documented there); use_gemm() below says when.
+// - The GEMM form (many rows) can instead take the LUT kernel of sign_lut.h or the FMA kernels of
+//   sign_gemm.h (each with its own summation order and work split, documented there); family()
+//   below says when.
 #include "sign_kernels.h"
 
 #if defined(_OPENMP)
@@ -52,7 +53,7 @@ constexpr int kBlockRows = 512;                               // rows of S per p
 constexpr int kRecBlockGroups = 4;                            // Philox groups per reconstruction unit
 constexpr int64_t kSpanChunks = 64;                           // chunks per double span sum
 constexpr int64_t kWaveBytes = int64_t(1) << 20;              // span sums buffered per wave
-constexpr int64_t kGemmMinRows = 32;                          // rows from which the FMA kernels may win
+constexpr int64_t kLutMinRows = 8;                            // rows from which the LUT kernel wins (AVX2)
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -272,18 +273,6 @@ Isa best_isa() {
   return Isa::kGeneric;
 }
 
-bool is_amd() {
-#if defined(__x86_64__)
-  static const bool amd = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_is("amd") != 0;
-  }();
-  return amd;
-#else
-  return false;
-#endif
-}
-
 Isa chosen_isa() {
   static const Isa best = best_isa();
   const char* env = std::getenv("STABKERN_CPU_ISA");
@@ -299,15 +288,25 @@ Isa chosen_isa() {
                               "'");
 }
 
-// The float32 kernel family of a call. FIXME: rule
+// The float32 kernel family of a call. Per sign-MAC the vpermps table kernels spend one shuffle
+// (port 5 on Intel, slower on AMD) per 64 (AVX-512) or 24 (AVX2) sign-MACs; the FMA kernels one FMA
+// per 16 or 8; the LUT kernel (sign_lut.h) one load + one add per 32 on AVX2, the ports that are
+// two or three per core on Intel and AMD alike, plus a 16-entry table per 4 values of a row and 8
+// rows, which only pays when a block of 8 rows fills it. Auto rule, from the measured GEMM form
+// (n = 4608, k = 4096, benchmarks/bench_sign_cpu.py and the rows sweep in csrc/README.md): on the
+// AVX2 path the LUT kernel from kLutMinRows = 8 rows in both directions (it beats the table kernel
+// there by 1.4x projecting and 1.6x reconstructing, and the FMA kernel by 2-3x), the table kernel
+// below; on the AVX-512 path the table kernels. The FMA kernels are taken only when forced.
+// STABKERN_CPU_KERNEL=table|fma|lut forces one (read at every call, for tests); the generic path
+// has only the table kernel.
 enum class Family { kTable = 0, kFma = 1, kLut = 2 };
 const char* const kFamilyNames[] = {"table", "fma", "lut"};
 
-Family family(Isa isa, bool project, int64_t rows) {
+Family family(Isa isa, int64_t rows) {
   const char* env = std::getenv("STABKERN_CPU_KERNEL");
   Family f;
   if (env == nullptr || env[0] == '\0' || std::strcmp(env, "auto") == 0)
-    f = isa == Isa::kAvx2 && rows >= kGemmMinRows && (!project || is_amd()) ? Family::kFma : Family::kTable;
+    f = isa == Isa::kAvx2 && rows >= kLutMinRows ? Family::kLut : Family::kTable;
   else if (std::strcmp(env, "fma") == 0)
     f = Family::kFma;
   else if (std::strcmp(env, "table") == 0)
@@ -324,7 +323,7 @@ Family family(Isa isa, bool project, int64_t rows) {
 
 void project(const float* x, float* y, const SketchArgs& a) {
   const Isa isa = chosen_isa();
-  [[maybe_unused]] const Family f = family(isa, true, a.rows);
+  [[maybe_unused]] const Family f = family(isa, a.rows);
   switch (isa) {
 #if defined(__x86_64__)
     case Isa::kAvx512:
@@ -347,7 +346,7 @@ void project(const double* x, double* y, const SketchArgs& a) {
 
 void reconstruct(const float* y, float* out, double scale, const SketchArgs& a) {
   const Isa isa = chosen_isa();
-  [[maybe_unused]] const Family f = family(isa, false, a.rows);
+  [[maybe_unused]] const Family f = family(isa, a.rows);
   switch (isa) {
 #if defined(__x86_64__)
     case Isa::kAvx512:
@@ -373,7 +372,7 @@ const char* isa() { return kIsaNames[int(chosen_isa())]; }
 const char* kernel(const std::string& op, int64_t rows) {
   if (op != "project" && op != "reconstruct")
     throw std::invalid_argument("op must be 'project' or 'reconstruct', got '" + op + "'");
-  return kFamilyNames[int(family(chosen_isa(), op == "project", rows))];
+  return kFamilyNames[int(family(chosen_isa(), rows))];
 }
 
 std::vector<std::string> available_isas() {

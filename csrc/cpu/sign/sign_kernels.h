@@ -32,9 +32,10 @@ void reconstruct(const double* y, double* out, double scale, const SketchArgs& a
 // Throws std::invalid_argument if STABKERN_CPU_ISA names an unknown or unsupported path.
 const char* isa();
 
-// The float32 kernel family a call (op "project" or "reconstruct", this many rows) takes now: "fma"
-// (the GEMM form, sign_gemm.h) or "table" (lookup tables; always on the generic path and for
-// float64). STABKERN_CPU_KERNEL=fma|table forces one. Throws std::invalid_argument for an unknown
+// The float32 kernel family a call (op "project" or "reconstruct", this many rows) takes now: "lut"
+// (the GEMM form by table loads, sign_lut.h), "fma" (the GEMM form by FMAs, sign_gemm.h) or "table"
+// (vpermps lookup tables; always on the generic path and for float64). The rule is family() in
+// sign_kernels.cpp; STABKERN_CPU_KERNEL=lut|fma|table forces one. Throws std::invalid_argument for an unknown
 // op, STABKERN_CPU_KERNEL or STABKERN_CPU_ISA.
 const char* kernel(const std::string& op, int64_t rows);
 

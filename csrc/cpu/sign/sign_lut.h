@@ -2,7 +2,7 @@
 // Avx2Lut in sign_kernels_avx2.h): for every quad of the reduction axis and every 8 rows of a, the
 // 16 signed sums of the quad's 4 values are tabulated once; each output then adds, per quad, the
 // entry its 4 signs select (one load and one add for 32 sign-MACs). sign_kernels.cpp chooses it
-// (kernel_contract.h, use_gemm()).
+// (family() there: on the AVX2 path from 8 rows).
 //
 // Both directions are one product out[r, c] = scale * sum_p a[r, p] B[p, c], as in sign_gemm.h:
 //   projection      a = x (rows, n), p = column j, c = row t:  B[j, t] = S[t0 + t, j0 + j], scale 1
