@@ -327,7 +327,7 @@ void project(const float* x, float* y, const SketchArgs& a) {
   switch (isa) {
 #if defined(__x86_64__)
     case Isa::kAvx512:
-      if (f == Family::kLut) return lut_run<Avx2Lut>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
+      if (f == Family::kLut) return lut_run<Avx512Lut>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
       if (f == Family::kFma) return gemm_run<Avx512Gemm>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
       return project_run<Avx512Kernel>(x, y, a);
     case Isa::kAvx2:
@@ -350,7 +350,7 @@ void reconstruct(const float* y, float* out, double scale, const SketchArgs& a) 
   switch (isa) {
 #if defined(__x86_64__)
     case Isa::kAvx512:
-      if (f == Family::kLut) return lut_run<Avx2Lut>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
+      if (f == Family::kLut) return lut_run<Avx512Lut>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
       if (f == Family::kFma) return gemm_run<Avx512Gemm>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
       return reconstruct_run<Avx512Kernel>(y, out, scale, a);
     case Isa::kAvx2:

@@ -275,11 +275,15 @@ struct Avx2Lut {
   static constexpr int kQuads = kGroupCols / 4;       // quads per chunk of 128 p
   static constexpr int kEntryBytes = 16 * kW * 4;     // one quad's table: 16 entries x 8 rows of fp32
   static constexpr int kCT = 8;                       // output columns (independent add chains) per pass
+  static constexpr int kBlockCols = 512;              // output columns per unit (sign_lut.h)
 
   // tab[q][s][r] = ((s0 a[r, 4q] + s1 a[r, 4q + 1]) + s2 a[r, 4q + 2]) + s3 a[r, 4q + 3], s_i = +1 if
   // bit i of s else -1, for r < 8 and q < 32. a: 8 rows (lda apart) of 128 values, zero padded by the
   // caller. The entry of ~s is computed as the negation of that of s: exactly the same value.
-  STABKERN_AVX2 static void tables(const float* a, int64_t lda, float* tab) {
+  STABKERN_AVX2 static void tables(const float* a, int64_t lda, float* tab) { tables_strided(a, lda, tab, kW); }
+
+  // The same with entries `stride` floats apart (Avx512Lut builds its 16-row entries in two halves).
+  STABKERN_AVX2 static void tables_strided(const float* a, int64_t lda, float* tab, int stride) {
     const __m256 neg = _mm256_set1_ps(-0.0f);
     for (int p8 = 0; p8 < kGroupCols; p8 += 8) {
       __m256 v[8];  // v[i][r] = a[r, p8 + i]: an 8 x 8 transpose
@@ -287,7 +291,7 @@ struct Avx2Lut {
       transpose8(v);
       for (int h = 0; h < 2; ++h) {
         const __m256 a0 = v[4 * h], a1 = v[4 * h + 1], a2 = v[4 * h + 2], a3 = v[4 * h + 3];
-        float* t = tab + (p8 / 4 + h) * 16 * kW;
+        float* t = tab + (p8 / 4 + h) * 16 * stride;
         __m256 e01[4];  // index s & 3
         e01[3] = _mm256_add_ps(a0, a1);
         e01[1] = _mm256_sub_ps(a0, a1);
@@ -298,8 +302,8 @@ struct Avx2Lut {
         for (int s = 0; s < 4; ++s) e012[s] = _mm256_xor_ps(e012[7 - s], neg);
         for (int s = 8; s < 16; ++s) {
           const __m256 e = _mm256_add_ps(e012[s & 7], a3);
-          _mm256_store_ps(t + s * kW, e);
-          _mm256_store_ps(t + (15 - s) * kW, _mm256_xor_ps(e, neg));
+          _mm256_store_ps(t + s * stride, e);
+          _mm256_store_ps(t + (15 - s) * stride, _mm256_xor_ps(e, neg));
         }
       }
     }
@@ -307,6 +311,7 @@ struct Avx2Lut {
 
   // Projection selectors: idx[q * ldi + c] for c < 8 * ntg (rows of S, words in the
   // kernel_contract.h layout of one column group), q < 32: quad q is bits 4 (q % 8) .. of word q / 8.
+  template <int Shift = 2>  // selector = pattern << Shift: entry bytes / 8
   STABKERN_AVX2 static void index_rows(const uint32_t* words, int ntg, uint8_t* idx, int64_t ldi) {
     const __m256i low = _mm256_set1_epi32(0x0F0F0F0F);
     // Within each 128-bit lane (4 rows x 4 bytes) gather byte j of the 4 rows into dword j.
@@ -318,7 +323,7 @@ struct Avx2Lut {
         const __m256i x = _mm256_load_si256(reinterpret_cast<const __m256i*>(words + (g * 4 + w) * kW));
         for (int odd = 0; odd < 2; ++odd) {
           // byte j of each row: nibble 2 j + odd of the word, times 4
-          __m256i b = _mm256_slli_epi32(_mm256_and_si256(odd ? _mm256_srli_epi32(x, 4) : x, low), 2);
+          __m256i b = _mm256_slli_epi32(_mm256_and_si256(odd ? _mm256_srli_epi32(x, 4) : x, low), Shift);
           b = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(b, gather), pair);  // qword j: byte j of rows 0..7
           alignas(32) uint64_t q[4];
           _mm256_store_si256(reinterpret_cast<__m256i*>(q), b);
@@ -330,6 +335,7 @@ struct Avx2Lut {
 
   // Reconstruction selectors: idx[q * ldi + c] for c < 128 * ng (columns; group i's words at
   // words + i * wstride, rows of S in groups of 8), q < nq: bit k of quad q is S[4 q + k, c].
+  template <int Shift = 2>
   STABKERN_AVX2 static void index_cols(const uint32_t* words, int64_t wstride, int ng, int nq, uint8_t* idx,
                                        int64_t ldi) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -346,7 +352,7 @@ struct Avx2Lut {
           __m256i nib = _mm256_setzero_si256();
           for (int k = 0; k < 4; ++k) {
             const __m256i bit = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(w[k])), shift), one);
-            nib = _mm256_or_si256(nib, _mm256_slli_epi32(bit, k + 2));
+            nib = _mm256_or_si256(nib, _mm256_slli_epi32(bit, k + Shift));
           }
           const __m256i b = _mm256_shuffle_epi8(nib, gather);
           const uint64_t lo = uint32_t(_mm256_extract_epi32(b, 0)), hi = uint32_t(_mm256_extract_epi32(b, 4));

@@ -13,10 +13,12 @@
 // the end of the axis are 0); the chunk partials are added in double in chunk order, times scale in
 // double, rounded once. Per chunk that is at most 32 chain additions of entries of 3 additions each.
 //
-// Blocking: a unit is (panel of 128 rows of a, block of 256 output columns c); each output belongs
-// to one unit, so threads take whole units (OpenMP, dynamic). Per chunk the unit's sign words become
-// byte selectors (32 quads x 256 columns, 8 KiB, shared by all rows of the panel); then per block of
-// 8 rows the 16 KiB table is built and swept by every column of the block, both in L1.
+// Blocking: a unit is (panel of 128 rows of a, block of L::kBlockCols output columns c: 512 for AVX2,
+// 256 for AVX-512); each output belongs to one unit, so threads take whole units (OpenMP, dynamic).
+// Per chunk the unit's sign words become byte selectors (32 quads x the block's columns, 16 or
+// 8 KiB, shared by all rows of the panel); then per block of L::kW rows (8 or 16) the table (16 or
+// 32 KiB) is built and swept by every column of the block, both in L1 (48 KiB on the cores that
+// run AVX-512 here; 32 KiB AVX2 cores hold the AVX2 pair).
 #pragma once
 
 #include <algorithm>
@@ -30,22 +32,22 @@ namespace stabkern::cpu {
 
 constexpr int kLutChunk = kGroupCols;  // p per fp32 chain: one Philox group of columns, or 128 rows of S
 constexpr int kLutPanelRows = 128;     // rows of a per unit
-constexpr int kLutBlockCols = 512;     // output columns per unit (a multiple of kGroupCols)
 
 // out (rows, C) = T(scale * a (rows, P) B), B as above; project selects which of the two B's.
 template <class L>
 void lut_run(const float* a, float* out, int64_t rows, int64_t P, int64_t C, double scale, bool project,
              const SignKey& key, const SketchArgs& args, int threads) {
   using Words = typename L::Words;
-  constexpr int W = L::kW, NB = kLutBlockCols, PR = kLutPanelRows, NQ = kLutChunk / 4;
-  static_assert(NB % kGroupCols == 0 && NB % L::kCT == 0 && PR % W == 0, "whole groups, passes and row blocks");
+  constexpr int W = L::kW, WL = Words::kLanes, NB = L::kBlockCols, PR = kLutPanelRows, NQ = kLutChunk / 4;
+  static_assert(NB % kGroupCols == 0 && NB % L::kCT == 0 && NB % WL == 0 && PR % W == 0,
+                "whole groups, passes and row blocks");
   static_assert(kLutChunk == kGroupCols && kLutChunk % Words::kLanes == 0, "a chunk is one group of columns or whole row groups of S");
   constexpr int64_t wstride = int64_t(kLutChunk) * 4;  // words of one column group for 128 rows of S
   const int64_t cblocks = (C + NB - 1) / NB, panels = (rows + PR - 1) / PR;
   const uint32_t group0 = uint32_t(args.j0 / kGroupCols);
 #pragma omp parallel num_threads(threads)
   {
-    Scratch<uint32_t> words(size_t(4) * NB);  // NB / 8 row groups x 4 words x 8, or NB / 128 groups x 128 rows x 4
+    Scratch<uint32_t> words(size_t(4) * std::max(NB, kLutChunk));  // NB rows x 4 words, or NB / 128 groups x 128 rows x 4
     Scratch<uint8_t> idx(size_t(NQ) * NB);
     Scratch<float> tab(size_t(NQ) * 16 * W), pad(size_t(W) * kLutChunk);
     Scratch<double> acc(size_t(PR) * NB);
@@ -59,15 +61,15 @@ void lut_run(const float* a, float* out, int64_t rows, int64_t P, int64_t C, dou
       for (int64_t p0 = 0; p0 < P; p0 += kLutChunk) {
         const int np = int(std::min<int64_t>(kLutChunk, P - p0)), nq = (np + 3) / 4;
         if (project) {  // rows t0 + c0 ... of S (rows past k are computed, never written), one column group
-          const int ntg = (nc + W - 1) / W;
+          const int ntg = (nc + WL - 1) / WL;
           Words::words(key, uint32_t(args.t0 + uint64_t(c0)), ntg, group0 + uint32_t(p0 / kGroupCols), words.data());
           L::index_rows(words.data(), ntg, idx.data(), NB);
-          if (ncp > ntg * W)
-            for (int q = 0; q < NQ; ++q) std::memset(idx.data() + q * NB + ntg * W, 0, size_t(ncp - ntg * W));
+          if (ncp > ntg * WL)
+            for (int q = 0; q < NQ; ++q) std::memset(idx.data() + q * NB + ntg * WL, 0, size_t(ncp - ntg * WL));
         } else {  // rows t0 + p0 ... of S, the column groups of the block
           const int ng = (nc + kGroupCols - 1) / kGroupCols;
           for (int i = 0; i < ng; ++i)
-            Words::words(key, uint32_t(args.t0 + uint64_t(p0)), (np + W - 1) / W,
+            Words::words(key, uint32_t(args.t0 + uint64_t(p0)), (np + WL - 1) / WL,
                          group0 + uint32_t(c0 / kGroupCols + i), words.data() + i * wstride);
           L::index_cols(words.data(), wstride, ng, nq, idx.data(), NB);
           if (ncp > ng * kGroupCols)
