@@ -308,8 +308,9 @@ def test_gemm_kernels_same_bits_on_avx2_and_avx512(monkeypatch, family):
 
 
 def test_kernel_choice(monkeypatch):
-    """Auto: the LUT kernel on the AVX2 path from 8 rows in both directions, the table kernels
-    otherwise; STABKERN_CPU_KERNEL forces one except on the generic path."""
+    """Auto: the LUT kernel on the AVX2 path from 8 rows in both directions and for AVX-512
+    reconstruction from 32 rows, the table kernels otherwise; STABKERN_CPU_KERNEL forces one except
+    on the generic path."""
     monkeypatch.delenv("STABKERN_CPU_KERNEL", raising=False)
     monkeypatch.setenv("STABKERN_CPU_ISA", "generic")
     assert _cpu.kernel("project", 512) == _cpu.kernel("reconstruct", 512) == "table"
@@ -326,7 +327,8 @@ def test_kernel_choice(monkeypatch):
         assert _cpu.kernel(op, 7) == "table" and _cpu.kernel(op, 8) == _cpu.kernel(op, 512) == "lut"
     if "avx512" in _cpu.available_isas():
         monkeypatch.setenv("STABKERN_CPU_ISA", "avx512")
-        assert _cpu.kernel("project", 512) == _cpu.kernel("reconstruct", 512) == "table"
+        assert _cpu.kernel("project", 512) == _cpu.kernel("reconstruct", 31) == "table"
+        assert _cpu.kernel("reconstruct", 32) == "lut"
     monkeypatch.setenv("STABKERN_CPU_KERNEL", "gemm")
     with pytest.raises(ValueError, match="STABKERN_CPU_KERNEL must be"):
         _cpu.kernel("project", 512)

@@ -53,7 +53,8 @@ constexpr int kBlockRows = 512;                               // rows of S per p
 constexpr int kRecBlockGroups = 4;                            // Philox groups per reconstruction unit
 constexpr int64_t kSpanChunks = 64;                           // chunks per double span sum
 constexpr int64_t kWaveBytes = int64_t(1) << 20;              // span sums buffered per wave
-constexpr int64_t kLutMinRows = 8;                            // rows from which the LUT kernel wins (AVX2)
+constexpr int64_t kLutMinRowsAvx2 = 8;                        // rows from which the LUT kernel wins: AVX2,
+constexpr int64_t kLutMinRowsAvx512 = 32;                     // and AVX-512 reconstruction
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -288,25 +289,31 @@ Isa chosen_isa() {
                               "'");
 }
 
-// The float32 kernel family of a call. Per sign-MAC the vpermps table kernels spend one shuffle
-// (port 5 on Intel, slower on AMD) per 64 (AVX-512) or 24 (AVX2) sign-MACs; the FMA kernels one FMA
-// per 16 or 8; the LUT kernel (sign_lut.h) one load + one add per 32 on AVX2, the ports that are
-// two or three per core on Intel and AMD alike, plus a 16-entry table per 4 values of a row and 8
-// rows, which only pays when a block of 8 rows fills it. Auto rule, from the measured GEMM form
-// (n = 4608, k = 4096, benchmarks/bench_sign_cpu.py and the rows sweep in csrc/README.md): on the
-// AVX2 path the LUT kernel from kLutMinRows = 8 rows in both directions (it beats the table kernel
-// there by 1.4x projecting and 1.6x reconstructing, and the FMA kernel by 2-3x), the table kernel
-// below; on the AVX-512 path the table kernels. The FMA kernels are taken only when forced.
+// The float32 kernel family of a call. The vpermps table kernels spend one shuffle (port 5 on
+// Intel, slower on AMD) per 64 (AVX-512) or 24 (AVX2) sign-MACs; the FMA kernels one FMA per 16 or
+// 8; the LUT kernels (sign_lut.h) one load + one add per 64 (AVX-512) or 32 (AVX2), on the ports
+// that are two or three per core on Intel and AMD alike, plus a 16-entry table per 4 values and
+// 16 or 8 rows of x / y, which pays only when whole row blocks fill it. Auto rule, from the GEMM
+// form measured here (n = 4608, k = 4096, 1 thread, rows 1..64; csrc/README.md has the sweep):
+// - AVX2 path: the LUT kernel from kLutMinRowsAvx2 = 8 rows in both directions (from 8 rows it
+//   beats the table kernel by 1.4-1.7x projecting and 1.6-3.3x reconstructing, and the FMA kernel
+//   by 2-3x; below 8 rows the table kernel wins);
+// - AVX-512 path: the LUT kernel for reconstruction from kLutMinRowsAvx512 = 32 rows (1.1x the
+//   table kernel at 32 rows, 1.4x at 64 and more; at 24 rows a half-empty 16-row block loses); the
+//   table kernel for projection (the LUT kernel is within 5% of it at 64..512 rows, slower below);
+// - everything else: the table kernels. The FMA kernels are taken only when forced.
 // STABKERN_CPU_KERNEL=table|fma|lut forces one (read at every call, for tests); the generic path
 // has only the table kernel.
 enum class Family { kTable = 0, kFma = 1, kLut = 2 };
 const char* const kFamilyNames[] = {"table", "fma", "lut"};
 
-Family family(Isa isa, int64_t rows) {
+Family family(Isa isa, bool project, int64_t rows) {
   const char* env = std::getenv("STABKERN_CPU_KERNEL");
   Family f;
   if (env == nullptr || env[0] == '\0' || std::strcmp(env, "auto") == 0)
-    f = isa == Isa::kAvx2 && rows >= kLutMinRows ? Family::kLut : Family::kTable;
+    f = (isa == Isa::kAvx2 && rows >= kLutMinRowsAvx2) || (isa == Isa::kAvx512 && !project && rows >= kLutMinRowsAvx512)
+            ? Family::kLut
+            : Family::kTable;
   else if (std::strcmp(env, "fma") == 0)
     f = Family::kFma;
   else if (std::strcmp(env, "table") == 0)
@@ -323,7 +330,7 @@ Family family(Isa isa, int64_t rows) {
 
 void project(const float* x, float* y, const SketchArgs& a) {
   const Isa isa = chosen_isa();
-  [[maybe_unused]] const Family f = family(isa, a.rows);
+  [[maybe_unused]] const Family f = family(isa, true, a.rows);
   switch (isa) {
 #if defined(__x86_64__)
     case Isa::kAvx512:
@@ -346,7 +353,7 @@ void project(const double* x, double* y, const SketchArgs& a) {
 
 void reconstruct(const float* y, float* out, double scale, const SketchArgs& a) {
   const Isa isa = chosen_isa();
-  [[maybe_unused]] const Family f = family(isa, a.rows);
+  [[maybe_unused]] const Family f = family(isa, false, a.rows);
   switch (isa) {
 #if defined(__x86_64__)
     case Isa::kAvx512:
@@ -372,7 +379,7 @@ const char* isa() { return kIsaNames[int(chosen_isa())]; }
 const char* kernel(const std::string& op, int64_t rows) {
   if (op != "project" && op != "reconstruct")
     throw std::invalid_argument("op must be 'project' or 'reconstruct', got '" + op + "'");
-  return kFamilyNames[int(family(chosen_isa(), rows))];
+  return kFamilyNames[int(family(chosen_isa(), op == "project", rows))];
 }
 
 std::vector<std::string> available_isas() {
