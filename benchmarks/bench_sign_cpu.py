@@ -21,9 +21,10 @@ applies 64 sign-MACs (16 rows of S x 4 columns, AVX-512) or 24 (8 x 3, AVX2), so
 vpermps ceiling = threads x clock x 64 (or 24). The GEMM-form FMA kernels (csrc/cpu/sign/sign_gemm.h)
 are bounded by the FMA ports: FMA ceiling = threads x clock x FMA lanes x FMA ports per cycle
 = threads x clock x 16 x 2 (AVX-512) or 8 x 2 (AVX2); parts with one 512-bit FMA unit reach half
-the AVX-512 figure. The GEMM-form LUT kernel (csrc/cpu/sign/sign_lut.h, AVX2 code) makes two loads
-(a selector byte, a table entry) and one add per 32 sign-MACs: with two load ports per core,
-LUT ceiling = threads x clock x 32 (cores with three load ports can pass it, by up to 1.5x). The clock is measured by conftest.cpu_clock_ghz (scalar, one core: an upper
+the AVX-512 figure. The GEMM-form LUT kernels (csrc/cpu/sign/sign_lut.h) make two loads (a selector
+byte, a table entry) and one add per 64 (AVX-512) or 32 (AVX2) sign-MACs: with two load ports per
+core, LUT ceiling = threads x clock x 64 (or 32); cores with three load ports can pass it, by up to
+1.5x, where the add ports allow. The clock is measured by conftest.cpu_clock_ghz (scalar, one core: an upper
 bound for vector code). Each row's ceiling is its kernel's; the notes give both for the GEMM case.
 Philox, shifts and adds compete for the other ports, so the GEMV form cannot reach it. The numpy
 rows are set against the best ISA's vpermps bound at their thread count.
@@ -60,7 +61,8 @@ GEMV_BASELINE_K = 16
 SIGN_MACS_PER_VPERMPS = {"avx512": 64, "avx2": 24}
 FMA_LANES = {"avx512": 16, "avx2": 8}
 FMA_PORTS = 2
-LUT_SIGN_MACS_PER_CYCLE = 32  # one table load + add (8 rows x 4 columns) per cycle: 2 loads a lookup, 2 load ports
+# one table load + add per cycle (8 or 16 rows x 4 columns): 2 loads a lookup, 2 load ports
+LUT_SIGN_MACS_PER_CYCLE = {"avx512": 64, "avx2": 32}
 HASWELL = "Haswell"
 SEED = 2024
 RATES: dict[tuple, float] = {}
@@ -252,23 +254,23 @@ def _add(bench_report, cpu_clock, case, backend, median, shape, n_threads, isa, 
     bound_isa = isa if isa in SIGN_MACS_PER_VPERMPS else _cpu.available_isas()[-1]
     per_cycle = (FMA_LANES if kernel == "fma" else SIGN_MACS_PER_VPERMPS).get(bound_isa)
     per_cycle = per_cycle * FMA_PORTS if per_cycle and kernel == "fma" else per_cycle
-    per_cycle = LUT_SIGN_MACS_PER_CYCLE if kernel == "lut" else per_cycle
+    per_cycle = LUT_SIGN_MACS_PER_CYCLE.get(bound_isa) if kernel == "lut" else per_cycle
     ceiling = n_threads * clock * 1e9 * per_cycle if clock and per_cycle else None
     report = bench_report("sign-cpu")
     report.notes["ceiling"] = ("threads x clock x sign-MACs per cycle: table kernels one vpermps (64 AVX-512, 24 "
                                f"AVX2; the best ISA here for the numpy rows), FMA kernels FMA lanes x {FMA_PORTS} "
-                               f"ports (32 AVX-512, 16 AVX2), LUT kernel {LUT_SIGN_MACS_PER_CYCLE} (one lookup of "
-                               f"two loads per cycle); clock {clock} GHz: {cpu_clock['how']}")
+                               f"ports (32 AVX-512, 16 AVX2), LUT kernels one lookup of two loads (64 AVX-512, 32 "
+                               f"AVX2); clock {clock} GHz: {cpu_clock['how']}")
     report.notes["baseline"] = (f"numpy Philox int8 -> float32 sign chunks + matmul; GEMV baseline at k = "
                                 f"{GEMV_BASELINE_K}; speed-up over numpy on OpenBLAS's own core type, "
                                 "vs_haswell_blas over numpy with OPENBLAS_CORETYPE=Haswell (its AVX2 kernels)")
     if clock and rows > 1:
         for t in (1, 2):
             bounds = ", ".join(f"{name} FMA {t * clock * FMA_LANES[name] * FMA_PORTS:.0f} G/s, vpermps "
-                               f"{t * clock * SIGN_MACS_PER_VPERMPS[name]:.0f} G/s" for name in FMA_LANES)
-            bounds += f", LUT (AVX2 code) {t * clock * LUT_SIGN_MACS_PER_CYCLE:.0f} G/s"
+                               f"{t * clock * SIGN_MACS_PER_VPERMPS[name]:.0f} G/s, LUT "
+                               f"{t * clock * LUT_SIGN_MACS_PER_CYCLE[name]:.0f} G/s" for name in FMA_LANES)
             report.notes[f"GEMM ceilings, {t} thread{'s' * (t > 1)}"] = bounds
-    name = f"{ {'fma': 'FMA', 'lut': 'LUT'}.get(kernel, 'vpermps')} bound {bound_isa if kernel != 'lut' else 'avx2'}"
+    name = f"{ {'fma': 'FMA', 'lut': 'LUT'}.get(kernel, 'vpermps')} bound {bound_isa}"
     return report.add(case, shape=shape, dtype=torch.float32, device="cpu", backend=backend, median_s=median,
                       work=rows * n * k, unit="sign-MAC/s", key=key, baseline=baseline or f"numpy {case}",
                       ceiling=name if ceiling else None, ceiling_rate=ceiling, threads=n_threads, isa=isa,
