@@ -49,14 +49,17 @@ def kernel(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=("avx2 fma", "avx512 fma", "avx2 lut", "avx512 lut"))
+@pytest.fixture(params=("avx2 fma", "avx512 fma", "avx2 lut 8", "avx2 lut 16", "avx512 lut"))
 def gemm_path(request, monkeypatch):
-    """The paths with GEMM-form kernels (FMA, LUT), each forced for any row count; returns the family."""
-    isa, family = request.param.split()
+    """The paths with GEMM-form kernels (FMA, LUT; on AVX2 both LUT kernels, 8- and 16-row tables,
+    forced through STABKERN_CPU_LUT_ROWS), each forced for any row count; returns the family."""
+    isa, family, *lut_rows = request.param.split()
     if isa not in _cpu.available_isas():
         pytest.skip(f"this CPU cannot run the {isa} path")
     monkeypatch.setenv("STABKERN_CPU_ISA", isa)
     monkeypatch.setenv("STABKERN_CPU_KERNEL", family)
+    if lut_rows:
+        monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", lut_rows[0])
     assert _cpu.kernel("project", 1) == _cpu.kernel("reconstruct", 1) == family
     return family
 
@@ -293,18 +296,23 @@ def test_gemm_kernels_bitwise_identical_for_any_thread_count(gemm_path):
 
 @pytest.mark.parametrize("family", ("fma", "lut"))
 def test_gemm_kernels_same_bits_on_avx2_and_avx512(monkeypatch, family):
-    """Each GEMM family follows one summation order on both paths (sign_gemm.h, sign_lut.h), so the
-    two agree bit for bit."""
-    if "avx512" not in _cpu.available_isas():
-        pytest.skip("this CPU cannot run the avx512 path")
+    """Each GEMM family follows one summation order on both paths (sign_gemm.h, sign_lut.h), so they
+    agree bit for bit: FMA on AVX2 and AVX-512; LUT with 8- and 16-row tables on AVX2 and on AVX-512."""
+    if "avx2" not in _cpu.available_isas():
+        pytest.skip("this CPU cannot run the avx2 path")
     monkeypatch.setenv("STABKERN_CPU_KERNEL", family)
     gen = torch.Generator().manual_seed(13)
     x, y = torch.randn(45, 777, generator=gen), torch.randn(45, 300, generator=gen)
-    got = {}
-    for isa in ("avx2", "avx512"):
+    runs = [("avx2", "8"), ("avx2", "16"), ("avx512", "")] if family == "lut" else [("avx2", ""), ("avx512", "")]
+    got = []
+    for isa, lut_rows in runs:
+        if isa not in _cpu.available_isas():
+            continue
         monkeypatch.setenv("STABKERN_CPU_ISA", isa)
-        got[isa] = cpu_project(x, 300, 4, stream=2), cpu_reconstruct(y, 777, 0.5, 4, stream=2)
-    assert all(torch.equal(a, b) for a, b in zip(got["avx2"], got["avx512"]))
+        monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", lut_rows)
+        got.append((cpu_project(x, 300, 4, stream=2), cpu_reconstruct(y, 777, 0.5, 4, stream=2)))
+    assert len(got) >= 2
+    assert all(torch.equal(a, b) for g in got[1:] for a, b in zip(got[0], g))
 
 
 def test_kernel_choice(monkeypatch):
@@ -329,6 +337,11 @@ def test_kernel_choice(monkeypatch):
         monkeypatch.setenv("STABKERN_CPU_ISA", "avx512")
         assert _cpu.kernel("project", 512) == _cpu.kernel("reconstruct", 31) == "table"
         assert _cpu.kernel("reconstruct", 32) == "lut"
+    monkeypatch.setenv("STABKERN_CPU_ISA", "avx2")
+    monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", "12")
+    with pytest.raises(ValueError, match="STABKERN_CPU_LUT_ROWS must be"):
+        cpu_project(torch.zeros(40, 8), 4, 0)
+    monkeypatch.delenv("STABKERN_CPU_LUT_ROWS")
     monkeypatch.setenv("STABKERN_CPU_KERNEL", "gemm")
     with pytest.raises(ValueError, match="STABKERN_CPU_KERNEL must be"):
         _cpu.kernel("project", 512)

@@ -29,6 +29,10 @@
 #include <omp.h>
 #endif
 
+#if __has_include(<unistd.h>)
+#include <unistd.h>  // sysconf: the L1 data cache size
+#endif
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -295,7 +299,8 @@ Isa chosen_isa() {
 // that are two or three per core on Intel and AMD alike, plus a 16-entry table per 4 values and
 // 16 or 8 rows of x / y, which pays only when whole row blocks fill it. Auto rule, from the GEMM
 // form measured here (n = 4608, k = 4096, 1 thread, rows 1..64; csrc/README.md has the sweep):
-// - AVX2 path: the LUT kernel from kLutMinRowsAvx2 = 8 rows in both directions (from 8 rows it
+// - AVX2 path: the LUT kernel (16- or 8-row tables: lut16() below) from kLutMinRowsAvx2 = 8 rows
+//   in both directions (from 8 rows the 8-row kernel
 //   beats the table kernel by 1.4-1.7x projecting and 1.6-3.3x reconstructing, and the FMA kernel
 //   by 2-3x; below 8 rows the table kernel wins);
 // - AVX-512 path: the LUT kernel for reconstruction from kLutMinRowsAvx512 = 32 rows (1.1x the
@@ -326,6 +331,30 @@ Family family(Isa isa, bool project, int64_t rows) {
   return isa == Isa::kGeneric ? Family::kTable : f;
 }
 
+// Which AVX2 LUT kernel: Avx2Lut16 (16-row tables, 32 KiB per chunk) from kLut16MinRows rows where
+// the L1 data cache holds them with the selectors (>= 48 KiB, as the OS reports it), else Avx2Lut
+// (8 rows, 16 KiB). Measured here (48 KiB L1, n = 4608, k = 4096, 1 thread): Avx2Lut16 1.1-1.2x
+// from 32 rows, but half-empty 16-row blocks lose at 8 and 24 rows. STABKERN_CPU_LUT_ROWS=8|16
+// forces one (read at every call, for tests); both give the same bits.
+constexpr int64_t kLut16MinRows = 32;
+
+bool lut16(int64_t rows) {
+  const char* env = std::getenv("STABKERN_CPU_LUT_ROWS");
+  if (env != nullptr && env[0] != '\0') {
+    if (std::strcmp(env, "8") == 0) return false;
+    if (std::strcmp(env, "16") == 0) return true;
+    throw std::invalid_argument(std::string("STABKERN_CPU_LUT_ROWS must be 8 or 16, got '") + env + "'");
+  }
+  static const bool big_l1 = [] {
+#if defined(_SC_LEVEL1_DCACHE_SIZE)
+    return sysconf(_SC_LEVEL1_DCACHE_SIZE) >= 48 * 1024;
+#else
+    return false;
+#endif
+  }();
+  return big_l1 && rows >= kLut16MinRows;
+}
+
 }  // namespace
 
 void project(const float* x, float* y, const SketchArgs& a) {
@@ -338,6 +367,7 @@ void project(const float* x, float* y, const SketchArgs& a) {
       if (f == Family::kFma) return gemm_run<Avx512Gemm>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
       return project_run<Avx512Kernel>(x, y, a);
     case Isa::kAvx2:
+      if (f == Family::kLut && lut16(a.rows)) return lut_run<Avx2Lut16>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
       if (f == Family::kLut) return lut_run<Avx2Lut>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
       if (f == Family::kFma) return gemm_run<Avx2Gemm>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
       return project_run<Avx2Kernel>(x, y, a);
@@ -361,6 +391,7 @@ void reconstruct(const float* y, float* out, double scale, const SketchArgs& a) 
       if (f == Family::kFma) return gemm_run<Avx512Gemm>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
       return reconstruct_run<Avx512Kernel>(y, out, scale, a);
     case Isa::kAvx2:
+      if (f == Family::kLut && lut16(a.rows)) return lut_run<Avx2Lut16>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
       if (f == Family::kLut) return lut_run<Avx2Lut>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
       if (f == Family::kFma) return gemm_run<Avx2Gemm>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
       return reconstruct_run<Avx2Kernel>(y, out, scale, a);

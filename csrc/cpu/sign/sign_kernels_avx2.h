@@ -275,7 +275,8 @@ struct Avx2Lut {
   static constexpr int kQuads = kGroupCols / 4;       // quads per chunk of 128 p
   static constexpr int kEntryBytes = 16 * kW * 4;     // one quad's table: 16 entries x 8 rows of fp32
   static constexpr int kCT = 8;                       // output columns (independent add chains) per pass
-  static constexpr int kBlockCols = 512;              // output columns per unit (sign_lut.h)
+  static constexpr int kBlockCols = 256;              // output columns per unit (sign_lut.h): selectors 8 KiB
+                                                      // + tables 16 KiB, within a 32 KiB L1
 
   // tab[q][s][r] = ((s0 a[r, 4q] + s1 a[r, 4q + 1]) + s2 a[r, 4q + 2]) + s3 a[r, 4q + 3], s_i = +1 if
   // bit i of s else -1, for r < 8 and q < 32. a: 8 rows (lda apart) of 128 values, zero padded by the
@@ -400,6 +401,54 @@ struct Avx2Lut {
     for (int i = 0; i < 4; ++i) {
       v[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
       v[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+    }
+  }
+};
+
+// Avx2Lut on 16 rows of a per table (the 64-byte entries of Avx512Lut, two ymm halves): one
+// selector load serves two table loads + adds, 64 sign-MACs, 1.1-1.15x Avx2Lut here (48 KiB L1).
+// Its tables are 32 KiB per chunk, so sign_kernels.cpp takes it only on cores whose L1 data cache
+// holds them with the selectors (>= 48 KiB). Same entries and chains as Avx2Lut: the same bits.
+struct Avx2Lut16 {
+  using Words = Avx2Kernel;
+  static constexpr int kW = 16;
+  static constexpr int kEntryBytes = 16 * kW * 4;
+  static constexpr int kCT = 4;                // 8 accumulators
+  static constexpr int kBlockCols = 512;       // selectors 16 KiB + tables 32 KiB: a 48 KiB L1
+
+  STABKERN_AVX2 static void tables(const float* a, int64_t lda, float* tab) {
+    Avx2Lut::tables_strided(a, lda, tab, kW);
+    Avx2Lut::tables_strided(a + 8 * lda, lda, tab + 8, kW);
+  }
+  STABKERN_AVX2 static void index_rows(const uint32_t* words, int ntg, uint8_t* idx, int64_t ldi) {
+    Avx2Lut::index_rows<3>(words, ntg, idx, ldi);
+  }
+  STABKERN_AVX2 static void index_cols(const uint32_t* words, int64_t wstride, int ng, int nq, uint8_t* idx,
+                                       int64_t ldi) {
+    Avx2Lut::index_cols<3>(words, wstride, ng, nq, idx, ldi);
+  }
+
+  STABKERN_AVX2 static void lookups(const float* tab, const uint8_t* idx, int64_t ldi, int nq, int nc, double* acc) {
+    for (int c = 0; c < nc; c += kCT) {
+      __m256 s[kCT][2];
+      for (int j = 0; j < kCT; ++j) s[j][0] = s[j][1] = _mm256_setzero_ps();
+      const char* t = reinterpret_cast<const char*>(tab);
+      const uint8_t* ix = idx + c;
+      for (int q = 0; q < nq; ++q, t += kEntryBytes, ix += ldi) {
+        for (int j = 0; j < kCT; ++j) {
+          const float* e = reinterpret_cast<const float*>(t + size_t(ix[j]) * 8);
+          s[j][0] = _mm256_add_ps(s[j][0], _mm256_load_ps(e));
+          s[j][1] = _mm256_add_ps(s[j][1], _mm256_load_ps(e + 8));
+        }
+      }
+      for (int j = 0; j < kCT; ++j)
+        for (int h = 0; h < 2; ++h) {
+          double* d = acc + (c + j) * kW + 8 * h;
+          const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(s[j][h]));
+          const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(s[j][h], 1));
+          _mm256_store_pd(d, _mm256_add_pd(_mm256_load_pd(d), lo));
+          _mm256_store_pd(d + 4, _mm256_add_pd(_mm256_load_pd(d + 4), hi));
+        }
     }
   }
 };

@@ -1,8 +1,8 @@
-// The GEMM form by table loads ("lut" kernel family, float32, AVX2 path; the per-ISA pieces are
-// Avx2Lut in sign_kernels_avx2.h): for every quad of the reduction axis and every 8 rows of a, the
-// 16 signed sums of the quad's 4 values are tabulated once; each output then adds, per quad, the
-// entry its 4 signs select (one load and one add for 32 sign-MACs). sign_kernels.cpp chooses it
-// (family() there: on the AVX2 path from 8 rows).
+// The GEMM form by table loads ("lut" kernel family, float32; the per-ISA pieces are Avx2Lut and
+// Avx2Lut16 in sign_kernels_avx2.h, Avx512Lut in sign_kernels_avx512.h): for every quad of the
+// reduction axis and every block of 8 or 16 rows of a, the 16 signed sums of the quad's 4 values
+// are tabulated once; each output then adds, per quad, the entry its 4 signs select (one load and
+// one add for 32 sign-MACs per 8 rows). sign_kernels.cpp chooses it (family(), lut16() there).
 //
 // Both directions are one product out[r, c] = scale * sum_p a[r, p] B[p, c], as in sign_gemm.h:
 //   projection      a = x (rows, n), p = column j, c = row t:  B[j, t] = S[t0 + t, j0 + j], scale 1
@@ -13,12 +13,13 @@
 // the end of the axis are 0); the chunk partials are added in double in chunk order, times scale in
 // double, rounded once. Per chunk that is at most 32 chain additions of entries of 3 additions each.
 //
-// Blocking: a unit is (panel of 128 rows of a, block of L::kBlockCols output columns c: 512 for AVX2,
-// 256 for AVX-512); each output belongs to one unit, so threads take whole units (OpenMP, dynamic).
-// Per chunk the unit's sign words become byte selectors (32 quads x the block's columns, 16 or
-// 8 KiB, shared by all rows of the panel); then per block of L::kW rows (8 or 16) the table (16 or
-// 32 KiB) is built and swept by every column of the block, both in L1 (48 KiB on the cores that
-// run AVX-512 here; 32 KiB AVX2 cores hold the AVX2 pair).
+// Blocking: a unit is (panel of 128 rows of a, block of L::kBlockCols output columns c); each output
+// belongs to one unit, so threads take whole units (OpenMP, dynamic). Per chunk the unit's sign
+// words become byte selectors (32 quads x the block's columns, shared by all rows of the panel);
+// then per block of L::kW rows the table is built and swept by every column of the block. Sizes,
+// to stay in L1: Avx2Lut 8 rows, 256 columns: tables 16 KiB + selectors 8 KiB (a 32 KiB L1);
+// Avx2Lut16 and Avx512Lut 16 rows, 512 columns: 32 + 16 KiB (a 48 KiB L1; 256 columns were 8%
+// slower for Avx512Lut, and 512 columns 3% faster for Avx2Lut, on this 48 KiB machine).
 #pragma once
 
 #include <algorithm>
