@@ -33,7 +33,9 @@ Cases: GEMV projection and reconstruction at n = 512*512*9 = 2,359,296, k = 256 
 case) with 1 and 2 threads (torch.set_num_threads; the cpu backend uses torch.get_num_threads()),
 also with the AVX2 path forced (STABKERN_CPU_ISA=avx2) for machines without AVX-512; GEMM form
 512 x 4608 (a 512x512x3x3 conv's filters), k = 4096, with 1 and 2 threads, on both paths and with
-each kernel family forced (STABKERN_CPU_KERNEL=table|fma|lut; the notes say which one is the default).
+each kernel family forced (STABKERN_CPU_KERNEL=table|fma|lut; the notes say which one is the default),
+and on the AVX2 path also the LUT kernel with 8-row tables forced (STABKERN_CPU_LUT_ROWS=8: what
+cores with a 32 KiB L1 data cache, such as AMD Zen 2/3, take; `lut8` rows).
 
     PYTHONPATH=. python -m pytest benchmarks/bench_sign_cpu.py -q
 """
@@ -199,7 +201,7 @@ def _isas():
     return [best] + (["avx2"] if best == "avx512" else [])
 
 
-@pytest.mark.parametrize("kernel", ("auto", "table", "fma", "lut"))
+@pytest.mark.parametrize("kernel", ("auto", "table", "fma", "lut", "lut8"))
 @pytest.mark.parametrize("n_threads", (1, 2))
 @pytest.mark.parametrize("isa", _isas())
 @pytest.mark.parametrize("case", list(CASES))
@@ -213,9 +215,14 @@ def test_stabkern_cpu(benchmark, bench_report, bench_time, cpu_clock, threads, m
         pytest.skip(f"this machine has {os.cpu_count()} CPUs")
     monkeypatch.setenv("STABKERN_CPU_ISA", isa)
     if rows > 1 and kernel == "auto":
-        bench_report("sign-cpu").notes[f"default kernel, {case}, {isa}"] = _cpu.kernel(op, rows)
+        family = _cpu.kernel(op, rows)
+        bench_report("sign-cpu").notes[f"default kernel, {case}, {isa}"] = family + (
+            f" ({_cpu.lut_rows(rows)}-row tables)" if family == "lut" else "")
         pytest.skip("the table, fma and lut rows cover the GEMM form; the notes say which one is the default")
-    monkeypatch.setenv("STABKERN_CPU_KERNEL", kernel)
+    if kernel == "lut8" and isa != "avx2":
+        pytest.skip("8-row LUT tables (for cores with a 32 KiB L1) are an AVX2-path choice")
+    monkeypatch.setenv("STABKERN_CPU_KERNEL", "lut" if kernel == "lut8" else kernel)
+    monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", "8" if kernel == "lut8" else "")
     threads(n_threads)
     gen = torch.Generator().manual_seed(0)
     if op == "project":
@@ -225,8 +232,9 @@ def test_stabkern_cpu(benchmark, bench_report, bench_time, cpu_clock, threads, m
         y = torch.randn(rows, k, generator=gen)
         fn = lambda: stabkern.sign_reconstruct(y, n, seed=SEED, backend="cpu")  # noqa: E731
     median = bench_time(fn, rounds=7 if rows == 1 else 5, warmup=1, benchmark=benchmark)
+    family = _cpu.kernel(op, rows)
     row = _add(bench_report, cpu_clock, case, "stabkern cpu", median, (rows, n, k), n_threads, isa=isa,
-               kernel=_cpu.kernel(op, rows))
+               kernel=family, **({"lut_rows": _cpu.lut_rows(rows)} if family == "lut" else {}))
     if row is None:
         return
     report = bench_report("sign-cpu")
@@ -235,14 +243,16 @@ def test_stabkern_cpu(benchmark, bench_report, bench_time, cpu_clock, threads, m
     if haswell:
         row["vs_haswell_blas"] = f"{row['rate'] / haswell['rate']:.2f}x"
     if isa == "avx2" and base:
-        report.notes[f"AVX2 vs both baselines (numpy at {base['threads']} threads), {case}, {row['kernel']}, "
+        label = row["kernel"] + (f" {row['lut_rows']}-row" if "lut_rows" in row else "")
+        report.notes[f"AVX2 vs both baselines (numpy at {base['threads']} threads), {case}, {label}, "
                      f"{n_threads} thread{'s' * (n_threads > 1)}"] = (
             f"{row['rate'] / base['rate']:.2f}x numpy on OpenBLAS {base.get('blas', '?')}, "
             + (f"{row['rate'] / haswell['rate']:.2f}x numpy on OpenBLAS Haswell" if haswell else
                "no Haswell baseline this run"))
     one = RATES.get((case, isa, kernel, 1))
     if n_threads == 2 and one:
-        report.notes[f"scaling 1 -> 2 threads, {case}, {isa}, {row['kernel']}"] = f"{row['rate'] / one:.2f}x"
+        label = row["kernel"] + (f" {row['lut_rows']}-row" if "lut_rows" in row else "")
+        report.notes[f"scaling 1 -> 2 threads, {case}, {isa}, {label}"] = f"{row['rate'] / one:.2f}x"
 
 
 def _add(bench_report, cpu_clock, case, backend, median, shape, n_threads, isa, key=None, kernel="table",

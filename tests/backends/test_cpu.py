@@ -338,6 +338,9 @@ def test_kernel_choice(monkeypatch):
         assert _cpu.kernel("project", 512) == _cpu.kernel("reconstruct", 31) == "table"
         assert _cpu.kernel("reconstruct", 32) == "lut"
     monkeypatch.setenv("STABKERN_CPU_ISA", "avx2")
+    assert _cpu.lut_rows(8) == 8 and _cpu.lut_rows(32) in (8, 16)  # 16 where L1d >= 48 KiB
+    monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", "16")
+    assert _cpu.lut_rows(8) == 16
     monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", "12")
     with pytest.raises(ValueError, match="STABKERN_CPU_LUT_ROWS must be"):
         cpu_project(torch.zeros(40, 8), 4, 0)

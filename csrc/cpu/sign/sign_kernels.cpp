@@ -413,6 +413,14 @@ const char* kernel(const std::string& op, int64_t rows) {
   return kFamilyNames[int(family(chosen_isa(), op == "project", rows))];
 }
 
+int lut_rows(int64_t rows) {
+  switch (chosen_isa()) {
+    case Isa::kAvx512: return 16;
+    case Isa::kAvx2: return lut16(rows) ? 16 : 8;
+    default: return 0;
+  }
+}
+
 std::vector<std::string> available_isas() {
   std::vector<std::string> names;
   for (int i = 0; i <= int(best_isa()); ++i) names.emplace_back(kIsaNames[i]);
