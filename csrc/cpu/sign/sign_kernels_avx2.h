@@ -339,26 +339,25 @@ struct Avx2Lut {
   template <int Shift = 2>
   STABKERN_AVX2 static void index_cols(const uint32_t* words, int64_t wstride, int ng, int nq, uint8_t* idx,
                                        int64_t ldi) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i one = _mm256_set1_epi32(1);
-    const __m256i gather = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8,
-                                            12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    // Byte lane c of a register of 32 columns (one word per row of S) takes byte c / 8 of the
+    // word (vpshufb within each 128-bit half of the broadcast word), tests bit c % 8, and the 0xFF
+    // where it is set keeps bit k + Shift of the selector: 5 ops per row and 32 columns.
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2,
+                                            3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bits = _mm256_set1_epi64x(int64_t(0x8040201008040201ull));
     for (int i = 0; i < ng; ++i)
       for (int q = 0; q < nq; ++q) {
         const uint32_t* wq = words + i * wstride + (q / 2) * 4 * kW + 4 * (q % 2);  // word 0 of row 4 q
         uint8_t* out = idx + q * ldi + i * kGroupCols;
-        for (int v = 0; v < kGroupCols / kW; ++v) {  // columns 8 v .. 8 v + 7: bits 8 (v % 4) + lane of word v / 4
-          const __m256i shift = _mm256_add_epi32(lane, _mm256_set1_epi32(8 * (v % 4)));
-          const uint32_t* w = wq + (v / 4) * kW;
-          __m256i nib = _mm256_setzero_si256();
+        for (int v = 0; v < 4; ++v) {  // columns 32 v .. 32 v + 31: word v
+          const uint32_t* w = wq + v * kW;
+          __m256i sel = _mm256_setzero_si256();
           for (int k = 0; k < 4; ++k) {
-            const __m256i bit = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(w[k])), shift), one);
-            nib = _mm256_or_si256(nib, _mm256_slli_epi32(bit, k + Shift));
+            const __m256i x = _mm256_shuffle_epi8(_mm256_set1_epi32(int(w[k])), spread);
+            const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(x, bits), bits);
+            sel = _mm256_or_si256(sel, _mm256_and_si256(set, _mm256_set1_epi8(char(1 << (k + Shift)))));
           }
-          const __m256i b = _mm256_shuffle_epi8(nib, gather);
-          const uint64_t lo = uint32_t(_mm256_extract_epi32(b, 0)), hi = uint32_t(_mm256_extract_epi32(b, 4));
-          const uint64_t bytes = lo | (hi << 32);
-          std::memcpy(out + 8 * v, &bytes, 8);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 32 * v), sel);
         }
       }
   }
