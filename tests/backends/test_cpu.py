@@ -13,7 +13,8 @@ the double sum of at most 2^32 / 128 chunk partials (2^25 * 2^-53 < 2^-24).
 The GEMM-form LUT kernel (csrc/cpu/sign/sign_lut.h, float32 on the AVX2 path, and on the AVX-512
 path when forced) chains, per chunk of 128, at most 32 fp32 additions of table entries, each entry
 ((+-a0 +-a1) +-a2) +-a3 three additions deep: every term passes through at most 3 + ceil(len / 4)
-roundings per chunk (len = n or k, at most 128), + 1 for the double sum of the chunk partials.
+roundings per chunk (len = n or k, at most 128), + 1 for the double sums of the chunk partials
+(in spans of 64 chunks, then the span sums).
 """
 
 from __future__ import annotations
@@ -292,6 +293,31 @@ def test_gemm_kernels_bitwise_identical_for_any_thread_count(gemm_path):
     assert all(torch.equal(runs[0], r) for r in runs[1:])
     runs = [cpu_reconstruct(y, n, 0.25, 8, threads=t) for t in (1, 2, 3, 3)]
     assert all(torch.equal(runs[0], r) for r in runs[1:])
+
+
+@pytest.mark.parametrize("path", ("avx2 8", "avx2 16", "avx512 16"))
+def test_lut_kernel_long_reduction_axis_splits_spans(monkeypatch, path):
+    """A long reduction axis (several spans of 64 chunks) with few units: threads take (unit, span)
+    tasks, span sums added in span order; the same bits as 1 thread sweeping whole units (2 units:
+    1 thread takes the unit split, 2 and 3 threads the span split), within the LUT bound."""
+    isa, lut_rows = path.split()
+    if isa not in _cpu.available_isas():
+        pytest.skip(f"this CPU cannot run the {isa} path")
+    monkeypatch.setenv("STABKERN_CPU_ISA", isa)
+    monkeypatch.setenv("STABKERN_CPU_KERNEL", "lut")
+    monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", lut_rows if isa == "avx2" else "")
+    gen = torch.Generator().manual_seed(14)
+    for rows, n, k in [(137, 20_000, 40), (9, 70_001, 24)]:
+        x = torch.randn(rows, n, generator=gen)
+        runs = [cpu_project(x, k, 6, stream=1, threads=t) for t in (1, 2, 3)]
+        assert all(torch.equal(runs[0], r) for r in runs[1:]), (rows, n, k)
+        assert_close_to_reference(runs[0], reference.project(x, k, 6, 1), x.double().abs().sum(1, keepdim=True),
+                                  lut_chain(n))
+    y = torch.randn(10, 17_000, generator=gen)
+    runs = [cpu_reconstruct(y, 300, 0.5, 6, stream=1, threads=t) for t in (1, 2, 3)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+    assert_close_to_reference(runs[0], reference.reconstruct(y, 300, 6, 1, 0.5),
+                              0.5 * y.double().abs().sum(1, keepdim=True), lut_chain(17_000))
 
 
 @pytest.mark.parametrize("family", ("fma", "lut"))
