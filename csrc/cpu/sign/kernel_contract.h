@@ -32,7 +32,8 @@
 // order: the reduction axis in chunks of 128; per chunk one fp32 chain from 0 adding, in quad
 // order, the entry ((+-a[p] +-a[p+1]) +-a[p+2]) +-a[p+3] of each quad of 4 (<= 32 chain additions
 // of entries of 3 additions each, values past the end of the axis 0); the chunk partials added in
-// double in order. Which family a call takes: family() in sign_kernels.cpp.
+// double in order within spans of 64 chunks, the span sums in double in order. Which family a call
+// takes: family() in sign_kernels.cpp.
 #pragma once
 
 #include <cstddef>
