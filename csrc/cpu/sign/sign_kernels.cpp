@@ -300,9 +300,9 @@ Isa chosen_isa() {
 // 16 or 8 rows of x / y, which pays only when whole row blocks fill it. Auto rule, from the GEMM
 // form measured here (n = 4608, k = 4096, 1 thread, rows 1..64; csrc/README.md has the sweep):
 // - AVX2 path: the LUT kernel (16- or 8-row tables: lut16() below) from kLutMinRowsAvx2 = 8 rows
-//   in both directions (from 8 rows the 8-row kernel
-//   beats the table kernel by 1.4-1.7x projecting and 1.6-3.3x reconstructing, and the FMA kernel
-//   by 2-3x; below 8 rows the table kernel wins);
+//   in both directions (from 8 rows the 8-row kernel beats the table kernel by 1.4-1.7x
+//   projecting and 1.6-3.3x reconstructing, and the FMA kernel by 2-3x; below 8 rows the table
+//   kernel wins);
 // - AVX-512 path: the LUT kernel for reconstruction from kLutMinRowsAvx512 = 32 rows (1.1x the
 //   table kernel at 32 rows, 1.4x at 64 and more; at 24 rows a half-empty 16-row block loses); the
 //   table kernel for projection (the LUT kernel is within 5% of it at 64..512 rows, slower below);
