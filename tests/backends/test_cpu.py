@@ -10,6 +10,11 @@ The GEMM-form FMA kernels (csrc/cpu/sign/sign_gemm.h, float32 on the AVX2 and AV
 at most 128 fmas by +-1 (each rounds like one addition) per chunk of 128 columns (projection) or
 rows of S (reconstruction), chunks added in double: chain = min(n or k, 128) + 1, the + 1 covering
 the double sum of at most 2^32 / 128 chunk partials (2^25 * 2^-53 < 2^-24).
+The GEMM-form LUT kernel (csrc/cpu/sign/sign_lut.h, float32 on the AVX2 path, and on the AVX-512
+path when forced) chains, per chunk of 128, at most 32 fp32 additions of table entries, each entry
+((+-a0 +-a1) +-a2) +-a3 three additions deep: every term passes through at most 3 + ceil(len / 4)
+roundings per chunk (len = n or k, at most 128), + 1 for the double sums of the chunk partials
+(in spans of 64 chunks, then the span sums).
 """
 
 from __future__ import annotations
@@ -38,22 +43,26 @@ def isa(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=("table", "fma"))
+@pytest.fixture(params=("table", "fma", "lut"))
 def kernel(request, monkeypatch):
     """Each float32 kernel family, forced through STABKERN_CPU_KERNEL (the generic path has only "table")."""
     monkeypatch.setenv("STABKERN_CPU_KERNEL", request.param)
     return request.param
 
 
-@pytest.fixture(params=("avx2", "avx512"))
-def fma_isa(request, monkeypatch):
-    """The paths with GEMM-form FMA kernels, forced, with the FMA kernels forced for any row count."""
-    if request.param not in _cpu.available_isas():
-        pytest.skip(f"this CPU cannot run the {request.param} path")
-    monkeypatch.setenv("STABKERN_CPU_ISA", request.param)
-    monkeypatch.setenv("STABKERN_CPU_KERNEL", "fma")
-    assert _cpu.kernel("project", 1) == _cpu.kernel("reconstruct", 1) == "fma"
-    return request.param
+@pytest.fixture(params=("avx2 fma", "avx512 fma", "avx2 lut 8", "avx2 lut 16", "avx512 lut"))
+def gemm_path(request, monkeypatch):
+    """The paths with GEMM-form kernels (FMA, LUT; on AVX2 both LUT kernels, 8- and 16-row tables,
+    forced through STABKERN_CPU_LUT_ROWS), each forced for any row count; returns the family."""
+    isa, family, *lut_rows = request.param.split()
+    if isa not in _cpu.available_isas():
+        pytest.skip(f"this CPU cannot run the {isa} path")
+    monkeypatch.setenv("STABKERN_CPU_ISA", isa)
+    monkeypatch.setenv("STABKERN_CPU_KERNEL", family)
+    if lut_rows:
+        monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", lut_rows[0])
+    assert _cpu.kernel("project", 1) == _cpu.kernel("reconstruct", 1) == family
+    return family
 
 
 def cpu_project(x, k, seed, stream=0, t0=0, j0=0, threads=2):
@@ -220,48 +229,63 @@ def fma_chain(length):
     return min(length, 128) + 1
 
 
-def check_both_directions(x, y, k, n, seed, stream, t0=0, j0=0, threads=2, scale=0.5):
+def lut_chain(length):
+    """fp32 roundings any term of an output of the LUT kernel passes through: 3 inside its table entry,
+    one per quad of the chunk's chain (at most 32), 1 for the double sum of the chunk partials."""
+    return 3 + (min(length, 128) + 3) // 4 + 1
+
+
+GEMM_CHAIN = {"fma": fma_chain, "lut": lut_chain}
+
+
+def check_both_directions(x, y, k, n, seed, stream, t0=0, j0=0, threads=2, scale=0.5, family="fma"):
     """Project x (rows, n) and reconstruct y (rows, k) with the kernels chosen now; compare to the reference
-    with the FMA bound for float32 and the table kernels' bound for float64 (always the generic path)."""
+    with the bound of the GEMM family for float32 and the table kernels' bound for float64 (always the
+    generic path)."""
     fma = x.dtype == torch.float32
+    gemm_chain = GEMM_CHAIN[family]
     ref = reference.project(x, k, seed, stream, t0, j0)
     got = cpu_project(x, k, seed, stream, t0, j0, threads)
     assert got.shape == ref.shape and got.dtype == x.dtype
     assert_close_to_reference(got, ref, x.double().abs().sum(1, keepdim=True),
-                              fma_chain(n) if fma else projection_chain(n))
+                              gemm_chain(n) if fma else projection_chain(n))
     ref = reference.reconstruct(y, n, seed, stream, scale, t0, j0)
     got = cpu_reconstruct(y, n, scale, seed, stream, t0, j0, threads)
     assert got.shape == ref.shape and got.dtype == y.dtype
     assert_close_to_reference(got, ref, scale * y.double().abs().sum(1, keepdim=True),
-                              fma_chain(k) if fma else min(k, 256) + 3)
+                              gemm_chain(k) if fma else min(k, 256) + 3)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("rows", (1, 2, 3, 4, 5, 6, 7, 8, 9, 137))
-def test_fma_kernels_odd_sizes(fma_isa, dtype, rows):
-    """Every micro-kernel row count (1..6 and tails of 7..9), two row panels (137 > 128); n and k
-    not multiples of 128, of the strip (16 or 64) or of the register width, across column blocks (256)."""
+def test_gemm_kernels_odd_sizes(gemm_path, dtype, rows):
+    """Every micro-kernel row count (FMA: 1..6 and tails of 7..9; LUT: row blocks of 8 and their
+    tails), two row panels (137 > 128); n and k not multiples of 128, of the strip (16 or 64), of
+    the quad (4), of the register width or of the LUT pass (8 columns), across column blocks (256
+    FMA, 512 LUT) in both directions."""
     gen = torch.Generator().manual_seed(rows)
-    shapes = [(1, 1), (100, 17), (301, 63)] if rows > 9 else [(1, 1), (100, 17), (129, 65), (301, 63), (1000, 300)]
+    shapes = ([(1, 1), (100, 17), (301, 63), (130, 601)] if rows > 9 else
+              [(1, 1), (100, 17), (129, 65), (301, 63), (1000, 300), (66, 1030)])
     for i, (n, k) in enumerate(shapes):
         x = torch.randn(rows, n, generator=gen, dtype=dtype)
         y = torch.randn(rows, k, generator=gen, dtype=dtype)
-        check_both_directions(x, y, k, n, seed=int(torch.randint(0, 2**62, (), generator=gen)), stream=i)
+        check_both_directions(x, y, k, n, seed=int(torch.randint(0, 2**62, (), generator=gen)), stream=i,
+                              family=gemm_path)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_fma_kernels_counter_offsets(fma_isa, dtype):
+def test_gemm_kernels_counter_offsets(gemm_path, dtype):
     """Row offsets t0 (also up to 2^32 - 1, where the expanded padding rows wrap) and column offsets j0
     (multiples of 128, up to 2^37)."""
     gen = torch.Generator().manual_seed(21)
     for rows, n, k, t0, j0 in [(11, 260, 70, 1000, 128), (7, 300, 37, 2**32 - 37, 2**37), (40, 500, 300, 5, 384)]:
         x = torch.randn(rows, n, generator=gen, dtype=dtype)
         y = torch.randn(rows, k, generator=gen, dtype=dtype)
-        check_both_directions(x, y, k, n, seed=2**64 - 1 - rows, stream=2**32 - 1, t0=t0, j0=j0)
+        check_both_directions(x, y, k, n, seed=2**64 - 1 - rows, stream=2**32 - 1, t0=t0, j0=j0, family=gemm_path)
 
 
-def test_fma_kernels_bitwise_identical_for_any_thread_count(fma_isa):
-    """2 row panels x 3 column blocks of units, taken by 1, 2 or 3 threads: the same bits."""
+def test_gemm_kernels_bitwise_identical_for_any_thread_count(gemm_path):
+    """2 row panels x 2 or 3 column blocks of units, taken by 1, 2 or 3 threads: the same bits."""
     gen = torch.Generator().manual_seed(12)
     rows, n, k = 137, 1100, 600
     x, y = torch.randn(rows, n, generator=gen), torch.randn(rows, k, generator=gen)
@@ -271,23 +295,56 @@ def test_fma_kernels_bitwise_identical_for_any_thread_count(fma_isa):
     assert all(torch.equal(runs[0], r) for r in runs[1:])
 
 
-def test_fma_kernels_same_bits_on_avx2_and_avx512(monkeypatch):
-    """Both FMA kernels follow one summation order (sign_gemm.h), so they agree bit for bit."""
-    if "avx512" not in _cpu.available_isas():
-        pytest.skip("this CPU cannot run the avx512 path")
-    monkeypatch.setenv("STABKERN_CPU_KERNEL", "fma")
+@pytest.mark.parametrize("path", ("avx2 8", "avx2 16", "avx512 16"))
+def test_lut_kernel_long_reduction_axis_splits_spans(monkeypatch, path):
+    """A long reduction axis (several spans of 64 chunks) with few units: threads take (unit, span)
+    tasks, span sums added in span order; the same bits as 1 thread sweeping whole units (2 units:
+    1 thread takes the unit split, 2 and 3 threads the span split), within the LUT bound."""
+    isa, lut_rows = path.split()
+    if isa not in _cpu.available_isas():
+        pytest.skip(f"this CPU cannot run the {isa} path")
+    monkeypatch.setenv("STABKERN_CPU_ISA", isa)
+    monkeypatch.setenv("STABKERN_CPU_KERNEL", "lut")
+    monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", lut_rows if isa == "avx2" else "")
+    gen = torch.Generator().manual_seed(14)
+    for rows, n, k in [(137, 20_000, 40), (9, 70_001, 24)]:
+        x = torch.randn(rows, n, generator=gen)
+        runs = [cpu_project(x, k, 6, stream=1, threads=t) for t in (1, 2, 3)]
+        assert all(torch.equal(runs[0], r) for r in runs[1:]), (rows, n, k)
+        assert_close_to_reference(runs[0], reference.project(x, k, 6, 1), x.double().abs().sum(1, keepdim=True),
+                                  lut_chain(n))
+    y = torch.randn(10, 17_000, generator=gen)
+    runs = [cpu_reconstruct(y, 300, 0.5, 6, stream=1, threads=t) for t in (1, 2, 3)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+    assert_close_to_reference(runs[0], reference.reconstruct(y, 300, 6, 1, 0.5),
+                              0.5 * y.double().abs().sum(1, keepdim=True), lut_chain(17_000))
+
+
+@pytest.mark.parametrize("family", ("fma", "lut"))
+def test_gemm_kernels_same_bits_on_avx2_and_avx512(monkeypatch, family):
+    """Each GEMM family follows one summation order on both paths (sign_gemm.h, sign_lut.h), so they
+    agree bit for bit: FMA on AVX2 and AVX-512; LUT with 8- and 16-row tables on AVX2 and on AVX-512."""
+    if "avx2" not in _cpu.available_isas():
+        pytest.skip("this CPU cannot run the avx2 path")
+    monkeypatch.setenv("STABKERN_CPU_KERNEL", family)
     gen = torch.Generator().manual_seed(13)
     x, y = torch.randn(45, 777, generator=gen), torch.randn(45, 300, generator=gen)
-    got = {}
-    for isa in ("avx2", "avx512"):
+    runs = [("avx2", "8"), ("avx2", "16"), ("avx512", "")] if family == "lut" else [("avx2", ""), ("avx512", "")]
+    got = []
+    for isa, lut_rows in runs:
+        if isa not in _cpu.available_isas():
+            continue
         monkeypatch.setenv("STABKERN_CPU_ISA", isa)
-        got[isa] = cpu_project(x, 300, 4, stream=2), cpu_reconstruct(y, 777, 0.5, 4, stream=2)
-    assert all(torch.equal(a, b) for a, b in zip(got["avx2"], got["avx512"]))
+        monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", lut_rows)
+        got.append((cpu_project(x, 300, 4, stream=2), cpu_reconstruct(y, 777, 0.5, 4, stream=2)))
+    assert len(got) >= 2
+    assert all(torch.equal(a, b) for g in got[1:] for a, b in zip(got[0], g))
 
 
 def test_kernel_choice(monkeypatch):
-    """Auto: the FMA kernels for AVX2 reconstruction from 32 rows (and AVX2 projection on AMD), the
-    table kernels otherwise; STABKERN_CPU_KERNEL forces one except on the generic path."""
+    """Auto: the LUT kernel on the AVX2 path from 8 rows in both directions and for AVX-512
+    reconstruction from 32 rows, the table kernels otherwise; STABKERN_CPU_KERNEL forces one except
+    on the generic path."""
     monkeypatch.delenv("STABKERN_CPU_KERNEL", raising=False)
     monkeypatch.setenv("STABKERN_CPU_ISA", "generic")
     assert _cpu.kernel("project", 512) == _cpu.kernel("reconstruct", 512) == "table"
@@ -295,10 +352,25 @@ def test_kernel_choice(monkeypatch):
     assert _cpu.kernel("reconstruct", 512) == "table"
     monkeypatch.setenv("STABKERN_CPU_ISA", "avx2")
     assert _cpu.kernel("project", 1) == "fma"
+    monkeypatch.setenv("STABKERN_CPU_KERNEL", "lut")
+    assert _cpu.kernel("project", 1) == "lut"
     monkeypatch.setenv("STABKERN_CPU_KERNEL", "table")
     assert _cpu.kernel("reconstruct", 512) == "table"
     monkeypatch.setenv("STABKERN_CPU_KERNEL", "auto")
-    assert _cpu.kernel("reconstruct", 31) == "table" and _cpu.kernel("reconstruct", 32) == "fma"
+    for op in ("project", "reconstruct"):
+        assert _cpu.kernel(op, 7) == "table" and _cpu.kernel(op, 8) == _cpu.kernel(op, 512) == "lut"
+    if "avx512" in _cpu.available_isas():
+        monkeypatch.setenv("STABKERN_CPU_ISA", "avx512")
+        assert _cpu.kernel("project", 512) == _cpu.kernel("reconstruct", 31) == "table"
+        assert _cpu.kernel("reconstruct", 32) == "lut"
+    monkeypatch.setenv("STABKERN_CPU_ISA", "avx2")
+    assert _cpu.lut_rows(8) == 8 and _cpu.lut_rows(32) in (8, 16)  # 16 where L1d >= 48 KiB
+    monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", "16")
+    assert _cpu.lut_rows(8) == 16
+    monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", "12")
+    with pytest.raises(ValueError, match="STABKERN_CPU_LUT_ROWS must be"):
+        cpu_project(torch.zeros(40, 8), 4, 0)
+    monkeypatch.delenv("STABKERN_CPU_LUT_ROWS")
     monkeypatch.setenv("STABKERN_CPU_KERNEL", "gemm")
     with pytest.raises(ValueError, match="STABKERN_CPU_KERNEL must be"):
         _cpu.kernel("project", 512)
@@ -375,9 +447,9 @@ def test_memory_stays_linear_in_n_plus_k():
         print(project_growth, reconstruct_growth, control_growth, bool(out.isfinite().all()))
     """, timeout=120)
     project_growth, reconstruct_growth, control_growth, finite = fields
-    assert float(control_growth) > 60, res.stdout
-    assert float(project_growth) < 32, res.stdout
-    assert float(reconstruct_growth) < 16 + 32, res.stdout
+    assert float(control_growth) > 60, fields
+    assert float(project_growth) < 32, fields
+    assert float(reconstruct_growth) < 16 + 32, fields
     assert finite == "True"
 
 

@@ -76,7 +76,10 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("isa", &stabkern::cpu::isa,
         "instruction-set path float32 kernels take now: avx512, avx2 or generic (STABKERN_CPU_ISA forces a lower one)");
   m.def("kernel", &stabkern::cpu::kernel, py::arg("op"), py::arg("rows"),
-        "float32 kernel family a call of op (project or reconstruct) with this many rows takes now: fma (the "
-        "GEMM form) or table; STABKERN_CPU_KERNEL=fma|table forces one");
+        "float32 kernel family a call of op (project or reconstruct) with this many rows takes now: lut or fma "
+        "(GEMM-form kernels) or table; STABKERN_CPU_KERNEL=lut|fma|table forces one");
+  m.def("lut_rows", &stabkern::cpu::lut_rows, py::arg("rows"),
+        "rows per table of the LUT kernel a float32 call with this many rows takes on the current path: 16 or 8 "
+        "(STABKERN_CPU_LUT_ROWS=8|16 forces it on AVX2), 0 on the generic path");
   m.def("available_isas", &stabkern::cpu::available_isas, "every path this CPU can run, lowest first");
 }

@@ -26,6 +26,14 @@
 // S) in chunks of 128; per chunk one fp32 chain from 0 adding +-1 * a[p] by fma in p order (<= 128
 // roundings, each like an addition); the chunk partials added in double in order. Both FMA kernels
 // follow it exactly, so AVX2 and AVX-512 give the same bits.
+//
+// The GEMM-form LUT kernels (Avx2Lut, Avx2Lut16, Avx512Lut; driver and blocking in sign_lut.h)
+// share words() too; all three compute the same entries and chains, so they give the same bits. Their
+// order: the reduction axis in chunks of 128; per chunk one fp32 chain from 0 adding, in quad
+// order, the entry ((+-a[p] +-a[p+1]) +-a[p+2]) +-a[p+3] of each quad of 4 (<= 32 chain additions
+// of entries of 3 additions each, values past the end of the axis 0); the chunk partials added in
+// double in order within spans of 64 chunks, the span sums in double in order. Which family a call
+// takes: family() in sign_kernels.cpp.
 #pragma once
 
 #include <cstddef>

@@ -20,12 +20,17 @@
 //   vector) threads take (unit, span) tasks, a wave of spans at a time, and the span sums are added
 //   in span order afterwards: the same additions either way. Reconstruction units are (8 rows of y,
 //   512 columns); each sweeps all rows of S. Philox words are generated per unit, shared by its rows.
-// - The GEMM form (many rows) can instead take the FMA kernels of sign_gemm.h (own summation order
-//   and work split, documented there); use_gemm() below says when.
+// - The GEMM form (many rows) can instead take the LUT kernel of sign_lut.h or the FMA kernels of
+//   sign_gemm.h (each with its own summation order and work split, documented there); family()
+//   below says when.
 #include "sign_kernels.h"
 
 #if defined(_OPENMP)
 #include <omp.h>
+#endif
+
+#if __has_include(<unistd.h>)
+#include <unistd.h>  // sysconf: the L1 data cache size
 #endif
 
 #include <algorithm>
@@ -40,6 +45,7 @@
 #include "sign_kernels_avx2.h"
 #include "sign_kernels_avx512.h"
 #include "sign_kernels_generic.h"
+#include "sign_lut.h"
 
 namespace stabkern::cpu {
 namespace {
@@ -51,7 +57,8 @@ constexpr int kBlockRows = 512;                               // rows of S per p
 constexpr int kRecBlockGroups = 4;                            // Philox groups per reconstruction unit
 constexpr int64_t kSpanChunks = 64;                           // chunks per double span sum
 constexpr int64_t kWaveBytes = int64_t(1) << 20;              // span sums buffered per wave
-constexpr int64_t kGemmMinRows = 32;                          // rows from which the FMA kernels may win
+constexpr int64_t kLutMinRowsAvx2 = 8;                        // rows from which the LUT kernel wins: AVX2,
+constexpr int64_t kLutMinRowsAvx512 = 32;                     // and AVX-512 reconstruction
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -271,18 +278,6 @@ Isa best_isa() {
   return Isa::kGeneric;
 }
 
-bool is_amd() {
-#if defined(__x86_64__)
-  static const bool amd = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_is("amd") != 0;
-  }();
-  return amd;
-#else
-  return false;
-#endif
-}
-
 Isa chosen_isa() {
   static const Isa best = best_isa();
   const char* env = std::getenv("STABKERN_CPU_ISA");
@@ -298,39 +293,83 @@ Isa chosen_isa() {
                               "'");
 }
 
-// Whether a float32 call takes the GEMM kernels (sign_gemm.h) instead of the lookup-table kernels.
-// The table kernels apply 64 (AVX-512) or 24 (AVX2) sign-MACs per vpermps, one vpermps per cycle on
-// Intel; an FMA applies 16 or 8, two FMAs per cycle at most (one zmm FMA on some AVX-512 parts). So
-// the FMA kernels win only where vpermps is slow or the table kernel wastes it: AVX2 reconstruction
-// (its table kernel adds one +-y per 8 columns), and AVX2 projection on AMD (vpermps ymm is not one
-// per cycle there). From kGemmMinRows rows, where the tile expansion is amortized. On AVX-512 the
-// table kernels stay. STABKERN_CPU_KERNEL=fma|table forces one (read at every call, for tests).
-bool use_gemm(Isa isa, bool project, int64_t rows) {
+// The float32 kernel family of a call. The vpermps table kernels spend one shuffle (port 5 on
+// Intel, slower on AMD) per 64 (AVX-512) or 24 (AVX2) sign-MACs; the FMA kernels one FMA per 16 or
+// 8; the LUT kernels (sign_lut.h) one load + one add per 64 (AVX-512) or 32 (AVX2), on the ports
+// that are two or three per core on Intel and AMD alike, plus a 16-entry table per 4 values and
+// 16 or 8 rows of x / y, which pays only when whole row blocks fill it. Auto rule, from the GEMM
+// form measured here (n = 4608, k = 4096, 1 thread, rows 1..64; csrc/README.md has the sweep):
+// - AVX2 path: the LUT kernel (16- or 8-row tables: lut16() below) from kLutMinRowsAvx2 = 8 rows
+//   in both directions (from 8 rows the 8-row kernel beats the table kernel by 1.4-1.7x
+//   projecting and 1.6-3.3x reconstructing, and the FMA kernel by 2-3x; below 8 rows the table
+//   kernel wins);
+// - AVX-512 path: the LUT kernel for reconstruction from kLutMinRowsAvx512 = 32 rows (1.1x the
+//   table kernel at 32 rows, 1.4x at 64 and more; at 24 rows a half-empty 16-row block loses); the
+//   table kernel for projection (the LUT kernel is within 5% of it at 64..512 rows, slower below);
+// - everything else: the table kernels. The FMA kernels are taken only when forced.
+// STABKERN_CPU_KERNEL=table|fma|lut forces one (read at every call, for tests); the generic path
+// has only the table kernel.
+enum class Family { kTable = 0, kFma = 1, kLut = 2 };
+const char* const kFamilyNames[] = {"table", "fma", "lut"};
+
+Family family(Isa isa, bool project, int64_t rows) {
   const char* env = std::getenv("STABKERN_CPU_KERNEL");
-  bool gemm;
+  Family f;
   if (env == nullptr || env[0] == '\0' || std::strcmp(env, "auto") == 0)
-    gemm = isa == Isa::kAvx2 && rows >= kGemmMinRows && (!project || is_amd());
+    f = (isa == Isa::kAvx2 && rows >= kLutMinRowsAvx2) || (isa == Isa::kAvx512 && !project && rows >= kLutMinRowsAvx512)
+            ? Family::kLut
+            : Family::kTable;
   else if (std::strcmp(env, "fma") == 0)
-    gemm = true;
+    f = Family::kFma;
   else if (std::strcmp(env, "table") == 0)
-    gemm = false;
+    f = Family::kTable;
+  else if (std::strcmp(env, "lut") == 0)
+    f = Family::kLut;
   else
-    throw std::invalid_argument(std::string("STABKERN_CPU_KERNEL must be auto, fma or table, got '") + env + "'");
-  return gemm && isa != Isa::kGeneric;
+    throw std::invalid_argument(std::string("STABKERN_CPU_KERNEL must be auto, fma, lut or table, got '") + env +
+                                "'");
+  return isa == Isa::kGeneric ? Family::kTable : f;
+}
+
+// Which AVX2 LUT kernel: Avx2Lut16 (16-row tables, 32 KiB per chunk) from kLut16MinRows rows where
+// the L1 data cache holds them with the selectors (>= 48 KiB, as the OS reports it), else Avx2Lut
+// (8 rows, 16 KiB). Measured here (48 KiB L1, n = 4608, k = 4096, 1 thread): Avx2Lut16 1.1-1.2x
+// from 32 rows, but half-empty 16-row blocks lose at 8 and 24 rows. STABKERN_CPU_LUT_ROWS=8|16
+// forces one (read at every call, for tests); both give the same bits.
+constexpr int64_t kLut16MinRows = 32;
+
+bool lut16(int64_t rows) {
+  const char* env = std::getenv("STABKERN_CPU_LUT_ROWS");
+  if (env != nullptr && env[0] != '\0') {
+    if (std::strcmp(env, "8") == 0) return false;
+    if (std::strcmp(env, "16") == 0) return true;
+    throw std::invalid_argument(std::string("STABKERN_CPU_LUT_ROWS must be 8 or 16, got '") + env + "'");
+  }
+  static const bool big_l1 = [] {
+#if defined(_SC_LEVEL1_DCACHE_SIZE)
+    return sysconf(_SC_LEVEL1_DCACHE_SIZE) >= 48 * 1024;
+#else
+    return false;
+#endif
+  }();
+  return big_l1 && rows >= kLut16MinRows;
 }
 
 }  // namespace
 
 void project(const float* x, float* y, const SketchArgs& a) {
   const Isa isa = chosen_isa();
-  [[maybe_unused]] const bool gemm = use_gemm(isa, true, a.rows);
+  [[maybe_unused]] const Family f = family(isa, true, a.rows);
   switch (isa) {
 #if defined(__x86_64__)
     case Isa::kAvx512:
-      if (gemm) return gemm_run<Avx512Gemm>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
+      if (f == Family::kLut) return lut_run<Avx512Lut>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
+      if (f == Family::kFma) return gemm_run<Avx512Gemm>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
       return project_run<Avx512Kernel>(x, y, a);
     case Isa::kAvx2:
-      if (gemm) return gemm_run<Avx2Gemm>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
+      if (f == Family::kLut && lut16(a.rows)) return lut_run<Avx2Lut16>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
+      if (f == Family::kLut) return lut_run<Avx2Lut>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
+      if (f == Family::kFma) return gemm_run<Avx2Gemm>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
       return project_run<Avx2Kernel>(x, y, a);
 #endif
     default: return project_run<GenericKernel<float>>(x, y, a);
@@ -344,14 +383,17 @@ void project(const double* x, double* y, const SketchArgs& a) {
 
 void reconstruct(const float* y, float* out, double scale, const SketchArgs& a) {
   const Isa isa = chosen_isa();
-  [[maybe_unused]] const bool gemm = use_gemm(isa, false, a.rows);
+  [[maybe_unused]] const Family f = family(isa, false, a.rows);
   switch (isa) {
 #if defined(__x86_64__)
     case Isa::kAvx512:
-      if (gemm) return gemm_run<Avx512Gemm>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
+      if (f == Family::kLut) return lut_run<Avx512Lut>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
+      if (f == Family::kFma) return gemm_run<Avx512Gemm>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
       return reconstruct_run<Avx512Kernel>(y, out, scale, a);
     case Isa::kAvx2:
-      if (gemm) return gemm_run<Avx2Gemm>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
+      if (f == Family::kLut && lut16(a.rows)) return lut_run<Avx2Lut16>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
+      if (f == Family::kLut) return lut_run<Avx2Lut>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
+      if (f == Family::kFma) return gemm_run<Avx2Gemm>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
       return reconstruct_run<Avx2Kernel>(y, out, scale, a);
 #endif
     default: return reconstruct_run<GenericKernel<float>>(y, out, scale, a);
@@ -368,7 +410,15 @@ const char* isa() { return kIsaNames[int(chosen_isa())]; }
 const char* kernel(const std::string& op, int64_t rows) {
   if (op != "project" && op != "reconstruct")
     throw std::invalid_argument("op must be 'project' or 'reconstruct', got '" + op + "'");
-  return use_gemm(chosen_isa(), op == "project", rows) ? "fma" : "table";
+  return kFamilyNames[int(family(chosen_isa(), op == "project", rows))];
+}
+
+int lut_rows(int64_t rows) {
+  switch (chosen_isa()) {
+    case Isa::kAvx512: return 16;
+    case Isa::kAvx2: return lut16(rows) ? 16 : 8;
+    default: return 0;
+  }
 }
 
 std::vector<std::string> available_isas() {

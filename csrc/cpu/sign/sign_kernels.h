@@ -32,11 +32,17 @@ void reconstruct(const double* y, double* out, double scale, const SketchArgs& a
 // Throws std::invalid_argument if STABKERN_CPU_ISA names an unknown or unsupported path.
 const char* isa();
 
-// The float32 kernel family a call (op "project" or "reconstruct", this many rows) takes now: "fma"
-// (the GEMM form, sign_gemm.h) or "table" (lookup tables; always on the generic path and for
-// float64). STABKERN_CPU_KERNEL=fma|table forces one. Throws std::invalid_argument for an unknown
+// The float32 kernel family a call (op "project" or "reconstruct", this many rows) takes now: "lut"
+// (the GEMM form by table loads, sign_lut.h), "fma" (the GEMM form by FMAs, sign_gemm.h) or "table"
+// (vpermps lookup tables; always on the generic path and for float64). The rule is family() in
+// sign_kernels.cpp; STABKERN_CPU_KERNEL=lut|fma|table forces one. Throws std::invalid_argument for an unknown
 // op, STABKERN_CPU_KERNEL or STABKERN_CPU_ISA.
 const char* kernel(const std::string& op, int64_t rows);
+
+// Rows of x / y per table of the LUT kernel a float32 call with this many rows would take now on
+// the current path: 16 (AVX-512; AVX2 from 32 rows with an L1 data cache >= 48 KiB) or 8 (AVX2
+// otherwise; STABKERN_CPU_LUT_ROWS forces it); 0 on the generic path (no LUT kernel).
+int lut_rows(int64_t rows);
 
 // Every path this CPU can run, lowest first.
 std::vector<std::string> available_isas();

@@ -19,6 +19,7 @@
 #pragma GCC diagnostic pop
 
 #include <cstdint>
+#include <cstring>
 
 #include "common/philox.h"
 #include "kernel_contract.h"
@@ -258,6 +259,196 @@ struct Avx2Gemm {
         _mm256_storeu_pd(d, _mm256_add_pd(_mm256_loadu_pd(d), lo));
         _mm256_storeu_pd(d + 4, _mm256_add_pd(_mm256_loadu_pd(d + 4), hi));
       }
+  }
+};
+
+// The GEMM form by table loads ("lut", driver and blocking in sign_lut.h): the lanes are 8 rows of
+// a (x or y), the reduction axis p (columns of x, or rows of S) goes in quads. For each quad and
+// each 8-row block of a the 16 signed sums of its 4 values are tabulated once (16 registers, 512
+// bytes); every output column c then adds the entry its 4 signs select, one load + one add for
+// 8 rows x 4 p = 32 sign-MACs, twice what an FMA applies, on the load and add ports (not the
+// shuffle port the vpermps kernels need, and not the FMA port alone). The selectors are bytes,
+// idx[q][c] = 4 * (4-bit sign pattern of quad q at column c), shared by every row of the panel.
+struct Avx2Lut {
+  using Words = Avx2Kernel;
+  static constexpr int kW = 8;                        // rows of a per register
+  static constexpr int kQuads = kGroupCols / 4;       // quads per chunk of 128 p
+  static constexpr int kEntryBytes = 16 * kW * 4;     // one quad's table: 16 entries x 8 rows of fp32
+  static constexpr int kCT = 8;                       // output columns (independent add chains) per pass
+  static constexpr int kBlockCols = 256;              // output columns per unit (sign_lut.h): selectors 8 KiB
+                                                      // + tables 16 KiB, within a 32 KiB L1
+
+  // tab[q][s][r] = ((s0 a[r, 4q] + s1 a[r, 4q + 1]) + s2 a[r, 4q + 2]) + s3 a[r, 4q + 3], s_i = +1 if
+  // bit i of s else -1, for r < 8 and q < 32. a: 8 rows (lda apart) of 128 values, zero padded by the
+  // caller. The entry of ~s is computed as the negation of that of s: exactly the same value.
+  STABKERN_AVX2 static void tables(const float* a, int64_t lda, float* tab) { tables_strided(a, lda, tab, kW); }
+
+  // The same with entries `stride` floats apart (Avx512Lut builds its 16-row entries in two halves).
+  STABKERN_AVX2 static void tables_strided(const float* a, int64_t lda, float* tab, int stride) {
+    const __m256 neg = _mm256_set1_ps(-0.0f);
+    for (int p8 = 0; p8 < kGroupCols; p8 += 8) {
+      __m256 v[8];  // v[i][r] = a[r, p8 + i]: an 8 x 8 transpose
+      for (int r = 0; r < 8; ++r) v[r] = _mm256_loadu_ps(a + r * lda + p8);
+      transpose8(v);
+      for (int h = 0; h < 2; ++h) {
+        const __m256 a0 = v[4 * h], a1 = v[4 * h + 1], a2 = v[4 * h + 2], a3 = v[4 * h + 3];
+        float* t = tab + (p8 / 4 + h) * 16 * stride;
+        __m256 e01[4];  // index s & 3
+        e01[3] = _mm256_add_ps(a0, a1);
+        e01[1] = _mm256_sub_ps(a0, a1);
+        e01[2] = _mm256_xor_ps(e01[1], neg);
+        e01[0] = _mm256_xor_ps(e01[3], neg);
+        __m256 e012[8];  // index s & 7: bit 2 set adds a2, clear is the negation of the complement
+        for (int s = 4; s < 8; ++s) e012[s] = _mm256_add_ps(e01[s & 3], a2);
+        for (int s = 0; s < 4; ++s) e012[s] = _mm256_xor_ps(e012[7 - s], neg);
+        for (int s = 8; s < 16; ++s) {
+          const __m256 e = _mm256_add_ps(e012[s & 7], a3);
+          _mm256_store_ps(t + s * stride, e);
+          _mm256_store_ps(t + (15 - s) * stride, _mm256_xor_ps(e, neg));
+        }
+      }
+    }
+  }
+
+  // Projection selectors: idx[q * ldi + c] for c < 8 * ntg (rows of S, words in the
+  // kernel_contract.h layout of one column group), q < 32: quad q is bits 4 (q % 8) .. of word q / 8.
+  template <int Shift = 2>  // selector = pattern << Shift: entry bytes / 8
+  STABKERN_AVX2 static void index_rows(const uint32_t* words, int ntg, uint8_t* idx, int64_t ldi) {
+    const __m256i low = _mm256_set1_epi32(0x0F0F0F0F);
+    // Within each 128-bit lane (4 rows x 4 bytes) gather byte j of the 4 rows into dword j.
+    const __m256i gather = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12, 1,
+                                            5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i pair = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int g = 0; g < ntg; ++g)
+      for (int w = 0; w < 4; ++w) {
+        const __m256i x = _mm256_load_si256(reinterpret_cast<const __m256i*>(words + (g * 4 + w) * kW));
+        for (int odd = 0; odd < 2; ++odd) {
+          // byte j of each row: nibble 2 j + odd of the word, times 4
+          __m256i b = _mm256_slli_epi32(_mm256_and_si256(odd ? _mm256_srli_epi32(x, 4) : x, low), Shift);
+          b = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(b, gather), pair);  // qword j: byte j of rows 0..7
+          alignas(32) uint64_t q[4];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(q), b);
+          for (int j = 0; j < 4; ++j)
+            std::memcpy(idx + (8 * w + 2 * j + odd) * ldi + g * kW, &q[j], 8);
+        }
+      }
+  }
+
+  // Reconstruction selectors: idx[q * ldi + c] for c < 128 * ng (columns; group i's words at
+  // words + i * wstride, rows of S in groups of 8), q < nq: bit k of quad q is S[4 q + k, c].
+  template <int Shift = 2>
+  STABKERN_AVX2 static void index_cols(const uint32_t* words, int64_t wstride, int ng, int nq, uint8_t* idx,
+                                       int64_t ldi) {
+    // Byte lane c of a register of 32 columns (one word per row of S) takes byte c / 8 of the
+    // word (vpshufb within each 128-bit half of the broadcast word), tests bit c % 8, and the 0xFF
+    // where it is set keeps bit k + Shift of the selector: 5 ops per row and 32 columns.
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2,
+                                            3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bits = _mm256_set1_epi64x(int64_t(0x8040201008040201ull));
+    for (int i = 0; i < ng; ++i)
+      for (int q = 0; q < nq; ++q) {
+        const uint32_t* wq = words + i * wstride + (q / 2) * 4 * kW + 4 * (q % 2);  // word 0 of row 4 q
+        uint8_t* out = idx + q * ldi + i * kGroupCols;
+        for (int v = 0; v < 4; ++v) {  // columns 32 v .. 32 v + 31: word v
+          const uint32_t* w = wq + v * kW;
+          __m256i sel = _mm256_setzero_si256();
+          for (int k = 0; k < 4; ++k) {
+            const __m256i x = _mm256_shuffle_epi8(_mm256_set1_epi32(int(w[k])), spread);
+            const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(x, bits), bits);
+            sel = _mm256_or_si256(sel, _mm256_and_si256(set, _mm256_set1_epi8(char(1 << (k + Shift)))));
+          }
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 32 * v), sel);
+        }
+      }
+  }
+
+  // acc[c * 8 + r] += double(fp32 chain over q < nq of tab[q][idx[q * ldi + c] / 4][r]) for c < nc
+  // (a multiple of kCT), r < 8; each chain starts at 0 and adds its entries in q order.
+  STABKERN_AVX2 static void lookups(const float* tab, const uint8_t* idx, int64_t ldi, int nq, int nc, double* acc) {
+    for (int c = 0; c < nc; c += kCT) {
+      __m256 s[kCT];
+      for (int j = 0; j < kCT; ++j) s[j] = _mm256_setzero_ps();
+      const char* t = reinterpret_cast<const char*>(tab);
+      const uint8_t* ix = idx + c;
+      for (int q = 0; q < nq; ++q, t += kEntryBytes, ix += ldi) {
+        for (int j = 0; j < kCT; ++j)
+          s[j] = _mm256_add_ps(s[j], _mm256_load_ps(reinterpret_cast<const float*>(t + size_t(ix[j]) * 8)));
+      }
+      for (int j = 0; j < kCT; ++j) {
+        double* d = acc + (c + j) * kW;
+        const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(s[j]));
+        const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(s[j], 1));
+        _mm256_store_pd(d, _mm256_add_pd(_mm256_load_pd(d), lo));
+        _mm256_store_pd(d + 4, _mm256_add_pd(_mm256_load_pd(d + 4), hi));
+      }
+    }
+  }
+
+ private:
+  STABKERN_AVX2 static void transpose8(__m256* v) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; ++i) {
+      t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+      t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; ++i) {
+      u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+      u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+      u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+      u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; ++i) {
+      v[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
+      v[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+    }
+  }
+};
+
+// Avx2Lut on 16 rows of a per table (the 64-byte entries of Avx512Lut, two ymm halves): one
+// selector load serves two table loads + adds, 64 sign-MACs, 1.1-1.15x Avx2Lut here (48 KiB L1).
+// Its tables are 32 KiB per chunk, so sign_kernels.cpp takes it only on cores whose L1 data cache
+// holds them with the selectors (>= 48 KiB). Same entries and chains as Avx2Lut: the same bits.
+struct Avx2Lut16 {
+  using Words = Avx2Kernel;
+  static constexpr int kW = 16;
+  static constexpr int kEntryBytes = 16 * kW * 4;
+  static constexpr int kCT = 4;                // 8 accumulators
+  static constexpr int kBlockCols = 512;       // selectors 16 KiB + tables 32 KiB: a 48 KiB L1
+
+  STABKERN_AVX2 static void tables(const float* a, int64_t lda, float* tab) {
+    Avx2Lut::tables_strided(a, lda, tab, kW);
+    Avx2Lut::tables_strided(a + 8 * lda, lda, tab + 8, kW);
+  }
+  STABKERN_AVX2 static void index_rows(const uint32_t* words, int ntg, uint8_t* idx, int64_t ldi) {
+    Avx2Lut::index_rows<3>(words, ntg, idx, ldi);
+  }
+  STABKERN_AVX2 static void index_cols(const uint32_t* words, int64_t wstride, int ng, int nq, uint8_t* idx,
+                                       int64_t ldi) {
+    Avx2Lut::index_cols<3>(words, wstride, ng, nq, idx, ldi);
+  }
+
+  STABKERN_AVX2 static void lookups(const float* tab, const uint8_t* idx, int64_t ldi, int nq, int nc, double* acc) {
+    for (int c = 0; c < nc; c += kCT) {
+      __m256 s[kCT][2];
+      for (int j = 0; j < kCT; ++j) s[j][0] = s[j][1] = _mm256_setzero_ps();
+      const char* t = reinterpret_cast<const char*>(tab);
+      const uint8_t* ix = idx + c;
+      for (int q = 0; q < nq; ++q, t += kEntryBytes, ix += ldi) {
+        for (int j = 0; j < kCT; ++j) {
+          const float* e = reinterpret_cast<const float*>(t + size_t(ix[j]) * 8);
+          s[j][0] = _mm256_add_ps(s[j][0], _mm256_load_ps(e));
+          s[j][1] = _mm256_add_ps(s[j][1], _mm256_load_ps(e + 8));
+        }
+      }
+      for (int j = 0; j < kCT; ++j)
+        for (int h = 0; h < 2; ++h) {
+          double* d = acc + (c + j) * kW + 8 * h;
+          const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(s[j][h]));
+          const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(s[j][h], 1));
+          _mm256_store_pd(d, _mm256_add_pd(_mm256_load_pd(d), lo));
+          _mm256_store_pd(d + 4, _mm256_add_pd(_mm256_load_pd(d + 4), hi));
+        }
+    }
   }
 };
 

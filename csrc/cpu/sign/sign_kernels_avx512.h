@@ -31,6 +31,7 @@
 
 #include "common/philox.h"
 #include "kernel_contract.h"
+#include "sign_kernels_avx2.h"
 
 #define STABKERN_AVX512 __attribute__((target("avx512f,avx2,fma")))
 
@@ -297,6 +298,53 @@ struct Avx512Gemm {
         _mm512_storeu_pd(d, _mm512_add_pd(_mm512_loadu_pd(d), lo));
         _mm512_storeu_pd(d + 8, _mm512_add_pd(_mm512_loadu_pd(d + 8), hi));
       }
+  }
+};
+
+// The GEMM form by table loads on 16 rows of a per register (sign_lut.h; the AVX2 version,
+// Avx2Lut, explains it): one zmm load + add applies 16 rows x 4 p = 64 sign-MACs. The tables are
+// built by the AVX2 code in two 8-row halves of each 64-byte entry, the selectors by the AVX2 code
+// (pattern x 8: entry bytes / 8), so the entries, the chains and the bits are those of Avx2Lut.
+struct Avx512Lut {
+  using Words = Avx2Kernel;
+  static constexpr int kW = 16;
+  static constexpr int kEntryBytes = 16 * kW * 4;
+  static constexpr int kCT = 8;
+  static constexpr int kBlockCols = 512;  // selectors 16 KiB + tables 32 KiB: the 48 KiB L1 here (256: -8%)
+
+  STABKERN_AVX512 static void tables(const float* a, int64_t lda, float* tab) {
+    Avx2Lut::tables_strided(a, lda, tab, kW);
+    Avx2Lut::tables_strided(a + 8 * lda, lda, tab + 8, kW);
+  }
+  STABKERN_AVX512 static void index_rows(const uint32_t* words, int ntg, uint8_t* idx, int64_t ldi) {
+    Avx2Lut::index_rows<3>(words, ntg, idx, ldi);
+  }
+  STABKERN_AVX512 static void index_cols(const uint32_t* words, int64_t wstride, int ng, int nq, uint8_t* idx,
+                                         int64_t ldi) {
+    Avx2Lut::index_cols<3>(words, wstride, ng, nq, idx, ldi);
+  }
+
+  // As Avx2Lut::lookups, 16 rows: acc[c * 16 + r].
+  STABKERN_AVX512 static void lookups(const float* tab, const uint8_t* idx, int64_t ldi, int nq, int nc,
+                                      double* acc) {
+    for (int c = 0; c < nc; c += kCT) {
+      __m512 s[kCT];
+      for (int j = 0; j < kCT; ++j) s[j] = _mm512_setzero_ps();
+      const char* t = reinterpret_cast<const char*>(tab);
+      const uint8_t* ix = idx + c;
+      for (int q = 0; q < nq; ++q, t += kEntryBytes, ix += ldi) {
+        for (int j = 0; j < kCT; ++j)
+          s[j] = _mm512_add_ps(s[j], _mm512_load_ps(reinterpret_cast<const float*>(t + size_t(ix[j]) * 8)));
+      }
+      for (int j = 0; j < kCT; ++j) {
+        double* d = acc + (c + j) * kW;
+        const __m512d cv = _mm512_castps_pd(s[j]);
+        const __m512d lo = _mm512_maskz_cvtps_pd(0xFF, _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, cv, 0)));
+        const __m512d hi = _mm512_maskz_cvtps_pd(0xFF, _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, cv, 1)));
+        _mm512_store_pd(d, _mm512_add_pd(_mm512_load_pd(d), lo));
+        _mm512_store_pd(d + 8, _mm512_add_pd(_mm512_load_pd(d + 8), hi));
+      }
+    }
   }
 };
 
