@@ -167,28 +167,29 @@ def _rows_per_pass(prep: Prepared) -> int:
     return max(1, math.ceil(3 * numel / (4 * largest)))
 
 
+def _whole_sample_batch(prep: Prepared, n: int | None, rows: int, budget, what: str) -> int:
+    """Samples per chunk when each sample needs `rows` noisy-pass rows at once (context.plan_chunks' unit),
+    or a ValueError saying `what` does not fit the budget."""
+    batch, trial_chunk = plan_chunks(prep.layers, n or MAX_SAMPLES, rows, torch.finfo(prep.dtype).bits // 8,
+                                     budget, prep.device)
+    if trial_chunk < rows:
+        raise ValueError(f"memory_budget is too small for {what}")
+    return batch
+
+
 def forward_batch(prep: Prepared, n: int | None, draws: int, budget) -> int:
     """Samples per chunk of `forward_meters` (n: samples, None when unknown): 1 + draws forward-mode rows (a
     primal, a tangent and the work of a dual convolution: three rows each), draws plain rows and the draws
     J eta kept between the two passes."""
-    rows = 3 * (1 + draws) + 2 * draws
-    batch, trial_chunk = plan_chunks(prep.layers, n or MAX_SAMPLES, rows, torch.finfo(prep.dtype).bits // 8,
-                                     budget, prep.device)
-    if trial_chunk < rows:
-        raise ValueError(f"memory_budget is too small for one sample's {1 + draws} forward-mode and {draws} noisy "
-                         "rows; raise it or lower draws")
-    return batch
+    return _whole_sample_batch(prep, n, 3 * (1 + draws) + 2 * draws, budget,
+                               f"one sample's {1 + draws} forward-mode and {draws} noisy rows; raise it or lower draws")
 
 
 def sweep_batch(prep: Prepared, n: int | None, probes: int, budget) -> int:
     """Samples per chunk of `reverse_sweeps`: a whole forward of `probes` rows per sample, kept for autograd."""
-    rows = probes * _rows_per_pass(prep)
-    batch, trial_chunk = plan_chunks(prep.layers, n or MAX_SAMPLES, rows, torch.finfo(prep.dtype).bits // 8,
-                                     budget, prep.device)
-    if trial_chunk < rows:
-        raise ValueError(f"memory_budget is too small for one sample's forward on {probes} probe rows kept for the "
-                         "reverse sweeps; raise it or lower probes")
-    return batch
+    return _whole_sample_batch(prep, n, probes * _rows_per_pass(prep), budget,
+                               f"one sample's forward on {probes} probe rows kept for the reverse sweeps; raise it "
+                               "or lower probes")
 
 
 def clean_batch(prep: Prepared, n: int | None, budget) -> int:

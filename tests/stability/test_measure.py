@@ -381,3 +381,26 @@ def test_reverse_sweeps_equal_the_pairwise_definition(kind):
             beta = (got["positions"][i] * per_position.max(1).values / per_position.sum(1)).sqrt().numpy()
             np.testing.assert_allclose(got["beta"][:, i, j], beta if got["positions"][i] > 1 else 1.0, rtol=1e-4)
     assert len(want) > 0
+
+
+def test_budget_too_small_for_the_reverse_sweeps_is_a_clear_error():
+    """A memory_budget that holds the forward-mode rows of one sample but not its whole forward on the probe
+    copies: the reverse sweeps refuse with a ValueError naming what does not fit, before any work."""
+    from stabkern.stability.meters import forward_batch, sweep_batch
+
+    net, x = chain(), torch.randn(4, 6)
+    with metering(net):
+        prep = prepare(net, x)
+        low, high = 1, 1 << 30  # the smallest budget forward_batch accepts (draws=1)
+        while low < high:
+            mid = (low + high) // 2
+            try:
+                forward_batch(prep, 4, 1, mid)
+                high = mid
+            except ValueError:
+                low = mid + 1
+        assert forward_batch(prep, 4, 1, low) == 1
+        with pytest.raises(ValueError, match="memory_budget is too small for one sample's forward on 64 probe rows"):
+            sweep_batch(prep, 4, 64, low)
+        with pytest.raises(ValueError, match="memory_budget"):
+            stabkern.stability.interlayer_cushion(net, x, probes=64, memory_budget=low)
