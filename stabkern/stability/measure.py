@@ -86,9 +86,10 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     sample's 95% interval): reverse-mode Hutchinson probes per sample and output layer for ||J||_F and
     beta (the cost of `measure` grows with probes and draws, a forward and a backward over the net per
     probe, about one suffix pass per draw; more probes narrow each sample's interval as 1/sqrt(probes));
-    draws: noise draws per sample and layer for the smoothness (min over them); margin: gamma, or None to take the margin_quantile quantile of
-    the margins; spectral_iters, spectral_tol: the most iterations and the relative tolerance of the spectral
-    norms (Lanczos, stabkern/opnorms.py; the report's bound["operator_norms"] gives the iterations used).
+    draws: noise draws per sample and layer for the smoothness (min over them); margin: gamma, or None to
+    take the margin_quantile quantile of the margins; spectral_iters, spectral_tol: the most iterations
+    and the relative tolerance of the spectral norms (Lanczos, stabkern/opnorms.py; the report's
+    bound["operator_norms"] gives the iterations used).
     The model may return a tensor of logits, a tuple (its first tensor) or a dict ("logits", else "out").
     Every argument, the data and the labels are checked before any work (a stream's batches as they come,
     and its labels' count at its end); a UserWarning says when gamma

@@ -199,8 +199,8 @@ def clean_batch(prep: Prepared, n: int | None, budget) -> int:
 
 def forward_meters(prep: Prepared, data, *, draws: int, alpha: float, seed: int, budget, backend: str, group=None,
                    tally: Tally | None = None) -> dict:
-    """Per sample (N, L, L): jx_norm = ||J^{i,j} x^i||, jx_rel = jx_norm / ||x^i|| and the smoothness rho (bias-aware) and
-    rho_literal (min over `draws` noise draws; NaN when draws = 0).
+    """Per sample (N, L, L): jx_norm = ||J^{i,j} x^i|| (the diagonal: ||x^i||, J = I) and the smoothness rho
+    (bias-aware) and rho_literal (min over `draws` noise draws; NaN when draws = 0).
 
     One forward-mode pass per injection layer i from x^i on 1 + draws rows (tangents x^i and the noise draws
     eta_d: J x^i and J eta_d at every later layer), then one plain pass on the draws noisy rows x^i + eta_d.
@@ -215,14 +215,13 @@ def forward_meters(prep: Prepared, data, *, draws: int, alpha: float, seed: int,
 
     def work(s0, xc, injections):
         b = xc.shape[0]
-        jx_norm, jx_rel, rho, rho_literal = (np.full((b, num, num), np.nan) for _ in range(4))
+        jx_norm, rho, rho_literal = (np.full((b, num, num), np.nan) for _ in range(3))
         with precision_mode("highest", prep.device):
             clean = prep.propagator.clean(prep.batch(xc))
         y_norm = [y.flatten(1).double().norm(dim=1) for y in clean.outputs]
         for i in injections:
             if tally is not None:
                 tally.step()
-            jx_rel[:, i, i] = 1.0
             jx_norm[:, i, i] = y_norm[i].cpu().numpy()
             if i == num - 1:
                 continue
@@ -236,9 +235,7 @@ def forward_meters(prep: Prepared, data, *, draws: int, alpha: float, seed: int,
                 p, t = fwAD.unpack_dual(y)
                 if t is None:  # the hooked forward reached a layer that does not depend on x^i
                     return
-                norm = _row_norms(t[:b])
-                jx_norm[:, i, j] = norm.cpu().numpy()
-                jx_rel[:, i, j] = (norm / y_norm[i]).cpu().numpy()
+                jx_norm[:, i, j] = _row_norms(t[:b]).cpu().numpy()
                 if draws:
                     linear[j] = (p[:b], t[:b], t[b:])
 
@@ -263,10 +260,10 @@ def forward_meters(prep: Prepared, data, *, draws: int, alpha: float, seed: int,
 
             with precision_mode("highest", prep.device):
                 prep.propagator.suffix(clean, i, repeat_trials(x_i, draws) + eta, "output", observe_noisy)
-        return jx_norm, jx_rel, rho, rho_literal
+        return jx_norm, rho, rho_literal
 
-    jx_norm, jx_rel, rho, rho_literal = run_units(source, batch, num, 4, work, group=group, tally=tally)
-    return {"jx_norm": jx_norm, "jx_rel": jx_rel, "rho": rho, "rho_literal": rho_literal}
+    jx_norm, rho, rho_literal = run_units(source, batch, num, 3, work, group=group, tally=tally)
+    return {"jx_norm": jx_norm, "rho": rho, "rho_literal": rho_literal}
 
 
 def _row_norms(v: torch.Tensor, start: int = 1) -> torch.Tensor:
@@ -385,9 +382,12 @@ def jacobian_meters(prep: Prepared, data, *, probes: int, draws: int, alpha: flo
         parts.append((fwd, rev))
     fwd, rev = ({key: np.concatenate([p[k][key] for p in parts]) for key in parts[0][k] if key != "positions"}
                 for k in range(2))
+    jx_norm, diagonal = fwd["jx_norm"], np.arange(fwd["jx_norm"].shape[1])
     with np.errstate(invalid="ignore", divide="ignore"):  # NaN where undefined (j < i, a parallel branch)
-        mu = fwd["jx_rel"] / np.sqrt(rev["frob2"])
-    return {"mu": mu, "mu_rse": 0.5 * rev["frob2_rse"], "jx_norm": fwd["jx_norm"], "rho": fwd["rho"],
+        jx_rel = jx_norm / jx_norm[:, diagonal, diagonal][:, :, None]  # ||J x^i|| / ||x^i||
+        jx_rel[:, diagonal, diagonal] = 1.0
+        mu = jx_rel / np.sqrt(rev["frob2"])
+    return {"mu": mu, "mu_rse": 0.5 * rev["frob2_rse"], "jx_norm": jx_norm, "rho": fwd["rho"],
             "rho_literal": fwd["rho_literal"], "beta": rev["beta"], "positions": parts[0][1]["positions"]}
 
 

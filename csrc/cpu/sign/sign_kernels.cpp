@@ -355,22 +355,40 @@ bool lut16(int64_t rows) {
   return big_l1 && rows >= kLut16MinRows;
 }
 
+// A float32 call by the GEMM-form kernel family() picks (LUT or FMA): rows of `in` (P values each: n
+// projecting, k reconstructing) to rows of `out` (C values). False when the pick is the table kernel.
+bool run_gemm_form([[maybe_unused]] Isa isa, Family f, [[maybe_unused]] const float* in,
+                   [[maybe_unused]] float* out, [[maybe_unused]] double scale, bool project,
+                   const SketchArgs& a) {
+  if (f == Family::kTable) return false;
+  [[maybe_unused]] const int64_t P = project ? a.n : a.k, C = project ? a.k : a.n;
+  [[maybe_unused]] const SignKey key = key_of(a);
+  [[maybe_unused]] const int threads = thread_count(a);
+  switch (isa) {
+#if defined(__x86_64__)
+    case Isa::kAvx512:
+      if (f == Family::kLut) lut_run<Avx512Lut>(in, out, a.rows, P, C, scale, project, key, a, threads);
+      else gemm_run<Avx512Gemm>(in, out, a.rows, P, C, scale, project, key, a, threads);
+      return true;
+    case Isa::kAvx2:
+      if (f == Family::kFma) gemm_run<Avx2Gemm>(in, out, a.rows, P, C, scale, project, key, a, threads);
+      else if (lut16(a.rows)) lut_run<Avx2Lut16>(in, out, a.rows, P, C, scale, project, key, a, threads);
+      else lut_run<Avx2Lut>(in, out, a.rows, P, C, scale, project, key, a, threads);
+      return true;
+#endif
+    default: return false;  // family() gives the generic path the table kernel only
+  }
+}
+
 }  // namespace
 
 void project(const float* x, float* y, const SketchArgs& a) {
   const Isa isa = chosen_isa();
-  [[maybe_unused]] const Family f = family(isa, true, a.rows);
+  if (run_gemm_form(isa, family(isa, true, a.rows), x, y, 1.0, true, a)) return;
   switch (isa) {
 #if defined(__x86_64__)
-    case Isa::kAvx512:
-      if (f == Family::kLut) return lut_run<Avx512Lut>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
-      if (f == Family::kFma) return gemm_run<Avx512Gemm>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
-      return project_run<Avx512Kernel>(x, y, a);
-    case Isa::kAvx2:
-      if (f == Family::kLut && lut16(a.rows)) return lut_run<Avx2Lut16>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
-      if (f == Family::kLut) return lut_run<Avx2Lut>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
-      if (f == Family::kFma) return gemm_run<Avx2Gemm>(x, y, a.rows, a.n, a.k, 1.0, true, key_of(a), a, thread_count(a));
-      return project_run<Avx2Kernel>(x, y, a);
+    case Isa::kAvx512: return project_run<Avx512Kernel>(x, y, a);
+    case Isa::kAvx2: return project_run<Avx2Kernel>(x, y, a);
 #endif
     default: return project_run<GenericKernel<float>>(x, y, a);
   }
@@ -383,18 +401,11 @@ void project(const double* x, double* y, const SketchArgs& a) {
 
 void reconstruct(const float* y, float* out, double scale, const SketchArgs& a) {
   const Isa isa = chosen_isa();
-  [[maybe_unused]] const Family f = family(isa, false, a.rows);
+  if (run_gemm_form(isa, family(isa, false, a.rows), y, out, scale, false, a)) return;
   switch (isa) {
 #if defined(__x86_64__)
-    case Isa::kAvx512:
-      if (f == Family::kLut) return lut_run<Avx512Lut>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
-      if (f == Family::kFma) return gemm_run<Avx512Gemm>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
-      return reconstruct_run<Avx512Kernel>(y, out, scale, a);
-    case Isa::kAvx2:
-      if (f == Family::kLut && lut16(a.rows)) return lut_run<Avx2Lut16>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
-      if (f == Family::kLut) return lut_run<Avx2Lut>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
-      if (f == Family::kFma) return gemm_run<Avx2Gemm>(y, out, a.rows, a.k, a.n, scale, false, key_of(a), a, thread_count(a));
-      return reconstruct_run<Avx2Kernel>(y, out, scale, a);
+    case Isa::kAvx512: return reconstruct_run<Avx512Kernel>(y, out, scale, a);
+    case Isa::kAvx2: return reconstruct_run<Avx2Kernel>(y, out, scale, a);
 #endif
     default: return reconstruct_run<GenericKernel<float>>(y, out, scale, a);
   }
