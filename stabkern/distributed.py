@@ -23,9 +23,19 @@ Collectives use the group's backend: gloo for CPU tensors, NCCL for CUDA tensors
   single-process bits on any number of ranks. `agree_on_failure` makes every rank raise when one did,
   instead of leaving the others waiting in the next collective.
 - `is_main_process(group)`: True on the rank that writes files and prints (rank 0; always without a group).
+
+Threads. "The single-process bits" means those of one process run with the same number of torch
+threads (`torch.get_num_threads()`) as each rank. stabkern's own kernels give the same bits for any
+thread count, but torch's CPU matrix products need not: MKL's sgemm, for one, splits some shapes over
+threads and sums in a thread-dependent order (on an AMD EPYC, a (6, 64) x (64, 64) Linear differs in the
+last bit between 1 and 2 threads). Across thread counts, results agree within the float32 rounding of those
+products (tests/test_distributed.py derives the bound). Ranks of a gloo group compare their thread counts
+in `agree_on_failure` and warn when they differ: the merged result is then no single process's bits.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
@@ -81,7 +91,8 @@ def collective_device(group) -> torch.device:
 
 def agree_on_failure(error: BaseException | None, group) -> None:
     """Raise on every rank when any rank failed: `error` on the ranks that caught one, a RuntimeError naming
-    the failed ranks on the others. Call it (on every rank) after sharded work, before the next collective."""
+    the failed ranks on the others. Call it (on every rank) after sharded work, before the next collective.
+    On CPU ranks it also warns (RuntimeWarning) when their torch thread counts differ (see the module note)."""
     rank, size = group_rank_size(group)
     if size == 1:
         if error is not None:
@@ -90,12 +101,19 @@ def agree_on_failure(error: BaseException | None, group) -> None:
     import torch.distributed as dist
 
     group = resolve_group(group)
-    flags = [torch.zeros(1, dtype=torch.int64, device=collective_device(group)) for _ in range(size)]
-    mine = torch.tensor([int(error is not None)], dtype=torch.int64, device=flags[0].device)
+    device = collective_device(group)
+    # one collective for both: whether each rank failed, and its torch thread count (see the module note)
+    flags = [torch.zeros(2, dtype=torch.int64, device=device) for _ in range(size)]
+    mine = torch.tensor([int(error is not None), torch.get_num_threads()], dtype=torch.int64, device=device)
     dist.all_gather(flags, mine, group=group)
+    threads = [int(f[1]) for f in flags]
+    if device.type == "cpu" and len(set(threads)) > 1:
+        warnings.warn(f"the ranks run torch with different thread counts {threads}: torch's CPU matrix products "
+                      "may round differently with each, so the result is not bitwise that of one process; call "
+                      "torch.set_num_threads(n) with the same n on every rank", RuntimeWarning, stacklevel=2)
     if error is not None:
         raise error
-    failed = [r for r, f in enumerate(flags) if int(f.item())]
+    failed = [r for r, f in enumerate(flags) if int(f[0])]
     if failed:
         raise RuntimeError(f"rank(s) {failed} failed in sharded work (their error is raised there)")
 

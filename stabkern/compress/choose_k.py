@@ -49,7 +49,7 @@ from torch import nn
 
 from .. import opnorms
 from .._checks import check_float, check_names, check_positive, check_positive_int, check_seed
-from ..distributed import group_rank_size, owner, resolve_group
+from ..distributed import agree_on_failure, group_rank_size, owner, resolve_group
 from ..progress import Tally
 from ..sketched import check_mode, conv_padding, row_length
 from .data import linear_part, run_with_hooks
@@ -195,7 +195,12 @@ def layer_cushions(model: nn.Module, data, *, mode: str = "filter", layers=None,
         batch[0] = index
         return owner(index, size) == rank
 
-    run_with_hooks(dense, {m: hook_for(name) for _, name, m in found}, data, batch_size, keep=keep, tally=tally)
+    error = None
+    try:
+        run_with_hooks(dense, {m: hook_for(name) for _, name, m in found}, data, batch_size, keep=keep, tally=tally)
+    except Exception as err:  # noqa: BLE001 - raised again below, on every rank (no rank left waiting)
+        error = err
+    agree_on_failure(error, group)
     if size > 1:  # every rank gets every batch's numbers, in batch order (a stable sort: a layer called twice)
         import torch.distributed as dist
 
