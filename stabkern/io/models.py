@@ -162,11 +162,13 @@ def _unwrap_state_dict(state, path: Path) -> dict:
 
 
 def _classes_from_state(state: dict, path: Path) -> int:
-    """Output count of the last Linear: the last 2-D '*.weight' in the state_dict."""
+    """Output count of the last layer: the last '*.weight' of a Linear (2-D) or of a 1x1 conv (SqueezeNet
+    scores classes with one) in the state_dict."""
     for key in reversed(list(state)):
-        if key.endswith("weight") and state[key].dim() == 2:
-            return int(state[key].shape[0])
-    raise InputError(f"{path} has no Linear weight to read the class count from: pass --num-classes")
+        t = state[key]
+        if key.endswith("weight") and (t.dim() == 2 or (t.dim() == 4 and t.shape[2:] == (1, 1))):
+            return int(t.shape[0])
+    raise InputError(f"{path} has no Linear or 1x1 conv weight to read the class count from: pass --num-classes")
 
 
 def _load_strict(model: nn.Module, state: dict, arch: str, classes: int, path: Path, inferred: bool) -> None:

@@ -73,6 +73,18 @@ def test_vgg_state_dict_infers_classes_from_the_last_linear(tmp_path):
         assert torch.equal(loaded.model.state_dict()[k], v)
 
 
+@pytest.mark.parametrize("arch, head", [("squeezenet1_1", "classifier.1.weight"), ("resnet18_gn", "fc.weight")])
+def test_zoo_state_dict_infers_classes_from_the_head(tmp_path, arch, head):
+    """SqueezeNet scores classes with a 1x1 conv (no Linear at all); resnet18_gn has no running stats."""
+    torch.manual_seed(0)
+    model = zoo.build(arch, 3, prefer_torchvision=False)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    loaded = load_model(f"{arch}:{tmp_path / 'w.pt'}")
+    assert loaded.model.state_dict()[head].shape[0] == 3
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[k], v)
+
+
 def test_torchscript(tmp_path, x32):
     model = TinyNet().eval()
     torch.jit.trace(model, x32).save(str(tmp_path / "m.ts"))

@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from torchvision_pinned import ARCHITECTURES as PINNED_NAMES
+
 from stabkern import zoo
 
 # torchvision.models.<name>(weights=None).num_params, as documented per architecture.
@@ -19,6 +21,8 @@ TORCHVISION_PARAMS = {
     "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
     "resnet152": 60_192_808,
 }
+# resnet18 with GroupNorm(32, c): each norm keeps its per-channel weight and bias, so the count is resnet18's.
+STABKERN_ONLY_PARAMS = {"resnet18_gn": 11_689_512}
 
 
 def _bn(prefix, c):
@@ -90,15 +94,16 @@ def test_vgg11_keys_and_shapes_equal_torchvision(vgg11):
     assert _shapes(vgg11) == expected
 
 
-@pytest.mark.parametrize("name", zoo.ARCHITECTURES)
+@pytest.mark.parametrize("name", {**TORCHVISION_PARAMS, **STABKERN_ONLY_PARAMS})
 def test_parameter_count_equals_torchvision(name):
     with torch.device("meta"):  # shapes only: no memory, no init cost
         model = zoo.build(name, prefer_torchvision=False)
-    assert sum(p.numel() for p in model.parameters()) == TORCHVISION_PARAMS[name]
+    assert sum(p.numel() for p in model.parameters()) == {**TORCHVISION_PARAMS, **STABKERN_ONLY_PARAMS}[name]
 
 
 def test_architectures_lists_every_family_member():
-    assert set(zoo.ARCHITECTURES) == set(TORCHVISION_PARAMS)
+    # VGG / ResNet here, the eight families pinned from torchvision (test_zoo_modern.py), resnet18_gn.
+    assert set(zoo.ARCHITECTURES) == set(TORCHVISION_PARAMS) | set(PINNED_NAMES) | set(STABKERN_ONLY_PARAMS)
 
 
 def _with_changed_running_stats(model):
