@@ -1,8 +1,8 @@
 """The JSON Schemas (draft 2020-12) of every report stabkern writes, shipped as package data.
 
 One file per `format`: stabkern-attenuation-report-v1, stabkern-measure-report-v1,
-stabkern-compression-report-v1, stabkern-choose-k-v1, stabkern-card-v1 (+ distribution.json, the
-per-sample summary they share). Documented in docs/card.md. `validate(doc)` checks a report's
+stabkern-compression-report-v1, stabkern-choose-k-v1, stabkern-card-v1, stabkern-study-report-v1
+(+ distribution.json, the per-sample summary they share). Documented in docs/card.md and docs/study.md. `validate(doc)` checks a report's
 `to_dict()` against the schema its "format" names (needs `jsonschema`); `tagged` adds "format" and
 "schema_version" to a dict whose class does not write them yet. Not a serializer: reports build their
 own dicts.
@@ -15,7 +15,7 @@ from importlib import resources
 
 SCHEMA_VERSION = 1
 FORMATS = ("stabkern-attenuation-report-v1", "stabkern-measure-report-v1", "stabkern-compression-report-v1",
-           "stabkern-choose-k-v1", "stabkern-card-v1")
+           "stabkern-choose-k-v1", "stabkern-card-v1", "stabkern-study-report-v1")
 
 
 def load(name: str) -> dict:

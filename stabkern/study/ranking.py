@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -84,11 +85,15 @@ def tau_interval(measure, gap, *, resamples: int = 2000, seed: int = 0) -> Inter
     value = kendall_tau(x, y) if x.size >= 2 else math.nan
     if x.size < 4 or not math.isfinite(value):
         return Interval(value, math.nan, math.nan, int(x.size))
+
     def statistic(a, b, axis):
         return kendall_tau(np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1))
 
-    result = stats.bootstrap((x, y), statistic, paired=True, vectorized=True, n_resamples=resamples,
-                             confidence_level=CONFIDENCE, method="BCa", rng=np.random.default_rng(seed))
+    with warnings.catch_warnings():
+        # a resample may hold one distinct net only (τ undefined): scipy then gives NaN bounds and says so
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        result = stats.bootstrap((x, y), statistic, paired=True, vectorized=True, n_resamples=resamples,
+                                 confidence_level=CONFIDENCE, method="BCa", rng=np.random.default_rng(seed))
     low, high = result.confidence_interval
     return Interval(value, float(low), float(high), int(x.size))
 
