@@ -96,3 +96,53 @@ def demo_nets(seed: int = 0) -> list[Net]:
                         model=lambda w=width, d=depth, p=noise, n=size: train(w, d, p, n, seed),
                         train=noisy_training_set(size, noise, seed), test=test, hyperparameters=hyper))
     return nets
+
+
+def monitored_training(folder, seed: int = 0, width: int = 16, depth: int = 3, size: int = 1024,
+                       epochs: int = EPOCHS) -> dict:
+    """Train grid_net(width, depth) twice, on true labels and on 50% label noise, with a StabilityMonitor at
+    its defaults; write monitor-true.jsonl, monitor-noise50.jsonl and monitor.png (attenuation and held-out
+    accuracy against the epoch, both runs) in `folder`. Returns {run: records}."""
+    import pathlib
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .monitor import StabilityMonitor
+
+    folder = pathlib.Path(folder)
+    _, test = load_digits_tensors(seed=0)
+    runs = {}
+    for label, noise in (("true", 0.0), ("noise50", 0.5)):
+        x, y = noisy_training_set(size, noise, seed)
+        torch.manual_seed(seed)
+        model = grid_net(width, depth)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        gen = torch.Generator().manual_seed(seed)
+        path = folder / f"monitor-{label}.jsonl"
+        path.unlink(missing_ok=True)
+        monitor = StabilityMonitor(model, (x[:128], y[:128]), held_out=test, path=path, seed=seed)
+        for epoch in range(epochs):
+            model.train()
+            for idx in torch.randperm(size, generator=gen).split(64):
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+                opt.step()
+            monitor.step(epoch=epoch + 1, force=epoch + 1 == epochs)
+        runs[label] = monitor.records
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for label, records in runs.items():
+        epochs_seen = [r["epoch"] for r in records]
+        axes[0].plot(epochs_seen, [r["attenuation_first_to_output"] for r in records], "o-", ms=3, label=label)
+        axes[1].plot(epochs_seen, [r["held_out_accuracy"] for r in records], "o-", ms=3, label=label)
+    axes[0].set_title("noise at the output from the first layer", fontsize=9)
+    axes[1].set_title("held-out accuracy", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "monitor.png", dpi=110)
+    plt.close(fig)
+    return runs
