@@ -18,7 +18,7 @@ from .._checks import check_choice, check_float, check_int, check_names, check_p
     check_seed
 from ..progress import Tally
 from .attenuation import attenuation_report, attenuation_sums
-from .bound import bounds, check_labels, choose_margin, logits_of, margins, small_margin
+from .bound import bounds, check_labels, choose_margin, hypotheses, logits_of, margins, small_margin
 from .context import MAX_SAMPLES, DataSource, check_precision, count_chunks, metering, plan_chunks, prepare
 from .meters import (activation_contraction_dict, check_meterable, clean_batch, clean_meters, interlayer_cushion_dict,
                      jacobian_meters, jacobian_units, layer_cushion_dict, max_or_nan, min_or_nan,
@@ -111,8 +111,9 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     labels: (N,) integer class indices for the margins (None: the labels of (inputs, labels) pairs, else the
     model's own predictions); group, progress: as in `noise_attenuation` (one stage, "measure"); alpha,
     trials, seed, precision, floor, memory_budget, method, backend, channels_last: as in
-    `noise_attenuation` (alpha also sizes the smoothness noise); probes (>= 2: the bound uses each
-    sample's 95% interval): reverse-mode Hutchinson probes per sample and output layer for ||J||_F and
+    `noise_attenuation` (alpha also sizes the smoothness noise); probes (>= 2: the bound uses the lower
+    end of each sample's 95% interval, mu (1 - t rse) with t the Student-t quantile at probes - 1 degrees of
+    freedom: 12.7 at 2 probes, 3.18 at 4): reverse-mode Hutchinson probes per sample and output layer for ||J||_F and
     beta (the cost of `measure` grows with probes and draws, a forward and a backward over the net per
     probe, about one suffix pass per draw; more probes narrow each sample's interval as 1/sqrt(probes));
     draws: noise draws per sample and layer for the smoothness (min over them); margin: gamma, or None to
@@ -232,6 +233,8 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     bound["rho"] = min_or_nan(jac["rho"])
     bound["rho_literal"] = min_or_nan(jac["rho_literal"])
     bound["psi"] = float(np.nanmax(att.per_sample_sq[:, :, -1]) / alpha ** 2)
+    bound["hypotheses"] = hypotheses(bound["log10"], rho=bound["rho"], d=bound["d"], layer_k=bound["layer_k_log10"],
+                                     layer_weights=bound["layer_weights"])
     settings = {"alpha": alpha, "trials": trials, "probes": probes, "draws": draws, "seed": seed,
                 "margin_quantile": margin_quantile if margin is None else None, "precision": precision,
                 "method": prep.propagator.method, "device": str(prep.device), "n_samples": n,
