@@ -257,7 +257,8 @@ def _contrast(real: dict, shuffled: dict, what: str = "true labels") -> dict:
     att = (a["attenuation_first_to_last"], b["attenuation_first_to_last"])
     ours = (a["log10"].get("ours"), b["log10"].get("ours"))
     shows = None not in att + ours and att[0] < att[1] and ours[0] < ours[1]
-    text = (f"{what}: first-layer noise reaches the output at {att[0]:.3g}, log10 bound {ours[0]:.2f}; "
-            f"shuffled labels: {att[1]:.3g}, {ours[1]:.2f}: the contrast "
+    g = lambda v, spec: "undefined or infinite" if v is None else format(v, spec)  # noqa: E731 (JSON null)
+    text = (f"{what}: first-layer noise reaches the output at {g(att[0], '.3g')}, log10 bound {g(ours[0], '.2f')}; "
+            f"shuffled labels: {g(att[1], '.3g')}, {g(ours[1], '.2f')}: the contrast "
             f"{'shows' if shows else 'does NOT show'} (noise attenuates and the bound is smaller on true labels)")
     return {"attenuation_first_to_last": list(att), "log10_ours": list(ours), "shows": shows, "text": text}
