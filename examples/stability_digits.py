@@ -71,14 +71,22 @@ def markdown(d: dict, seconds: float, acc: float) -> str:
               f"beta = {_fmt(b['beta'])}.",
               "", "## Effective number of parameters (log10 of each bound's capacity term)", "",
               f"Margin gamma = {_fmt(b['gamma'])} (the 10% quantile of the training margins; margin loss "
-              f"{b['margin_loss']:.3f}). mu_(i->) is the conservative estimate (lower end of each sample's 95% "
-              "interval). Every bound without its log factors (column 3: log10 of the dropped factor); \"ours, "
-              "chain\" is Theorem 4.1 on the unrolled operators, \"ours, conv\" the section-5 form with beta and "
-              "ceil(kappa/s)^2 (recalled, not checked against the paper's text).", "",
-              "| bound | log10 | dropped log factor (log10) |", "|---|---|---|"]
+              f"{b['margin_loss']:.3f}). mu_(i->) is the conservative estimate: the lower end of each sample's 95% "
+              f"interval mu (1 - t rse), t = {b['mu_rse']['t_quantile']:.3g} (Student-t at {s['probes']} probes); "
+              f"the relative standard error rse of a sample's mu_(i,j) in this run has median "
+              f"{100 * b['mu_rse']['median']:.2g}% (q95 {100 * b['mu_rse']['q95']:.2g}%). Every bound without its "
+              "log factors (column 3: log10 of the dropped factor); \"ours, chain\" is Theorem 4.1 on the unrolled "
+              "operators and the headline, \"ours, conv\" the section-5 form with beta and ceil(kappa/s)^2, "
+              "UNVERIFIED (recalled, not checked against the paper's text). Column 4: whether each bound's "
+              "hypotheses hold on this net (`bound[\"hypotheses\"]`).", "",
+              "| bound | log10 | dropped log factor (log10) | hypotheses on this net |", "|---|---|---|---|"]
+    hyp = b["hypotheses"]
     for key, label in BOUND_LABELS.items():
         if key in b["log10"]:
-            lines.append(f"| {label} | {_fmt(b['log10'][key], 4)} | {_fmt(b['log_factors_log10'].get(key))} |")
+            verdict = "" if key not in hyp else \
+                {True: "hold", False: "FAIL", None: "not all checked"}[hyp[key]["holds"]] + ": " + hyp[key]["text"]
+            lines.append(f"| {label} | {_fmt(b['log10'][key], 4)} | {_fmt(b['log_factors_log10'].get(key))} | "
+                         f"{verdict} |")
     lines += ["", "![attenuation, cushions, bounds](stability_digits.png)", ""]
     return "\n".join(lines)
 

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from ..stability.plots import MAX_LEGEND, layer_ticks
+from ..stability.plots import BOUND_LABELS, MAX_LEGEND, layer_ticks
 
 
 def _pyplot():
@@ -80,17 +80,15 @@ def contraction(doc: dict, ax):
            "activation contraction per sample", "||x|| / ||phi(x)||")
 
 
-BOUND_LABELS = {"ours": "ours (Arora et al. 2018)", "parameters": "# parameters",
-                "spectral_bartlett2017": "spectral (Bartlett et al. 2017)",
-                "pac_bayes_neyshabur2018": "PAC-Bayes (Neyshabur et al. 2018)",
-                "l1_bartlett_mendelson2002": "l1 (Bartlett-Mendelson 2002)"}
-
-
 def bound_items(doc: dict) -> list:
-    """(key, label, log10 value) of every capacity term in the report, ours first, then any conv bound."""
+    """(key, label, log10 value) of every capacity term in the report: ours (the chain bound, the headline)
+    first, then the conv bound (labelled unverified), any other, the parameter count and the norm bounds."""
     logs = doc["measure"]["bound"]["log10"]
-    order = ["ours"] + sorted(k for k in logs if k not in BOUND_LABELS) + [k for k in BOUND_LABELS if k != "ours"]
-    return [(k, BOUND_LABELS.get(k, k.replace("_", " ")), logs[k]) for k in order if k in logs]
+    order = ["ours", "ours_conv"] + sorted(k for k in logs if k not in BOUND_LABELS) + \
+        [k for k in BOUND_LABELS if k not in ("ours", "ours_conv")]
+    unverified = doc["measure"]["bound"].get("unverified", {})
+    return [(k, BOUND_LABELS.get(k, k.replace("_", " ") + (" (UNVERIFIED)" if k in unverified else "")), logs[k])
+            for k in order if k in logs]
 
 
 def bounds(doc: dict, ax):
@@ -98,11 +96,16 @@ def bounds(doc: dict, ax):
     items = bound_items(doc)
     values = [v for _, _, v in items]
     finite = [v if v is not None and math.isfinite(v) else 0.0 for v in values]
-    colors = ["C3" if k == "ours" else "C1" if k not in BOUND_LABELS else "C7" if k == "parameters" else "C0"
-              for k, _, _ in items]
+    colors = ["C3" if k == "ours" else "C1" if k == "ours_conv" or k not in BOUND_LABELS else
+              "C7" if k == "parameters" else "C0" for k, _, _ in items]
     bars = ax.bar(range(len(items)), finite, color=colors)
-    for bar, v in zip(bars, values):
+    unverified = doc["measure"]["bound"].get("unverified", {})
+    for (key, _, _), bar, v in zip(items, bars, values):
         text = f"10^{v:.1f}" if v is not None and math.isfinite(v) else "undefined"
+        if key in unverified:  # a form not checked against its paper: hatched and said on the bar
+            bar.set_hatch("//")
+            bar.set_alpha(0.5)
+            text += "\nunverified"
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), text, ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(items)))
     ax.set_xticklabels([label for _, label, _ in items], rotation=20, ha="right", fontsize=8)

@@ -43,7 +43,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[common], help="the cards of the digits net on real and shuffled labels",
                        description="Write the stability cards of the digits net trained on scikit-learn's digits "
-                       "and of the same architecture trained on shuffled labels; print the summary table.")
+                       "(all 1348 training digits), of the same architecture trained on 256 digits with shuffled "
+                       "labels and of its matched control (the same 256 digits and epochs, true labels); print the "
+                       "summary table and the contrasts.")
     p.add_argument("--quick", action="store_true", help="smaller nets and data (CI: under a minute)")
 
     p = sub.add_parser("card", parents=[common], help="the stability card of MODEL on DATA",

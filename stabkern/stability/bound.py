@@ -42,7 +42,19 @@ log10 is reported in bounds()["log_factors_log10"], so a reader can put them bac
   ||A||_{1,inf} = the largest l1 norm of a row (of a unit's incoming weights), n_0 = input dimension.
   Dropped: 2 ln(2 n_0).
 
-The bar chart (plots.plot_bounds) shows "ours" (Theorem 4.1) and, when present, "ours_conv" beside it.
+The bar chart (plots.plot_bounds) shows "ours" (Theorem 4.1), the headline, and, when present, "ours_conv"
+beside it, labelled unverified (its form is not checked against the paper: `UNVERIFIED`).
+
+Hypotheses (`hypotheses`, bounds()["hypotheses"] in a report): each bound says whether what it assumes
+holds on the measured net, check by check ("holds": true, false, or null where not checked or undefined):
+- ours, ours_conv: "rho_at_least_3d", Theorem 4.1's interlayer smoothness rho >= 3d (the measured rho,
+  bias-aware, data minimum); "compresses_at_k", the k the bound assumes for each layer (its term of the
+  capacity sum, `layer_k_log10`) is below that layer's weight count, else the compression that proves the
+  bound stores more numbers than the layer it replaces (the log factors are dropped, so the real k is
+  larger still: "holds" is necessary, not sufficient); "below_parameter_count", the capacity is below the
+  model's parameter count (else the bound is vacuous: counting the parameters says more).
+- the norm bounds: "below_parameter_count"; what their theorems assume of the net (a chain of layers,
+  1-Lipschitz activations; stabkern treats a residual net as a chain) is not checked ("holds": null).
 
 The margin gamma (unless given): the `margin_quantile` (default 0.1) quantile of the margins over the
 data, so L_hat_gamma is about that fraction; margins use the labels when given, else the model's own
@@ -67,6 +79,8 @@ from .._checks import check_float, check_positive_int
 
 
 GAMMA_WARN_FRACTION = 1e-3  # warn when gamma < this fraction of max_x ||f(x)||
+UNVERIFIED = {"ours_conv": "unverified: the section-5 form is recalled from the design notes, not checked against "
+                           "the paper's text; the chain bound \"ours\" is the headline"}
 
 
 def logits_of(output) -> torch.Tensor:
@@ -159,13 +173,29 @@ def conv_compression_log10(c: float, d: int, max_output_norm: float, mu, mu_to, 
     """log10 of the conv capacity c^2 d^2 max||f(x)||^2 beta^2 sum_i overlap_i^2/(mu_i^2 mu_{i->}^2) / gamma^2
     (overlap_i = ceil(kappa_i / s_i) per spatial dimension, multiplied; see the module note).
     A zero cushion gives an infinite capacity (log10 = inf)."""
-    terms = 0.0
+    terms = layer_k_log10(c, d, max_output_norm, mu, mu_to, gamma, beta=beta, overlaps=overlaps)
+    if any(math.isnan(t) for t in terms):
+        return math.nan
+    top = max(terms)
+    if math.isinf(top):
+        return top
+    return top + math.log10(sum(10.0 ** (t - top) for t in terms))
+
+
+def layer_k_log10(c: float, d: int, max_output_norm: float, mu, mu_to, gamma: float, *, beta: float = 1.0,
+                  overlaps=None) -> list:
+    """log10 of each layer's term of the capacity sum, c^2 d^2 max||f(x)||^2 beta^2 overlap_i^2 /
+    (mu_i^2 mu_{i->}^2 gamma^2): the number of parameters the compression behind the bound keeps for layer i
+    (its k, log factors dropped). inf for a zero cushion, NaN for an undefined margin."""
+    overlaps = [1] * len(mu) if overlaps is None else overlaps
+    scale = 2 * _log10(c) + 2 * _log10(d) + 2 * _log10(max_output_norm) + 2 * _log10(beta) - 2 * _log10(gamma)
+    out = []
     for a, b, k in zip(mu, mu_to, overlaps):
         if not a > 0 or not b > 0:
-            return math.inf
-        terms += k * k / (a * a * b * b)
-    return (2 * _log10(c) + 2 * _log10(d) + 2 * _log10(max_output_norm) + 2 * _log10(beta) + _log10(terms)
-            - 2 * _log10(gamma))
+            out.append(math.nan if math.isnan(scale) else math.inf)
+        else:
+            out.append(scale + 2 * _log10(k) - 2 * _log10(a) - 2 * _log10(b))
+    return out
 
 
 def overlap(module) -> int:
@@ -236,8 +266,10 @@ def bounds(*, layers, c: float, mu, mu_to, logits, data_stats: dict, gamma: floa
         "pac_bayes_neyshabur2018": pac_bayes_log10(spec, frob, data_stats["max_norm"], d, h, gamma),
         "l1_bartlett_mendelson2002": l1_log10(l1inf, data_stats["max_abs"], gamma),
     }
+    ks = {"ours": layer_k_log10(c, d, max_out, mu, mu_to, gamma)}
     if beta is not None:
         logs["ours_conv"] = conv_compression_log10(c, d, max_out, mu, mu_to, gamma, beta=beta, overlaps=overlaps)
+        ks["ours_conv"] = layer_k_log10(c, d, max_out, mu, mu_to, gamma, beta=beta, overlaps=overlaps)
     return {
         "log10": logs,
         "value": {k: (10.0 ** v if v < 308 else math.inf) for k, v in logs.items()},
@@ -248,7 +280,72 @@ def bounds(*, layers, c: float, mu, mu_to, logits, data_stats: dict, gamma: floa
                                         "spectral_iterations": r.iterations, "spectral_converged": r.converged}
                            for layer, s, f, a, b, r in zip(layers, spec, frob, l21, l1inf, runs)},
         "spectral_tol": spectral_tol,
+        "layer_k_log10": ks,
+        "layer_weights": {layer.name: _weight_count(layer.module) for layer in layers},
+        "unverified": {k: v for k, v in UNVERIFIED.items() if k in logs},
     }
+
+
+def _weight_count(module) -> int:
+    """Entries of a layer's weight (what Algorithm 1 compresses; the bias is kept exact)."""
+    weight = getattr(module, "weight", None)
+    return int(weight.numel()) if isinstance(weight, torch.Tensor) else sum(p.numel() for p in module.parameters())
+
+
+def _overall(checks: dict):
+    """False if any check fails, None if none fails but one is unchecked or undefined, else True."""
+    values = [c["holds"] for c in checks.values()]
+    return False if False in values else None if None in values else True
+
+
+def hypotheses(log10: dict, *, rho: float, d: int, layer_k: dict, layer_weights: dict) -> dict:
+    """Per bound in `log10` (except "parameters"): {"holds", "checks": {name: {"holds", ...}}, "text"}, whether
+    what the bound assumes holds on the measured net (module note). rho: the measured interlayer smoothness
+    (NaN with one layer: no pair, nothing to ask); d: the metered layers; layer_k: bound key -> log10 k per layer
+    (`layer_k_log10`); layer_weights: layer name -> weight count, in layer order. "holds" is null where a
+    value is undefined (no positive margin: NaN) or the hypothesis is not checked."""
+    params = log10.get("parameters")
+    out = {}
+    for key, value in log10.items():
+        if key == "parameters":
+            continue
+        checks, words = {}, []
+        if key in layer_k:
+            required = 3 * d
+            if d < 2:
+                checks["rho_at_least_3d"] = {"holds": True, "measured": None, "required": required}
+                words.append("one layer: no interlayer smoothness to ask")
+            else:
+                ok = None if rho is None or math.isnan(rho) else bool(rho >= required)
+                checks["rho_at_least_3d"] = {"holds": ok, "measured": rho, "required": required}
+                words.append(f"rho = {rho:.3g} {'>=' if ok else '<'} 3d = {required}" + ("" if ok else " (fails)")
+                             if ok is not None else "rho undefined")
+            names = list(layer_weights)
+            k = layer_k[key]
+            if any(math.isnan(v) for v in k):
+                checks["compresses_at_k"] = {"holds": None, "layers_not_compressed": None}
+                words.append("k per layer undefined")
+            else:
+                over = [n for n, v in zip(names, k) if not v < math.log10(layer_weights[n])]
+                checks["compresses_at_k"] = {"holds": not over, "layers_not_compressed": over}
+                words.append("every layer's k is below its weight count" if not over else
+                             f"k exceeds the weight count in {len(over)} of {len(names)} layers (no compression there)")
+        if value is None or params is None or math.isnan(value):
+            checks["below_parameter_count"] = {"holds": None, "log10_over_parameters": None}
+            words.append("undefined")
+        else:
+            excess = value - params
+            checks["below_parameter_count"] = {"holds": bool(excess < 0), "log10_over_parameters": excess}
+            words.append(f"{excess:.1f} orders above the parameter count (vacuous)" if excess >= 0 else
+                         f"{-excess:.1f} orders below the parameter count")
+        if key not in layer_k:
+            checks["structure"] = {"holds": None}
+            words.append("its assumptions on the net (a chain, 1-Lipschitz activations) not checked")
+        text = "; ".join(words)
+        if key in UNVERIFIED:
+            text = "unverified form; " + text
+        out[key] = {"holds": _overall(checks), "checks": checks, "text": text}
+    return out
 
 
 def data_stats(data: torch.Tensor) -> dict:

@@ -83,7 +83,7 @@ def plot_attenuation(report, ax=None, path=None):
 
 BOUND_LABELS = {
     "ours": "ours, chain (Arora et al. 2018, Thm 4.1)",
-    "ours_conv": "ours, conv (Arora et al. 2018, sec. 5)",
+    "ours_conv": "ours, conv (sec. 5; UNVERIFIED form)",
     "parameters": "# parameters",
     "spectral_bartlett2017": "spectral (Bartlett et al. 2017)",
     "pac_bayes_neyshabur2018": "PAC-Bayes (Neyshabur et al. 2018)",
@@ -103,8 +103,13 @@ def plot_bounds(bound: dict, ax=None, path=None):
     # an infinite capacity (e.g. c = inf: some sample's activation is all zero) is drawn as an empty bar
     bars = ax.bar(range(len(keys)), [v if math.isfinite(v) else 0.0 for v in values],
                   color=["C3" if k.startswith("ours") else "C7" if k == "parameters" else "C0" for k in keys])
-    for bar, v in zip(bars, values):
+    unverified = bound.get("unverified", {})
+    for key, bar, v in zip(keys, bars, values):
         label = f"10^{v:.1f}" if math.isfinite(v) else "undefined" if math.isnan(v) else "infinite"
+        if key in unverified:  # a form not checked against its paper: hatched and said on the bar
+            bar.set_hatch("//")
+            bar.set_alpha(0.5)
+            label += "\nunverified"
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), label, ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels([BOUND_LABELS[k] for k in keys], rotation=20, ha="right", fontsize=8)

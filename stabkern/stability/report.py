@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import stats
 
 QUANTILES = {"q05": 0.05, "q25": 0.25, "median": 0.5, "q75": 0.75, "q95": 0.95}
 
@@ -29,6 +30,29 @@ def summarize(values) -> dict:
     out.update({k: float(np.quantile(v, q)) for k, q in QUANTILES.items()})
     out.update({"max": float(v.max()), "mean": float(v.mean()), "n": int(v.size)})
     return out
+
+
+def t_quantile95(probes: int) -> float:
+    """The Student-t 97.5% quantile with probes - 1 degrees of freedom: the half-width, in standard errors, of
+    the 95% interval of a mean over `probes` draws whose standard error is estimated from the same draws
+    (12.71 at 2 probes, 3.18 at 4, 2.13 at 16; the normal 1.96 only as probes -> infinity)."""
+    if probes < 2:
+        raise ValueError(f"probes must be at least 2 for an interval (the standard error needs 2 draws), got {probes}")
+    return float(stats.t.ppf(0.975, probes - 1))
+
+
+def interval95(mu: np.ndarray, rse: np.ndarray, probes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample's 95% interval (low, high) = mu (1 -+ t rse) of a Hutchinson estimate mu with relative
+    standard error rse over `probes` probes, t = t_quantile95(probes); low clamped at 0 (a cushion is >= 0).
+
+    Why t and not the normal 1.96: rse is estimated from the same few probes, so (mu_hat - mu) / (rse mu_hat)
+    is t-like, with heavy tails at 4 probes; 1.96 covered 91% (lower end) and 85% (both ends) against exact
+    Jacobians of the trained digits net at 4 probes. With t the lower end covers 96.5% there (both ends
+    94.7%; tests/stability/test_measure_coverage.py). It is an approximation: ||J^T v||^2 is skewed to the
+    right, most where one direction dominates the Jacobian beside a flat rest, and there the lower end can
+    cover less than its nominal 97.5% (down to ~83% at 4 probes in simulation); more probes shrink that."""
+    t = t_quantile95(probes)
+    return np.maximum(mu * (1 - t * rse), 0.0), mu * (1 + t * rse)
 
 
 def json_value(x):

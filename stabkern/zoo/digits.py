@@ -87,17 +87,28 @@ def cache_dir() -> pathlib.Path:
     return pathlib.Path(base) / "stabkern"
 
 
-def training_set(labels: str = "true", seed: int = 0):
-    """(x, y) a digits net with these `labels` ("true" or "shuffled") is trained on.
+LABELS = ("true", "control", "shuffled")
 
-    "shuffled": the first SHUFFLED_SAMPLES training digits with their labels permuted by `seed`.
+
+def _check_labels(labels: str) -> str:
+    if labels not in LABELS:
+        raise ValueError(f"labels must be one of {', '.join(map(repr, LABELS))}, got {labels!r}")
+    return labels
+
+
+def training_set(labels: str = "true", seed: int = 0):
+    """(x, y) a digits net with these `labels` ("true", "control" or "shuffled") is trained on.
+
+    "true": every training digit (1348) with its label. "shuffled": the first SHUFFLED_SAMPLES training digits
+    with their labels permuted by `seed`. "control": the same SHUFFLED_SAMPLES digits with their true labels,
+    the shuffled net's matched control (same data size and epochs: only the labels differ).
     """
     (x, y), _ = load_digits_tensors(seed=0)
-    if labels == "true":
+    if _check_labels(labels) == "true":
         return x, y
-    if labels != "shuffled":
-        raise ValueError(f"labels must be 'true' or 'shuffled', got {labels!r}")
     x, y = x[:SHUFFLED_SAMPLES], y[:SHUFFLED_SAMPLES]
+    if labels == "control":
+        return x, y
     return x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1000 + seed))]
 
 
@@ -141,13 +152,12 @@ def _train(seed: int, epochs: int, width: int, labels: str):
 def trained_digits_net(seed: int = 0, epochs: int | None = None, width: int = 16, labels: str = "true") -> DigitsNet:
     """A DigitsNet trained on `training_set(labels, seed)` (Adam, batch 64), in eval mode.
 
-    epochs: None takes 30 for true labels, SHUFFLED_EPOCHS for shuffled ones. Deterministic for a
-    given seed on a given machine; cached on disk (`cache_dir()`) and per process (a fresh copy each call).
+    epochs: None takes 30 for true labels, SHUFFLED_EPOCHS for shuffled ones and their control. Deterministic
+    for a given seed on a given machine; cached on disk (`cache_dir()`) and per process (a fresh copy each call).
     """
-    if labels not in ("true", "shuffled"):
-        raise ValueError(f"labels must be 'true' or 'shuffled', got {labels!r}")
     if epochs is None:
-        epochs = 30 if labels == "true" else SHUFFLED_EPOCHS
+        epochs = 30 if _check_labels(labels) == "true" else SHUFFLED_EPOCHS
+    _check_labels(labels)
     model = DigitsNet(width)
     model.load_state_dict(_trained_state(seed, epochs, width, labels))
     return model.eval()

@@ -82,3 +82,31 @@ def test_repeated_warnings_become_one_line():
             warnings.warn(f"layer {i}: k >= n", UserWarning)
         warnings.warn("deprecated inside torch", DeprecationWarning)
     assert notes == ["UserWarning x7, e.g.: layer 0: k >= n"]
+
+
+def test_card_says_beside_each_bound_whether_its_hypotheses_hold(net_and_data):
+    """Issue 16, 3: each capacity term carries its hypotheses in the JSON and in words on the page; the conv
+    bound is labelled unverified in the JSON, the table and the figure's labels; the run's own relative standard
+    error of mu_(i,j) is on the page."""
+    from stabkern.card.figures import bound_items
+
+    net, x, y = net_and_data
+    card = build_card(net, x, y, trials=2, fractions=(1.0,))
+    validate(card.doc)
+    b = card.doc["measure"]["bound"]
+    assert set(b["hypotheses"]) == set(b["log10"]) - {"parameters"}
+    page = markdown(card.doc)
+    rows = {line.split(" | ")[0][2:]: line for line in page.splitlines() if line.startswith("| ") and " | " in line}
+    for key, label, _ in bound_items(card.doc):
+        if key == "parameters":
+            continue
+        h = b["hypotheses"][key]
+        assert h["text"] in rows[label], key
+        assert ("FAIL" in rows[label]) == (h["holds"] is False)
+    # a random net: rho far below 3d = 15 and the bound far above its parameter count
+    assert b["hypotheses"]["ours"]["checks"]["rho_at_least_3d"]["holds"] is False
+    assert "rho = " in rows[bound_items(card.doc)[0][1]] and "(vacuous)" in rows[bound_items(card.doc)[0][1]]
+    conv = next(label for key, label, _ in bound_items(card.doc) if key == "ours_conv")
+    assert "UNVERIFIED" in conv and "unverified" in rows[conv] and "ours_conv: unverified" in page
+    assert b["mu_rse"]["probes"] == 8 and b["mu_rse"]["t_quantile"] == pytest.approx(2.3646242510102993)  # t_{.975, 7}
+    assert f"median {100 * b['mu_rse']['median']:.2g}%" in page and "t = 2.36" in page
