@@ -177,7 +177,7 @@ class DataSource:
                 held -= size
                 yield s0, xs, ys
                 s0 += size
-        ends = [held] if held <= size else [size, 1] if size == 1 else [size - 1, 2]
+        ends = [held] if held <= size else [size - 1, 2] if size >= 3 else [size, held - size]
         for count in ends:
             if count:
                 xs, ys = _take(pending, labels, count)

@@ -114,8 +114,8 @@ def check_samples_independent(model: nn.Module, layers: list[Layer], sample: tor
     (batch statistics such as `h.mean(0)`, a layer in training mode): the meters perturb each sample alone
     and batch its trials, so a sample's result must depend on that sample only.
 
-    Checked on three two-sample batches made from sample[:1] (s) and two perturbations of it (u, v):
-    (s, u) against (u, s) (each sample's rows the same wherever it sits) and against (s, v)."""
+    Checked with two forwards of two-sample batches made from s = sample[:1] and two perturbations u, v of it:
+    s's rows of (s, u) must equal its rows of (v, s) (up to float32 rounding), whatever its partner and place."""
     s = sample[:1]
     gen = torch.Generator(device=s.device).manual_seed(0)
     scale = float(s.float().std()) if s.numel() > 1 else 1.0
@@ -129,15 +129,14 @@ def check_samples_independent(model: nn.Module, layers: list[Layer], sample: tor
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        su, us, sv = outputs(torch.cat([s, u])), outputs(torch.cat([u, s])), outputs(torch.cat([s, v]))
-    for (name, a), (_, b), (_, c) in zip(su, us, sv):
-        if a is None or a.dim() == 0 or a.shape[0] != 2:
+        first, second = outputs(torch.cat([s, u])), outputs(torch.cat([v, s]))
+    for (name, a), (_, b) in zip(first, second):
+        if a is None or b is None or a.dim() == 0 or a.shape[0] != 2 or a.shape != b.shape:
             continue
-        if not (close_f32(a[0], b[1]) and close_f32(a[1], b[0]) and close_f32(a[0], c[0])):
+        if not close_f32(a[0], b[1]):
             raise ValueError(f"{type(model).__name__} couples the samples of a batch: {name}'s output for one "
                              "sample changes with the other samples (batch statistics such as x.mean(0), or a "
                              "layer in training mode); the meters perturb each sample alone and carry its trials "
                              "in the batch, so each sample's output must depend on that sample only")
-
 
 __all__ = ["check_samples_independent", "close_f32", "probe_downstream", "tensors_of"]
