@@ -161,21 +161,28 @@ class DataSource:
         raise ValueError("data is empty: the iterable yielded no samples")  # unreachable: batches() raises
 
     def chunks(self, size: int):
-        """(s0, inputs, labels or None) with exactly `size` samples each but the last; s0 is the index of the
-        chunk's first sample in the stream (plus `start`)."""
+        """(s0, inputs, labels or None) with `size` samples each but the last two; s0 is the index of the
+        chunk's first sample in the stream (plus `start`).
+
+        No chunk holds one sample unless size is 1 (or 2, an odd stream) or the stream one sample: a forward
+        that calls `x.squeeze()` would drop the batch dimension. A stream of k size + 1 samples ends with
+        chunks of size - 1 and 2 samples (as many chunks as k size + 1 in steps of size)."""
         pending, labels, held, s0 = [], [], 0, self.start
         for x, y in self.batches():
             pending.append(x)
             labels.append(y)
             held += x.shape[0]
-            while held >= size:
+            while held >= size + 2:  # hold one sample back beyond a chunk: the stream may end right after
                 xs, ys = _take(pending, labels, size)
                 held -= size
                 yield s0, xs, ys
                 s0 += size
-        if held:
-            xs, ys = _take(pending, labels, held)
-            yield s0, xs, ys
+        ends = [held] if held <= size else [size - 1, 2] if size >= 3 else [size, held - size]
+        for count in ends:
+            if count:
+                xs, ys = _take(pending, labels, count)
+                yield s0, xs, ys
+                s0 += count
 
 
 def _chain(first, rest):
@@ -351,9 +358,18 @@ class Prepared:
         return [layer.name for layer in self.layers]
 
     def batch(self, data: torch.Tensor) -> torch.Tensor:
-        """A chunk of data on the model's device and dtype (channels_last when metering in it)."""
+        """A copy of a chunk of data on the model's device and dtype (channels_last when metering in it).
+
+        Always a copy, never the caller's tensor: a forward may write into its input (`x.mul_(2)`), and the
+        data a user passes is never written."""
         x = data.to(device=self.device, dtype=self.dtype)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x.clone() if _shares_memory(x, data) else x
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def prepare(model: nn.Module, data, layers=None, method: str = "auto",
@@ -366,9 +382,11 @@ def prepare(model: nn.Module, data, layers=None, method: str = "auto",
     device, dtype = check_model(model)
     source = data if isinstance(data, DataSource) else DataSource(data)
     prep = Prepared(model, [], None, device, dtype, channels_last)
-    sample = prep.batch(source.first())
+    # two copies of the first sample: a forward that squeezes its batch (x.squeeze() on (B, C, 1, 1)) shows its
+    # per-sample shapes only with more than one sample
+    sample = prep.batch(source.first().repeat_interleave(2, dim=0))
     chosen = resolve_layers(model, layers)
-    prep.layers = trace_layers(model, sample, chosen)
+    prep.layers = trace_layers(model, sample.clone(), chosen)
     prep.propagator = build_propagator(model, prep.layers, sample, method)
     return prep
 

@@ -7,12 +7,20 @@ with trials riding in the batch (row t B + b is trial t of sample b). Two ways t
 
 - `GraphPropagator` (method "graph"): a torch.fx trace of the model. The nodes downstream of layer i
   are those whose inputs depend on it; any other value they read (a skip connection from before layer
-  i, a parameter) comes from the clean pass, repeated over the trials when it has a batch dimension.
-  Nothing upstream of layer i is recomputed.
+  i, a parameter) comes from the clean pass, repeated over the trials when it carries the batch as its
+  first dimension (found by running the graph at two batch sizes: `x.new_ones(C, 1, 1)` does not).
+  Nothing upstream of layer i is recomputed. Under autocast a clean value is read in the dtype the
+  forward under autocast gives it.
 - `HookPropagator` (method "hooks"): for models fx cannot trace. The whole model runs on the input
   repeated over the trials, with a forward hook that replaces layer i's input (or output) and hooks
   that observe later layers; the forward stops after the last observed layer. The prefix before
-  layer i is recomputed (T times), which is correct for any forward but slower.
+  layer i is recomputed (T times), which is correct for any forward but slower. Which layers depend
+  on layer i is probed on the sample (probes.py): forward-mode AD, and a perturbed forward for what no
+  tangent follows (`.detach()`, a mask computed from a noisy value).
+
+Both need each sample's outputs to depend on that sample alone (probes.check_samples_independent; batch
+statistics are refused), and every pass runs on its own copy of the input: a forward may write into
+its input (`x.mul_(2)`), and the user's data is never written.
 
 In-place writes. A forward may write into a tensor after other nodes have read it (`a.relu_()`,
 `nn.ReLU(inplace=True)`, `out += identity`, `x[:, 0] = 0`, `out=`). The graph path does not guess
@@ -43,9 +51,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import fx, nn
-from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten
 
 from .layers import Layer, first_tensor
+from .probes import check_samples_independent, close_f32, probe_downstream, tensors_of
 
 
 @dataclass
@@ -86,15 +95,7 @@ class _Stop(Exception):
 
 
 class NotTraceable(Exception):
-    """The model cannot be run from a torch.fx graph; the reason is the message.
-
-    `warn`: the fallback to hooks deserves a warning (the model traces, but its in-place writes
-    cannot be replayed from the graph), not a silent switch.
-    """
-
-    def __init__(self, message: str, warn: bool = False):
-        super().__init__(message)
-        self.warn = warn
+    """The model cannot be run from a torch.fx graph; the reason is the message."""
 
 
 class HookPropagator:
@@ -105,11 +106,11 @@ class HookPropagator:
     def __init__(self, model: nn.Module, layers: list[Layer], sample: torch.Tensor | None = None):
         self.model = model
         self.layers = layers
-        self._downstream = _probe_downstream(model, layers, sample) if sample is not None else None
+        self._downstream = probe_downstream(model, layers, sample) if sample is not None else None
 
     def downstream(self, i: int) -> list[int]:
-        """Layers j whose output depends on layer i's input (forward-mode AD on the sample; all j >= i
-        when the model does not support it)."""
+        """Layers j whose output depends on layer i's input on the sample: reached by a forward-mode tangent or
+        changed by a perturbation of the input (probes.probe_downstream); all j >= i without a sample."""
         if self._downstream is None:
             return list(range(i, len(self.layers)))
         return self._downstream[i]
@@ -127,10 +128,11 @@ class HookPropagator:
             handles.append(layer.module.register_forward_pre_hook(pre))
             handles.append(layer.module.register_forward_hook(hook))
         try:
-            logits = self.model(x)
+            logits = self.model(x.clone())  # the forward may write its input: x stays what the noisy passes start from
         finally:
             for h in handles:
                 h.remove()
+        _check_batch(self.layers, outputs, x.shape[0])
         return Clean(x, inputs, outputs, _copy(logits))
 
     def suffix(self, clean: Clean, i: int, value: torch.Tensor, at: str, observe) -> None:
@@ -169,32 +171,14 @@ class HookPropagator:
                 h.remove()
 
 
-def _probe_downstream(model: nn.Module, layers: list[Layer], sample: torch.Tensor):
-    """For each layer i, the layers j whose output carries a forward-mode tangent when layer i's input
-    is made a dual tensor (zero tangent): exactly those that depend on it. None if forward AD fails."""
-    import torch.autograd.forward_ad as fwAD
-
-    found = []
-    try:
-        with warnings.catch_warnings():  # a probe: the model's own warnings come from the metered passes
-            warnings.simplefilter("ignore")
-            for layer in layers:
-                seen = []
-                handles = [layer.module.register_forward_pre_hook(
-                    lambda m, a: (fwAD.make_dual(a[0], torch.zeros_like(a[0])), *a[1:]))]
-                handles += [other.module.register_forward_hook(
-                    lambda m, a, o, j=other.index: seen.append(j) if fwAD.unpack_dual(o).tangent is not None
-                    else None) for other in layers]
-                try:
-                    with fwAD.dual_level(), torch.no_grad():
-                        model(sample)
-                finally:
-                    for h in handles:
-                        h.remove()
-                found.append(sorted(set(seen)))
-    except (RuntimeError, NotImplementedError, TypeError):  # an op without forward AD: all later layers count
-        return None
-    return found
+def _check_batch(layers: list[Layer], outputs: list, batch: int) -> None:
+    """ValueError unless every layer's output on a chunk of `batch` samples is (batch, *its traced out_shape)."""
+    for layer, y in zip(layers, outputs):
+        if tuple(y.shape) != (batch, *layer.out_shape):
+            raise ValueError(f"layer {layer.name!r} made an output of shape {tuple(y.shape)} for a chunk of {batch} "
+                             f"sample(s), not {(batch, *layer.out_shape)}: the forward drops the batch dimension "
+                             "(x.squeeze() on a one-sample chunk?); pass at least two samples and a memory_budget "
+                             "that holds two")
 
 
 class _LeafTracer(fx.Tracer):
@@ -208,16 +192,12 @@ class _LeafTracer(fx.Tracer):
         return id(m) in self.leaves or super().is_leaf_module(m, qualname)
 
 
-def _tensors(v) -> list:
-    return [t for t in tree_leaves(v) if isinstance(t, torch.Tensor)]
-
-
 def _versions(v) -> tuple:
     """Version counters of the tensors in v (in-place writes so far to each, or to a view of it)."""
     try:
-        return tuple(t._version for t in _tensors(v))
+        return tuple(t._version for t in tensors_of(v))
     except RuntimeError as err:  # inference tensors keep no version counter
-        raise NotTraceable(f"cannot follow in-place writes: {err}", warn=True) from err
+        raise NotTraceable(f"cannot follow in-place writes: {err}") from err
 
 
 def _writes_since(v, made: tuple) -> tuple:
@@ -237,6 +217,13 @@ def _arg_nodes(a) -> list:
     found = []
     fx.node.map_arg(a, lambda n: found.append(n) if n not in found else None)
     return found
+
+
+_TENSOR = object()  # marks a tensor's shape among the leaves `_batch_roles` compares
+
+
+def _is_shape(leaf) -> bool:
+    return isinstance(leaf, tuple) and len(leaf) == 2 and leaf[0] is _TENSOR
 
 
 @dataclass
@@ -291,8 +278,8 @@ class GraphPropagator:
             raise NotTraceable("the traced graph orders the layers differently from the forward call")
         self.layer_of = {n: k for k, n in enumerate(self.layer_nodes)}
         with torch.no_grad():
-            run = self._instrumented_run(sample)
-        self.batched = self._batched(run, placeholders[0])
+            run = self._instrumented_run(sample.clone())  # a copy: the forward may write its input
+            self.batched, batch_sized = self._batch_roles(sample)
         self.plans = {}
         for i, node in enumerate(self.layer_nodes):
             for at in ("input", "output"):
@@ -301,12 +288,17 @@ class GraphPropagator:
                            for n in self.layer_nodes]
         needed = {key for plan in self.plans.values() for _, keys, _, _ in plan.steps for key in keys.values()
                   if isinstance(key, tuple)} | {key for key in self.input_keys if key is not None}
+        for a, _ in sorted(needed, key=lambda key: self.position[key[0]]):
+            if a in batch_sized:
+                raise NotTraceable(f"graph value {a.name} ({a.op} {a.target}) depends on the batch size but does not "
+                                   "carry the batch as its first dimension, and is read after a metered layer")
         self.snap_before, self.made_of = {}, {key[0] for key in needed}
         for n in self.nodes:  # copy each kept value just before its first reader that sees it so
             for a, writes in run.reads.get(n, {}).items():
                 if (a, writes) in needed:
                     needed.discard((a, writes))
                     self.snap_before.setdefault(n, []).append((a, writes))
+        self._sample, self._dtypes = sample.clone(), {}
         with torch.no_grad():
             self._check(model, sample)
 
@@ -326,27 +318,49 @@ class GraphPropagator:
                 if t._version != last[0]:
                     written.add(key)
                     last[0] = t._version
-            for t in _tensors(env[n]):
+            for t in tensors_of(env[n]):
                 if id(t) not in seen:
                     seen.add(id(t))
                     live.append((t, _storage(t), [t._version]))
             made[n] = _versions(env[n])
-            storages[n] = frozenset(_storage(t) for t in _tensors(env[n]))
+            storages[n] = frozenset(_storage(t) for t in tensors_of(env[n]))
             given = frozenset().union(*(storages[a] for a in args))
             if written - given:
                 raise NotTraceable(f"graph node {n.name} ({n.op} {n.target}) writes in place into a tensor it is "
-                                   "not given; the graph cannot replay it", warn=True)
+                                   "not given; the graph cannot replay it")
             writes[n] = frozenset(written)
         return _Run(storages, writes, reads)
 
-    def _batched(self, run: _Run, placeholder) -> set:
-        """Nodes whose value depends on the input batch (through arguments or in-place writes)."""
-        batched, memory = {placeholder}, set(run.storages[placeholder])
-        for n in self.nodes[self.position[placeholder] + 1:]:
-            if n.op != "output" and any(a in batched or run.storages[a] & memory for a in run.reads[n]):
+    def _batch_roles(self, sample: torch.Tensor) -> tuple[set, set]:
+        """(batched, batch_sized): the nodes whose values carry the batch as their first dimension (repeated over
+        the trials when a noisy pass reads them), and those whose values depend on the batch size otherwise
+        (`x.size(0)`, `x.flatten(0)`; the graph cannot replay them after a metered layer). Every other value
+        (`x.new_ones(C, 1, 1)`, `torch.linspace(0, 1, x.shape[-1])`, a parameter) is read as it is.
+
+        Found by running the graph on batches of 2 and 3 copies of the sample and comparing what each node made:
+        a batched value is tensors (2, ...) and (3, ...), the same beyond the first dimension. Whether the
+        values couple samples is `check_samples_independent`'s question."""
+        made = []
+        for size in (2, 3):
+            x, env, shapes = torch.cat([sample[:1]] * size), {}, {}
+            for n in self.nodes:
+                if n.op != "output":
+                    env[n] = self._value(n, env, x)
+                    shapes[n] = [(_TENSOR, tuple(t.shape)) if isinstance(t, torch.Tensor) else t
+                                 for t in tree_leaves(env[n])]
+            made.append(shapes)
+        batched, batch_sized = set(), set()
+        for n, two in made[0].items():
+            three = made[1][n]
+            if two == three:
+                continue
+            if len(two) == len(three) and any(_is_shape(a) for a in two) and all(
+                    (a[1][:1], b[1][:1], a[1][1:]) == ((2,), (3,), b[1][1:]) if _is_shape(a) and _is_shape(b) else a == b
+                    for a, b in zip(two, three)):
                 batched.add(n)
-                memory |= run.storages[n] | run.writes[n]
-        return batched
+            else:
+                batch_sized.add(n)
+        return batched, batch_sized
 
     def _plan(self, run: _Run, src, at: str) -> _Plan:
         """The noisy pass for noise at layer node src's input or output (see the module note)."""
@@ -371,7 +385,7 @@ class GraphPropagator:
                 if held:
                     if len(held) != 1 or next(iter(held))[0] is not a:
                         raise NotTraceable(f"node {n.name} reads {a.name}, which aliases memory the noisy pass of "
-                                           f"layer node {src.name} wrote through another value", warn=True)
+                                           f"layer node {src.name} wrote through another value")
                     keys[a] = held.pop()
                     continue
                 keys[a] = (a, run.reads[n][a])
@@ -382,7 +396,7 @@ class GraphPropagator:
                 owners = copies.get(g, set())
                 if len(owners) != 1:
                     raise NotTraceable(f"node {n.name} writes memory that {len(owners)} clean values read by the "
-                                       f"noisy pass of layer node {src.name} share", warn=True)
+                                       f"noisy pass of layer node {src.name} share")
                 carrier[g] = next(iter(owners))
                 noisy.add(g)
             noisy |= run.storages[n] | (run.writes[n] if not first else frozenset())
@@ -400,16 +414,16 @@ class GraphPropagator:
     def _check(self, model: nn.Module, sample: torch.Tensor) -> None:
         """The graph must reproduce model(sample), and each noisy pass with zero noise the clean outputs."""
         clean = self.clean(sample)
-        ours, theirs = _tensors(clean.logits), _tensors(model(sample))
-        if len(ours) != len(theirs) or not all(_close(a, b) for a, b in zip(ours, theirs)):
+        ours, theirs = tensors_of(clean.logits), tensors_of(model(sample.clone()))
+        if len(ours) != len(theirs) or not all(close_f32(a, b) for a, b in zip(ours, theirs)):
             raise NotTraceable("the traced graph does not reproduce model(sample)")
         for (i, at), plan in self.plans.items():
             value = (clean.inputs[i] if at == "input" else clean.outputs[i]).clone()
             bad = []
-            self.suffix(clean, i, value, at, lambda j, y: bad.append(j) if not _close(y, clean.outputs[j]) else None)
+            self.suffix(clean, i, value, at, lambda j, y: bad.append(j) if not close_f32(y, clean.outputs[j]) else None)
             if bad:
                 raise NotTraceable(f"with zero noise at layer {self.layers[i].name!r}'s {at}, the graph does not "
-                                   f"replay layer {self.layers[bad[0]].name!r}'s clean output", warn=True)
+                                   f"replay layer {self.layers[bad[0]].name!r}'s clean output")
 
     # -- the passes -----------------------------------------------------------------------------------
 
@@ -443,6 +457,7 @@ class GraphPropagator:
         return self.plans[(i, "input")].observed
 
     def clean(self, x: torch.Tensor) -> Clean:
+        x_run = x.clone()  # the forward may write its input: x stays as given
         env, values, made = {}, {}, {}
         outputs = [None] * len(self.layers)
         logits = None
@@ -452,31 +467,50 @@ class GraphPropagator:
                 if _writes_since(v, made[a]) != writes:
                     raise RuntimeError(f"graph value {a.name} received other in-place writes than on the sample "
                                        "the graph was checked on; meter with method='hooks'")
-                if a in self.batched and not isinstance(v, torch.Tensor):
-                    raise NotTraceable(f"graph value {a.name} ({type(v).__name__}) depends on the batch and is "
-                                       "read after a metered layer")
                 values[(a, writes)] = _copy(v)
             if n.op == "output":
                 logits = fx.node.map_arg(n.args[0], env.__getitem__)
                 continue
-            env[n] = self._value(n, env, x)
+            env[n] = self._value(n, env, x_run)
             if n in self.made_of:
                 made[n] = _versions(env[n])
             if n in self.layer_of:
                 outputs[self.layer_of[n]] = env[n].detach().clone()
+        _check_batch(self.layers, outputs, x.shape[0])
         inputs = [values[key] if key is not None else n.args[0] for key, n in zip(self.input_keys, self.layer_nodes)]
         return Clean(x, inputs, outputs, _copy(logits), values)
+
+    def _autocast_dtypes(self, device_type: str) -> dict | None:
+        """{node: dtype of each tensor leaf of its value} when model(x) runs under the autocast now enabled
+        for device_type, else None. The clean values come from the float32 clean pass; a noisy pass under
+        autocast reads each as the dtype the forward under autocast would have made it (a clean fp32 tensor
+        that `index_add_` of a noisy value writes into is bf16 there)."""
+        if not torch.is_autocast_enabled(device_type):
+            return None
+        key = (device_type, torch.get_autocast_dtype(device_type))
+        if key not in self._dtypes:
+            env, found = {}, {}
+            x = self._sample.clone()
+            for n in self.nodes:
+                if n.op != "output":
+                    env[n] = self._value(n, env, x)
+                    found[n] = [t.dtype if isinstance(t, torch.Tensor) else None for t in tree_leaves(env[n])]
+            self._dtypes[key] = found
+        return self._dtypes[key]
 
     def suffix(self, clean: Clean, i: int, value: torch.Tensor, at: str, observe) -> None:
         plan = self.plans[(i, at)]
         trials = value.shape[0] // clean.batch
         env = {self.layer_nodes[i]: value} if at == "output" else {}
+        dtypes = self._autocast_dtypes(value.device.type)
 
         def fetch(key):
             if key not in env:  # a clean value's first read: a copy over the trials, or a copy to write into
                 v = clean.values[key]
+                if dtypes is not None:
+                    v = _cast_leaves(v, dtypes[key[0]])
                 if key[0] in self.batched:
-                    v = repeat_trials(v, trials)
+                    v = tree_map(lambda t: repeat_trials(t, trials) if isinstance(t, torch.Tensor) else t, v)
                 elif key in plan.written:
                     v = _copy(v)
                 env[key] = v
@@ -496,6 +530,14 @@ class GraphPropagator:
                 env.pop(key, None)
 
 
+def _cast_leaves(v, dtypes: list):
+    """v with each floating tensor leaf cast to its dtype in `dtypes` (the leaves in tree_leaves order)."""
+    leaves, spec = tree_flatten(v)
+    leaves = [t.to(d) if isinstance(t, torch.Tensor) and t.is_floating_point() and d is not None and d.is_floating_point
+              and t.dtype != d else t for t, d in zip(leaves, dtypes)]
+    return tree_unflatten(leaves, spec)
+
+
 def _dual_linear_layer(module: nn.Module, x):
     """module(x) for a Conv2d or Linear and a forward-mode dual x: the primal through the module and the tangent
     through its weight alone (the same bits as torch's rule, which also convolves the primal with a zero
@@ -510,22 +552,16 @@ def _dual_linear_layer(module: nn.Module, x):
     return fwAD.make_dual(module(primal), nn.functional.linear(tangent, module.weight))
 
 
-def _close(ours: torch.Tensor, theirs: torch.Tensor) -> bool:
-    """Same values up to float32 rounding of a differently fused or ordered computation."""
-    if ours.shape != theirs.shape:
-        return False
-    scale = float(torch.nan_to_num(theirs.float(), nan=0.0, posinf=0.0, neginf=0.0).abs().max()) if theirs.numel() else 0.0
-    return bool(torch.allclose(ours, theirs, rtol=1e-4, atol=1e-6 * scale, equal_nan=True))
-
-
 def build_propagator(model: nn.Module, layers: list[Layer], sample: torch.Tensor, method: str = "auto"):
     """`GraphPropagator` when torch.fx can trace the model and replay it (method "auto" or "graph"),
-    else hooks (with a warning when the graph traced but its in-place writes cannot be replayed).
+    else hooks (method "auto" warns why the graph path was not taken).
 
-    sample: (1, ...) a data sample, used to check that the graph reproduces the model.
+    sample: (b, ...) data samples (b >= 1), used to check that the graph reproduces the model. ValueError
+    when the model couples the samples of a batch (`check_samples_independent`).
     """
     if method not in ("auto", "graph", "hooks"):
         raise ValueError(f"method must be 'auto', 'graph' or 'hooks'; got {method!r}")
+    check_samples_independent(model, layers, sample)
     if method == "hooks":
         return HookPropagator(model, layers, sample)
     try:
@@ -533,10 +569,10 @@ def build_propagator(model: nn.Module, layers: list[Layer], sample: torch.Tensor
     except NotTraceable as err:
         if method == "graph":
             raise
-        if err.warn:
-            warnings.warn(f"metering {type(model).__name__} with forward hooks (exact, slower) instead of its "
-                          f"torch.fx graph: {err}", stacklevel=4)
+        warnings.warn(f"metering {type(model).__name__} with forward hooks (exact, slower) instead of its "
+                      f"torch.fx graph: {err}", stacklevel=4)
         return HookPropagator(model, layers, sample)
 
 
-__all__ = ["Clean", "GraphPropagator", "HookPropagator", "NotTraceable", "build_propagator", "repeat_trials"]
+__all__ = ["Clean", "GraphPropagator", "HookPropagator", "NotTraceable", "build_propagator",
+           "check_samples_independent", "repeat_trials"]

@@ -25,7 +25,7 @@ def layers_in_forward_order(model: nn.Module, x: torch.Tensor) -> list[nn.Module
                if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
-            model(x[:1])
+            model(x[:1].clone())  # a forward may write into its input
     finally:
         for h in handles:
             h.remove()
@@ -43,7 +43,7 @@ def _record(model, x, layers, pre_hook=None, target=None):
     if pre_hook is not None:
         handles.append(target.register_forward_pre_hook(pre_hook))
     try:
-        model(x)
+        model(x.clone())  # each pass on its own copy: a forward may write into its input
     finally:
         for h in handles:
             h.remove()
@@ -128,7 +128,7 @@ def rounding_tolerance(model: nn.Module, x: torch.Tensor, rep, lam: float = 4.0)
     handles = [modules[n].register_forward_hook(lambda m, a, o, n=n: hook(m, a, o, n)) for n in rep.layers]
     try:
         with torch.no_grad():
-            model(x)
+            model(x.clone())  # a forward may write into its input
     finally:
         for h in handles:
             h.remove()

@@ -173,7 +173,7 @@ def test_labels_checked_before_any_work():
     x = torch.randn(5, 6)
     with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 4\)"):
         measure(net, x, torch.tensor([0, 1, 9, 2, 0]), **FAST)
-    assert net.calls <= 4
+    assert net.calls <= 6  # 4, and the 2 two-sample forwards of propagate's sample-independence check
     net.calls = 0
     with pytest.raises(TypeError, match="labels must be integer"):
         measure(net, x, torch.tensor([0.0, 1.0, 2.0, 1.0, 0.0]), **FAST)
