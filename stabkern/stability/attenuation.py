@@ -182,7 +182,7 @@ chunk by chunk; a sample's noise depends on its position in the stream, not on t
         memory_budget = check_positive_int("memory_budget", memory_budget)
     tally = Tally(progress, "attenuation")
     source = DataSource(data)
-    with metering(model, channels_last):
+    with metering(model, channels_last, source.first()) as channels_last:
         precision = check_precision(precision)
         prep = prepare(model, source, layers, method, channels_last)
         floor = precision != "highest" if floor is None else bool(floor)

@@ -66,6 +66,7 @@ from .. import ops
 from .._checks import check_names, check_positive, check_positive_int, check_seed
 from ..distributed import resolve_group
 from ..progress import Tally
+from .autodiff import differentiable
 from .bound import logits_of
 from .context import (MAX_SAMPLES, DataSource, Prepared, check_finite, count_chunks, metering, plan_chunks,
                       precision_mode, prepare, run_units)
@@ -239,7 +240,7 @@ def forward_meters(prep: Prepared, data, *, draws: int, alpha: float, seed: int,
                 if draws:
                     linear[j] = (p[:b], t[:b], t[b:])
 
-            with fwAD.dual_level(), precision_mode("highest", prep.device):
+            with fwAD.dual_level(), precision_mode("highest", prep.device), differentiable():
                 prep.propagator.suffix(clean, i, fwAD.make_dual(repeat_trials(x_i, 1 + draws),
                                                                 torch.cat([x_i, eta])), "output", observe_tangent)
             if not draws:
@@ -324,8 +325,10 @@ def _sweep_chunk(prep, xb, s0, sweeps, probes, seed, backend, positions, frob2, 
     handles = [layer.module.register_forward_hook(lambda m, a, o, j=layer.index: keep(m, a, o, j))
                for layer in prep.layers]
     try:
-        with torch.enable_grad(), precision_mode("highest", prep.device):
-            prep.model(repeat_trials(xb, probes).requires_grad_(True))
+        # the forward reads a non-leaf copy: a forward that writes its input writes that copy (autograd refuses
+        # writes into a leaf that requires grad); differentiable(): in-place writes of the forward (autodiff.py)
+        with torch.enable_grad(), precision_mode("highest", prep.device), differentiable():
+            prep.model(repeat_trials(xb.detach().requires_grad_(True), probes))
     finally:
         for h in handles:
             h.remove()
@@ -342,8 +345,9 @@ def _sweep_chunk(prep, xb, s0, sweeps, probes, seed, backend, positions, frob2, 
                                                                    device=y.device),
                              trials=probes, seed=seed, stream=2 * len(prep.layers) + j, sample0=s0, backend=backend)
         with precision_mode("highest", prep.device):
-            grads = torch.autograd.grad(y, [made[i] for i in earlier], v.to(y.dtype), retain_graph=j != last,
-                                        allow_unused=True)
+            with differentiable():  # the backward of a multi-view or out= call rewritten in the forward
+                grads = torch.autograd.grad(y, [made[i] for i in earlier], v.to(y.dtype), retain_graph=j != last,
+                                            allow_unused=True)
         for i, g in zip(earlier, grads):
             if g is None:  # x^j does not depend on x^i (a parallel branch)
                 continue
@@ -473,12 +477,13 @@ def spread_dict(names, beta, positions) -> dict:
     return out
 
 
-def _run(model, data, layers, method, channels_last, fn, progress, stage):
-    """fn(prep, source, tally) in metering mode, on data streamed through a DataSource."""
+def _run(model, data, layers, method, channels_last, fn, progress, stage, autodiff=False):
+    """fn(prep, source, tally) in metering mode, on data streamed through a DataSource (autodiff: fn differentiates
+    the forward; see context.metering)."""
     layers = check_names("layers", layers)
     tally = Tally(progress, stage)
     source = DataSource(data)
-    with metering(model, channels_last):
+    with metering(model, channels_last, source.first(), autodiff) as channels_last:
         prep = prepare(model, source, layers, method, channels_last)
         result = fn(prep, source, tally)
     tally.finish()
@@ -540,7 +545,7 @@ def interlayer_cushion(model, data, *, probes: int = 4, layers=None, seed: int =
             tally.fix(jacobian_units(prep, source.n, probes, 0, memory_budget))
         return jacobian_meters(prep, source, probes=probes, draws=0, alpha=0.1, seed=seed, budget=memory_budget,
                                backend=backend, group=group, tally=tally)
-    prep, m = _run(model, data, layers, method, channels_last, fn, progress, "interlayer cushion")
+    prep, m = _run(model, data, layers, method, channels_last, fn, progress, "interlayer cushion", autodiff=True)
     return interlayer_cushion_dict(prep.names, m["mu"], m["mu_rse"])
 
 
@@ -561,7 +566,8 @@ def interlayer_smoothness(model, data, *, alpha: float = 0.1, draws: int = 1, la
         check_meterable(prep)
         return forward_meters(prep, source, draws=draws, alpha=alpha, seed=seed, budget=memory_budget,
                               backend=backend, group=group, tally=tally)
-    prep, m = _run(model, data, layers, method, channels_last, fn, progress, "interlayer smoothness")
+    prep, m = _run(model, data, layers, method, channels_last, fn, progress, "interlayer smoothness",
+                   autodiff=True)
     out = smoothness_dict(prep.names, m["rho"])
     out["rho"] = min_or_nan(m["rho"])
     out["literal"] = smoothness_dict(prep.names, m["rho_literal"])
