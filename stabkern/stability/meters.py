@@ -230,6 +230,8 @@ def forward_meters(prep: Prepared, data, *, draws: int, alpha: float, seed: int,
             radius = alpha * y_norm[i]
             eta = ops.sphere_noise(torch.zeros_like(x_i), radius, trials=draws, seed=seed, stream=num + i,
                                    sample0=s0, backend=backend) if draws else x_i[:0]
+            if not prep.channels_last and eta.dim() == 4:  # the noise op writes channels_last (see attenuation)
+                eta = eta.contiguous()
             linear = {}  # j -> (M(x^i), J x^i, J eta_d): views of the forward-mode pass, as made
 
             def observe_tangent(j, y, i=i):
