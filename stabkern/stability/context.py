@@ -312,7 +312,8 @@ def metering(model: nn.Module, channels_last: bool = False, sample: torch.Tensor
                 if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last):
                     moved.append((t, t.data))
                     t.data = t.data.contiguous(memory_format=torch.channels_last)
-            if sample is not None and not _runs(model, sample, True, autodiff):
+            # (nothing moved and data not 4-D: the layout is the model's own, nothing to probe)
+            if sample is not None and (moved or sample.dim() == 4) and not _runs(model, sample, True, autodiff):
                 _restore(moved)
                 if _runs(model, sample, False, autodiff):
                     channels_last = False

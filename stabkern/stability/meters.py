@@ -162,10 +162,11 @@ def clean_meters(prep: Prepared, data, budget, tally: Tally | None = None) -> di
 def _rows_per_pass(prep: Prepared) -> int:
     """Noisy-pass rows (context.plan_chunks' unit: about four activations of the largest layer) that hold one
     row of a whole forward kept for a reverse sweep: every layer's input, output and the copy of the
-    output the sweep differentiates against, and what autograd saves (about three times the activations)."""
+    output the sweep differentiates against, and what autograd saves, kept as copies (autodiff.py): about
+    four times the activations."""
     numel = sum(math.prod(layer.in_shape) + math.prod(layer.out_shape) for layer in prep.layers)
     largest = max(max(math.prod(layer.in_shape), math.prod(layer.out_shape)) for layer in prep.layers)
-    return max(1, math.ceil(3 * numel / (4 * largest)))
+    return max(1, math.ceil(4 * numel / (4 * largest)))
 
 
 def _whole_sample_batch(prep: Prepared, n: int | None, rows: int, budget, what: str) -> int:
@@ -205,7 +206,8 @@ def forward_meters(prep: Prepared, data, *, draws: int, alpha: float, seed: int,
 
     One forward-mode pass per injection layer i from x^i on 1 + draws rows (tangents x^i and the noise draws
     eta_d: J x^i and J eta_d at every later layer), then one plain pass on the draws noisy rows x^i + eta_d.
-    Noise draw d of sample s at layer i uses stream L + i, trial d (0..L-1 are the attenuation's). NaN where
+    Noise draw d of sample s at layer i uses stream L + i, trial d (0..L-1 are the attenuation's). Both passes
+    run under autodiff.differentiable (a forward's out= calls carry the tangents). NaN where
     j < i (rho: j <= i) and where layer j does not depend on x^i (a parallel branch, e.g. a residual block's
     1x1 downsample conv beside its main path). data, group, tally: as in attenuation_sums (units: chunk x
     injection layer).
@@ -286,7 +288,8 @@ def reverse_sweeps(prep: Prepared, data, *, probes: int, seed: int, budget, back
     stream 2L + j, trial k) gives J^{i,j}^T v_k at every earlier layer output x^i at once, whose square
     norm estimates ||J^{i,j}||_F^2 and whose square norm per spatial position ||J^{i,j}[:, p]||_F^2. The
     copy of x^i the rest of the forward reads is what a later in-place op may rewrite; x^i itself is kept
-    as the layer made it. The diagonal is exact (J = I: frob2 = h_i, rse 0; beta NaN); NaN where j < i
+    as the layer made it; the forward's own in-place writes are differentiated as the forward computed them
+    (autodiff.differentiable). The diagonal is exact (J = I: frob2 = h_i, rse 0; beta NaN); NaN where j < i
     or layer j does not depend on x^i; beta = 1 where x^i has one position (a Linear layer).
     data, group, tally: as in attenuation_sums (units: chunk x output layer j).
     """
@@ -347,9 +350,8 @@ def _sweep_chunk(prep, xb, s0, sweeps, probes, seed, backend, positions, frob2, 
                                                                    device=y.device),
                              trials=probes, seed=seed, stream=2 * len(prep.layers) + j, sample0=s0, backend=backend)
         with precision_mode("highest", prep.device):
-            with differentiable():  # the backward of a multi-view or out= call rewritten in the forward
-                grads = torch.autograd.grad(y, [made[i] for i in earlier], v.to(y.dtype), retain_graph=j != last,
-                                            allow_unused=True)
+            grads = torch.autograd.grad(y, [made[i] for i in earlier], v.to(y.dtype), retain_graph=j != last,
+                                        allow_unused=True)
         for i, g in zip(earlier, grads):
             if g is None:  # x^j does not depend on x^i (a parallel branch)
                 continue
