@@ -92,6 +92,8 @@ def _attenuation_chunk(prep: Prepared, data: torch.Tensor, s0: int, injections: 
             t = t1 - t0
             noisy = ops.sphere_noise(x_in, radius, trials=t, seed=seed, stream=i, sample0=s0, trial0=t0,
                                          out_dtype=noise_dtype, backend=backend)
+            if not prep.channels_last and noisy.dim() == 4:  # the noise op writes channels_last: a net metered in
+                noisy = noisy.contiguous()  # its own layout (it .view()s activations) gets that layout
 
             def observe(j, y_hat, i=i, t=t):
                 e2 = ops.sq_error(y_hat, clean.outputs[j], backend=backend).view(t, b)
@@ -182,7 +184,7 @@ chunk by chunk; a sample's noise depends on its position in the stream, not on t
         memory_budget = check_positive_int("memory_budget", memory_budget)
     tally = Tally(progress, "attenuation")
     source = DataSource(data)
-    with metering(model, channels_last):
+    with metering(model, channels_last, source.first()) as channels_last:
         precision = check_precision(precision)
         prep = prepare(model, source, layers, method, channels_last)
         floor = precision != "highest" if floor is None else bool(floor)

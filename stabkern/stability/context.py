@@ -27,15 +27,19 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from .._checks import check_choice, check_positive_int
 from ..distributed import agree_on_failure, group_rank_size, merge_owned, owner
 from ..progress import Tally
+from .autodiff import differentiable
 from .layers import Layer, resolve_layers, trace_layers
 from .propagate import build_propagator
 
@@ -288,14 +292,20 @@ def check_precision(precision) -> str:
 
 
 @contextlib.contextmanager
-def metering(model: nn.Module, channels_last: bool = False):
+def metering(model: nn.Module, channels_last: bool = False, sample: torch.Tensor | None = None,
+             autodiff: bool = False):
     """Eval mode, no_grad and cuDNN autotuning for the duration; every module's training flag (and the
-    autotuning flag) restored on exit.
+    autotuning flag) restored on exit. Yields whether the model runs channels_last (below).
 
     channels_last: also store the model's 4-D parameters and buffers channels_last for the duration
-    (their values unchanged; each tensor's original storage put back on exit), so convolutions, pools
-    and activations run in that format (on CPU about twice as fast for small conv nets; what cuDNN's
-    tensor-core kernels want on a GPU).
+    (their values unchanged; each tensor's original storage, so its bits and its layout, put back on exit,
+    exception or not), so convolutions, pools and activations run in that format (on CPU about twice as
+    fast for small conv nets; what cuDNN's tensor-core kernels want on a GPU). Not every forward runs in
+    it: one that `.view()`s a 4-D weight or activation, or GroupNorm under forward-mode AD, raises "view
+    size is not compatible". So with `sample` (a (1, ...) data sample) the model is first run on it
+    channels_last (with `autodiff`, also a forward-mode pass and a backward, as the Jacobian meters do);
+    if that raises and the same run in the model's own layout does not, the layout is the cause: the
+    parameters are put back and the meter runs in the model's own layout (the yielded flag is then False).
     """
     flags = [(m, m.training) for m in model.modules()]
     moved = []
@@ -309,14 +319,57 @@ def metering(model: nn.Module, channels_last: bool = False):
                 if t.dim() == 4 and not t.is_contiguous(memory_format=torch.channels_last):
                     moved.append((t, t.data))
                     t.data = t.data.contiguous(memory_format=torch.channels_last)
+            # (nothing moved and data not 4-D: the layout is the model's own, nothing to probe)
+            if sample is not None and (moved or sample.dim() == 4) and not _runs(model, sample, True, autodiff):
+                _restore(moved)
+                if _runs(model, sample, False, autodiff):
+                    channels_last = False
+                else:  # it fails in its own layout too: not the layout's doing, the meter reports the failure
+                    for t, data in moved:
+                        t.data = data.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            yield
+            yield channels_last
     finally:
         torch.backends.cudnn.benchmark = benchmark
-        for t, data in moved:
-            t.data = data
+        _restore(moved)
         for m, flag in flags:
             m.training = flag
+
+
+def _restore(moved: list) -> None:
+    """Each moved tensor's original storage put back (its bits and its layout)."""
+    for t, data in moved:
+        t.data = data
+
+
+def _runs(model: nn.Module, sample: torch.Tensor, channels_last: bool, autodiff: bool) -> bool:
+    """Whether model runs on a copy of sample (channels_last if 4-D and asked), with autodiff also a forward-mode
+    pass (zero tangent on the input) and a backward from its outputs, as the Jacobian meters differentiate it.
+    Any exception is a no; the model's warnings are not shown (the metered passes show them)."""
+    try:
+        device, dtype = check_model(model)
+    except (TypeError, ValueError):
+        return True  # prepare names the problem
+    x = sample.detach().to(device=device, dtype=dtype)
+    x = x.clone(memory_format=torch.channels_last if channels_last and x.dim() == 4 else torch.contiguous_format)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.no_grad():
+                model(x.clone())
+            if autodiff:
+                with differentiable():
+                    with fwAD.dual_level(), torch.no_grad():
+                        model(fwAD.make_dual(x.clone(), torch.zeros_like(x)))
+                    with torch.enable_grad():
+                        leaf = x.requires_grad_(True)
+                        out = [t for t in tree_leaves(model(leaf.clone()))
+                               if isinstance(t, torch.Tensor) and t.requires_grad]
+                        if out:
+                            torch.autograd.grad(sum(t.sum() for t in out), leaf, allow_unused=True)
+    except Exception:  # noqa: BLE001 - a probe: whatever stops it, the meter would meet too
+        return False
+    return True
 
 
 @contextlib.contextmanager

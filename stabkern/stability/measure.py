@@ -147,7 +147,7 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     labels = check_labels(labels, source.n if source.n is not None else _length(labels))
     floor = precision != "highest" if floor is None else floor
     tally = Tally(progress, "measure")
-    with metering(model, channels_last):
+    with metering(model, channels_last, source.first(), autodiff=True) as channels_last:
         prep = prepare(model, source, layers, method, channels_last)
         check_meterable(prep)
         classes = logits_of(prep.propagator.clean(prep.batch(source.first())).logits)[0].numel()

@@ -66,6 +66,7 @@ from .. import ops
 from .._checks import check_names, check_positive, check_positive_int, check_seed
 from ..distributed import resolve_group
 from ..progress import Tally
+from .autodiff import differentiable
 from .bound import logits_of
 from .context import (MAX_SAMPLES, DataSource, Prepared, check_finite, count_chunks, metering, plan_chunks,
                       precision_mode, prepare, run_units)
@@ -161,10 +162,11 @@ def clean_meters(prep: Prepared, data, budget, tally: Tally | None = None) -> di
 def _rows_per_pass(prep: Prepared) -> int:
     """Noisy-pass rows (context.plan_chunks' unit: about four activations of the largest layer) that hold one
     row of a whole forward kept for a reverse sweep: every layer's input, output and the copy of the
-    output the sweep differentiates against, and what autograd saves (about three times the activations)."""
+    output the sweep differentiates against, and what autograd saves, kept as copies (autodiff.py): about
+    four times the activations."""
     numel = sum(math.prod(layer.in_shape) + math.prod(layer.out_shape) for layer in prep.layers)
     largest = max(max(math.prod(layer.in_shape), math.prod(layer.out_shape)) for layer in prep.layers)
-    return max(1, math.ceil(3 * numel / (4 * largest)))
+    return max(1, math.ceil(4 * numel / (4 * largest)))
 
 
 def _whole_sample_batch(prep: Prepared, n: int | None, rows: int, budget, what: str) -> int:
@@ -204,7 +206,8 @@ def forward_meters(prep: Prepared, data, *, draws: int, alpha: float, seed: int,
 
     One forward-mode pass per injection layer i from x^i on 1 + draws rows (tangents x^i and the noise draws
     eta_d: J x^i and J eta_d at every later layer), then one plain pass on the draws noisy rows x^i + eta_d.
-    Noise draw d of sample s at layer i uses stream L + i, trial d (0..L-1 are the attenuation's). NaN where
+    Noise draw d of sample s at layer i uses stream L + i, trial d (0..L-1 are the attenuation's). Both passes
+    run under autodiff.differentiable (a forward's out= calls carry the tangents). NaN where
     j < i (rho: j <= i) and where layer j does not depend on x^i (a parallel branch, e.g. a residual block's
     1x1 downsample conv beside its main path). data, group, tally: as in attenuation_sums (units: chunk x
     injection layer).
@@ -229,6 +232,8 @@ def forward_meters(prep: Prepared, data, *, draws: int, alpha: float, seed: int,
             radius = alpha * y_norm[i]
             eta = ops.sphere_noise(torch.zeros_like(x_i), radius, trials=draws, seed=seed, stream=num + i,
                                    sample0=s0, backend=backend) if draws else x_i[:0]
+            if not prep.channels_last and eta.dim() == 4:  # the noise op writes channels_last (see attenuation)
+                eta = eta.contiguous()
             linear = {}  # j -> (M(x^i), J x^i, J eta_d): views of the forward-mode pass, as made
 
             def observe_tangent(j, y, i=i):
@@ -239,7 +244,7 @@ def forward_meters(prep: Prepared, data, *, draws: int, alpha: float, seed: int,
                 if draws:
                     linear[j] = (p[:b], t[:b], t[b:])
 
-            with fwAD.dual_level(), precision_mode("highest", prep.device):
+            with fwAD.dual_level(), precision_mode("highest", prep.device), differentiable():
                 prep.propagator.suffix(clean, i, fwAD.make_dual(repeat_trials(x_i, 1 + draws),
                                                                 torch.cat([x_i, eta])), "output", observe_tangent)
             if not draws:
@@ -283,7 +288,8 @@ def reverse_sweeps(prep: Prepared, data, *, probes: int, seed: int, budget, back
     stream 2L + j, trial k) gives J^{i,j}^T v_k at every earlier layer output x^i at once, whose square
     norm estimates ||J^{i,j}||_F^2 and whose square norm per spatial position ||J^{i,j}[:, p]||_F^2. The
     copy of x^i the rest of the forward reads is what a later in-place op may rewrite; x^i itself is kept
-    as the layer made it. The diagonal is exact (J = I: frob2 = h_i, rse 0; beta NaN); NaN where j < i
+    as the layer made it; the forward's own in-place writes are differentiated as the forward computed them
+    (autodiff.differentiable). The diagonal is exact (J = I: frob2 = h_i, rse 0; beta NaN); NaN where j < i
     or layer j does not depend on x^i; beta = 1 where x^i has one position (a Linear layer).
     data, group, tally: as in attenuation_sums (units: chunk x output layer j).
     """
@@ -324,8 +330,10 @@ def _sweep_chunk(prep, xb, s0, sweeps, probes, seed, backend, positions, frob2, 
     handles = [layer.module.register_forward_hook(lambda m, a, o, j=layer.index: keep(m, a, o, j))
                for layer in prep.layers]
     try:
-        with torch.enable_grad(), precision_mode("highest", prep.device):
-            prep.model(repeat_trials(xb, probes).requires_grad_(True))
+        # the forward reads a non-leaf copy: a forward that writes its input writes that copy (autograd refuses
+        # writes into a leaf that requires grad); differentiable(): in-place writes of the forward (autodiff.py)
+        with torch.enable_grad(), precision_mode("highest", prep.device), differentiable():
+            prep.model(repeat_trials(xb.detach().requires_grad_(True), probes))
     finally:
         for h in handles:
             h.remove()
@@ -473,12 +481,13 @@ def spread_dict(names, beta, positions) -> dict:
     return out
 
 
-def _run(model, data, layers, method, channels_last, fn, progress, stage):
-    """fn(prep, source, tally) in metering mode, on data streamed through a DataSource."""
+def _run(model, data, layers, method, channels_last, fn, progress, stage, autodiff=False):
+    """fn(prep, source, tally) in metering mode, on data streamed through a DataSource (autodiff: fn differentiates
+    the forward; see context.metering)."""
     layers = check_names("layers", layers)
     tally = Tally(progress, stage)
     source = DataSource(data)
-    with metering(model, channels_last):
+    with metering(model, channels_last, source.first(), autodiff) as channels_last:
         prep = prepare(model, source, layers, method, channels_last)
         result = fn(prep, source, tally)
     tally.finish()
@@ -540,7 +549,7 @@ def interlayer_cushion(model, data, *, probes: int = 4, layers=None, seed: int =
             tally.fix(jacobian_units(prep, source.n, probes, 0, memory_budget))
         return jacobian_meters(prep, source, probes=probes, draws=0, alpha=0.1, seed=seed, budget=memory_budget,
                                backend=backend, group=group, tally=tally)
-    prep, m = _run(model, data, layers, method, channels_last, fn, progress, "interlayer cushion")
+    prep, m = _run(model, data, layers, method, channels_last, fn, progress, "interlayer cushion", autodiff=True)
     return interlayer_cushion_dict(prep.names, m["mu"], m["mu_rse"])
 
 
@@ -561,7 +570,8 @@ def interlayer_smoothness(model, data, *, alpha: float = 0.1, draws: int = 1, la
         check_meterable(prep)
         return forward_meters(prep, source, draws=draws, alpha=alpha, seed=seed, budget=memory_budget,
                               backend=backend, group=group, tally=tally)
-    prep, m = _run(model, data, layers, method, channels_last, fn, progress, "interlayer smoothness")
+    prep, m = _run(model, data, layers, method, channels_last, fn, progress, "interlayer smoothness",
+                   autodiff=True)
     out = smoothness_dict(prep.names, m["rho"])
     out["rho"] = min_or_nan(m["rho"])
     out["literal"] = smoothness_dict(prep.names, m["rho_literal"])
