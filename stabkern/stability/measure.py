@@ -68,20 +68,6 @@ def conservative_mu_to(mu: np.ndarray, mu_rse: np.ndarray, probes: int) -> np.nd
         return np.nanmin(np.nanmin(low, axis=2), axis=0)
 
 
-def _t_intervals(cushion: dict, names, mu: np.ndarray, mu_rse: np.ndarray, probes: int) -> dict:
-    """`cushion` (meters.interlayer_cushion_dict) with each "min_ci95" made from report.interval95 (the t
-    quantile at `probes`). meters.interlayer_cushion_dict writes the normal 1.96 and does not know the
-    probes; once it takes them and calls interval95 itself this goes."""
-    low, high = interval95(mu, mu_rse, probes)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a pair undefined for every sample stays NaN
-        for i, name in enumerate(names):
-            for j in range(i, len(names)):
-                cushion[name]["to"][names[j]]["min_ci95"] = [float(np.nanmin(low[:, i, j])),
-                                                             float(np.nanmin(high[:, i, j]))]
-    return cushion
-
-
 def rse_summary(mu_rse: np.ndarray, probes: int) -> dict:
     """The relative standard error of the sampled mu_{i,j} (j > i) in this run, over samples and pairs:
     its median, q95 and max, the probes and the t quantile of each sample's 95% interval mu (1 +- t rse).
@@ -243,8 +229,7 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     return StabilityReport(
         layers=names,
         layer_cushion=layer_cushion_dict(names, clean["cushion"], clean["frobenius"]),
-        interlayer_cushion=_t_intervals(interlayer_cushion_dict(names, jac["mu"], jac["mu_rse"]), names, jac["mu"],
-                                        jac["mu_rse"], probes),
+        interlayer_cushion=interlayer_cushion_dict(names, jac["mu"], jac["mu_rse"], probes),
         activation_contraction=contraction,
         interlayer_smoothness=smoothness_dict(names, jac["rho"]),
         noise_sensitivity=noise_sensitivity_dict(names, att.per_sample_sq, alpha),

@@ -71,7 +71,7 @@ from .bound import logits_of
 from .context import (MAX_SAMPLES, DataSource, Prepared, check_finite, count_chunks, metering, plan_chunks,
                       precision_mode, prepare, run_units)
 from .propagate import repeat_trials
-from .report import summarize
+from .report import interval95, summarize
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.GELU, nn.SiLU, nn.PReLU, nn.Hardtanh, nn.Softplus,
                nn.Tanh)
@@ -432,20 +432,25 @@ def layer_cushion_dict(names, cushion, frob) -> dict:
     return out
 
 
-def interlayer_cushion_dict(names, mu, mu_rse) -> dict:
+def interlayer_cushion_dict(names, mu, mu_rse, probes: int) -> dict:
     """{name_i: summarize(mu_{i->}(x)) + {"to": {name_j: summarize(mu_{i,j}(x)) + "rel_se_median",
     "min_ci95"}}}: rel_se_median is the median over samples of the relative standard error of the
-    Hutchinson estimate; min_ci95 the data minimum taken over each sample's 95% interval ends."""
+    Hutchinson estimate over `probes` probes; min_ci95 the data minimum taken over each sample's 95%
+    interval ends (report.interval95: the Student-t quantile at probes - 1 degrees of freedom; NaN with one
+    probe, which gives no standard error)."""
+    if probes >= 2:
+        low, high = interval95(mu, mu_rse, probes)
+    else:
+        low = high = np.full_like(mu, np.nan)
     out = {}
     for i, name in enumerate(names):
         entry = summarize(_quiet(np.nanmin, mu[:, i, i:], 1))
         entry["to"] = {}
         for j in range(i, len(names)):
             s = summarize(mu[:, i, j])
-            rse = mu_rse[:, i, j]
-            s["rel_se_median"] = float(_quiet(np.nanmedian, rse, None))
-            s["min_ci95"] = [float(_quiet(np.nanmin, mu[:, i, j] * (1 - 1.96 * rse), None)),
-                             float(_quiet(np.nanmin, mu[:, i, j] * (1 + 1.96 * rse), None))]
+            s["rel_se_median"] = float(_quiet(np.nanmedian, mu_rse[:, i, j], None))
+            s["min_ci95"] = [float(_quiet(np.nanmin, low[:, i, j], None)),
+                             float(_quiet(np.nanmin, high[:, i, j], None))]
             entry["to"][names[j]] = s
         out[name] = entry
     return out
@@ -550,7 +555,7 @@ def interlayer_cushion(model, data, *, probes: int = 4, layers=None, seed: int =
         return jacobian_meters(prep, source, probes=probes, draws=0, alpha=0.1, seed=seed, budget=memory_budget,
                                backend=backend, group=group, tally=tally)
     prep, m = _run(model, data, layers, method, channels_last, fn, progress, "interlayer cushion", autodiff=True)
-    return interlayer_cushion_dict(prep.names, m["mu"], m["mu_rse"])
+    return interlayer_cushion_dict(prep.names, m["mu"], m["mu_rse"], probes)
 
 
 def interlayer_smoothness(model, data, *, alpha: float = 0.1, draws: int = 1, layers=None, seed: int = 0,
