@@ -87,3 +87,33 @@ def test_bad_seed(capsys, small):
 def test_debug_shows_traceback(capsys, small):
     assert main(["meter", "resnet999:w.pt", "--data", small["data"], "--debug"]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+def _flip_last_data_byte(path, member):
+    """Flip one bit in the last stored byte of `member` of a stored (uncompressed) zip: its CRC no longer matches."""
+    import zipfile
+
+    info = zipfile.ZipFile(path).getinfo(member)
+    raw = bytearray(path.read_bytes())
+    local = info.header_offset
+    name_len, extra_len = int.from_bytes(raw[local + 26:local + 28], "little"), int.from_bytes(raw[local + 28:local + 30], "little")
+    raw[local + 30 + name_len + extra_len + info.compress_size - 1] ^= 1
+    path.write_bytes(bytes(raw))
+
+
+def test_npz_member_with_bad_crc(capsys, small, tmp_path):
+    path = tmp_path / "flipped.npz"
+    np.savez(path, x=small["x"].numpy(), y=small["y"].numpy())
+    _flip_last_data_byte(path, "x.npy")
+    line = fails(capsys, "meter", small["model"], "--data", str(path))
+    assert "flipped.npz" in line and "'x'" in line and "CRC" in line
+
+
+def test_uint64_labels_named_as_stored(capsys, small, tmp_path):
+    """2^64 - 1 in a uint64 array is not -1: the error names the value the file holds."""
+    path = tmp_path / "u64.npz"
+    y = small["y"].numpy().astype(np.uint64)
+    y[-1] = 2 ** 64 - 1
+    np.savez(path, x=small["x"].numpy(), y=y)
+    line = fails(capsys, "meter", small["model"], "--data", str(path))
+    assert f"..{2 ** 64 - 1}" in line and "[-1" not in line
