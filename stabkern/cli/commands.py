@@ -69,11 +69,14 @@ def _inputs(args):
 
 
 def _library_errors(fn, *a, **kw):
-    """Run a library call; its argument errors (ValueError) become CLIError: one line, exit 2."""
+    """Run a library call; its argument errors (ValueError) and non-finite values the model computes on
+    the data (FloatingPointError: finite weights and inputs that overflow) become CLIError: one line, exit 2."""
     try:
         return fn(*a, **kw)
     except ValueError as err:
         raise CLIError(str(err)) from err
+    except FloatingPointError as err:
+        raise CLIError(f"{err}: the model overflows on this data; check the data's scale (normalization)") from err
 
 
 def cmd_info(args) -> None:

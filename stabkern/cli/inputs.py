@@ -88,6 +88,9 @@ def load_model(spec: str, *, num_classes=None, trust_pickle: bool = False, dev: 
         except Exception as err:
             raise CLIError(f"MODEL {spec}: {path} does not hold DigitsNet weights ({str(err).splitlines()[0]}); "
                            "pass the state_dict of a stabkern.zoo.digits.DigitsNet") from err
+        from ..io.models import check_finite_weights
+
+        check_finite_weights(model, f"MODEL {spec}")
         return Model(model.to(dev).eval(), f"digits:{path.name}")
     raise CLIError(f"MODEL {spec!r}: unknown digits model; pass 'digits', 'digits-shuffled' or "
                    "'digits:WEIGHTS.pt'")

@@ -76,6 +76,7 @@ def load_model(spec: str, *, num_classes: int | None = None, trust_pickle: bool 
                          f"{', '.join(zoo.ARCHITECTURES)}, or 'digits', or a model file")
     else:
         loaded = _file(Path(spec).expanduser(), trust_pickle)
+    check_finite_weights(loaded.model, loaded.name)
     try:
         loaded.model.to(device)
     except RuntimeError as err:
@@ -278,6 +279,17 @@ def _refused_by_weights_only(err: BaseException) -> bool:
     """torch.load(weights_only=True) read a valid pickle holding objects other than tensors and
     containers (as opposed to a damaged file, which raises other errors or other messages)."""
     return isinstance(err, pickle.UnpicklingError) and "weights only load failed" in str(err).lower()
+
+
+def check_finite_weights(model: nn.Module, name: str) -> None:
+    """InputError naming the first parameter or buffer of `model` that holds NaN or Inf: such weights
+    make every output non-finite, which the meters would only report deep inside a computation."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for key, t in tensors:
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise InputError(f"{name}: {key} holds {bad} NaN or Inf value(s) of {t.numel()}: the weights are "
+                             f"corrupt or come from a diverged training run; load finite weights")
 
 
 def _check_file(path: Path, what: str) -> None:

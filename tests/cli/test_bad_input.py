@@ -117,3 +117,21 @@ def test_uint64_labels_named_as_stored(capsys, small, tmp_path):
     np.savez(path, x=small["x"].numpy(), y=y)
     line = fails(capsys, "meter", small["model"], "--data", str(path))
     assert f"..{2 ** 64 - 1}" in line and "[-1" not in line
+
+
+def test_nan_weights_named(capsys, small, tmp_path):
+    from stabkern.zoo.digits import DigitsNet
+
+    state = DigitsNet().state_dict()
+    state["features.0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    line = fails(capsys, "meter", f"digits:{tmp_path / 'nan.pt'}", "--data", small["data"])
+    assert "features.0.weight" in line and "NaN" in line
+
+
+def test_overflow_on_the_data_is_one_line(capsys, small, tmp_path):
+    """Finite weights and finite inputs whose conv output overflows float32: one line, not a traceback."""
+    path = tmp_path / "huge.npz"
+    np.savez(path, x=np.full((4, 1, 8, 8), 3e38, np.float32), y=np.zeros(4, np.int64))
+    line = fails(capsys, "meter", small["model"], "--data", str(path))
+    assert "NaN or Inf" in line and "features.0" in line

@@ -173,3 +173,18 @@ def test_untrusted_pickle_is_never_unpickled(tmp_path):
         with pytest.raises(InputError):
             load_model(spec)
     assert not marker.exists()
+
+
+def test_non_finite_weights_refused_by_name(tmp_path, resnet18_10):
+    """NaN or Inf in any parameter or buffer is refused at load, naming it (every kind of model file)."""
+    state = resnet18_10.state_dict()
+    state["layer1.0.conv2.weight"] = state["layer1.0.conv2.weight"].clone()
+    state["layer1.0.conv2.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(InputError, match=r"layer1\.0\.conv2\.weight holds 1 NaN or Inf"):
+        load_model(f"resnet18:{tmp_path / 'nan.pt'}")
+    net = TinyNet().eval()
+    net.bn.running_var[1] = float("inf")
+    torch.jit.save(torch.jit.script(net), str(tmp_path / "inf.ts"))
+    with pytest.raises(InputError, match=r"bn\.running_var holds 1 NaN or Inf"):
+        load_model(str(tmp_path / "inf.ts"))
