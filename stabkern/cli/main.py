@@ -27,12 +27,14 @@ def _common() -> argparse.ArgumentParser:
 
 
 def _model_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="'digits', ARCH:WEIGHTS.pt, a TorchScript or torch.export file")
+    p.add_argument("model", metavar="MODEL",
+                   help="'digits', ARCH:WEIGHTS.pt, a TorchScript file, or a torch.export file (with --trust-pickle)")
     p.add_argument("--data", required=True, metavar="DATA", help="'digits', a dataset folder or an .npz/.npy file")
     p.add_argument("--limit", type=int, metavar="N", help="use the first N samples")
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default: 256)")
     p.add_argument("--num-classes", type=int, help="outputs of an ARCH:WEIGHTS model")
-    p.add_argument("--trust-pickle", action="store_true", help="allow pickled files (runs code from the file)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow files that can run code when loaded: pickles and torch.export (.pt2) programs")
 
 
 def parser() -> argparse.ArgumentParser:

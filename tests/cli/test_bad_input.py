@@ -96,7 +96,8 @@ def _flip_last_data_byte(path, member):
     info = zipfile.ZipFile(path).getinfo(member)
     raw = bytearray(path.read_bytes())
     local = info.header_offset
-    name_len, extra_len = int.from_bytes(raw[local + 26:local + 28], "little"), int.from_bytes(raw[local + 28:local + 30], "little")
+    name_len = int.from_bytes(raw[local + 26:local + 28], "little")
+    extra_len = int.from_bytes(raw[local + 28:local + 30], "little")
     raw[local + 30 + name_len + extra_len + info.compress_size - 1] ^= 1
     path.write_bytes(bytes(raw))
 
@@ -135,3 +136,26 @@ def test_overflow_on_the_data_is_one_line(capsys, small, tmp_path):
     np.savez(path, x=np.full((4, 1, 8, 8), 3e38, np.float32), y=np.zeros(4, np.int64))
     line = fails(capsys, "meter", small["model"], "--data", str(path))
     assert "NaN or Inf" in line and "features.0" in line
+
+
+def test_broken_torch_export_is_one_line_without_torch_logs(capsys, recwarn, monkeypatch, small, tmp_path):
+    """A .pt2 that torch.export.load cannot read, loaded trusted: torch logs a traceback (through its own
+    handlers, on the stderr of import time) and falls back before it raises; the user sees only the
+    one-line error. Every log record that reaches any handler is collected, whatever the logger."""
+    import logging
+    import zipfile
+
+    from stabkern.zoo.digits import DigitsNet
+
+    torch.export.save(torch.export.export(DigitsNet().eval(), (small["x"][:2],)), str(tmp_path / "m.pt2"))
+    with zipfile.ZipFile(tmp_path / "m.pt2") as zin, zipfile.ZipFile(tmp_path / "broken.pt2", "w") as zout:
+        for info in zin.infolist():
+            if not info.filename.endswith("weights/weight_0"):  # a weight payload the config names, missing
+                zout.writestr(info, zin.read(info))
+    records = []
+    monkeypatch.setattr(logging.Logger, "callHandlers", lambda self, record: records.append(record))
+    recwarn.clear()
+    line = fails(capsys, "meter", str(tmp_path / "broken.pt2"), "--data", small["data"], "--trust-pickle")
+    monkeypatch.undo()
+    assert "broken.pt2" in line
+    assert records == [] and len(recwarn) == 0, [r.getMessage() for r in records] + [str(w.message) for w in recwarn]
