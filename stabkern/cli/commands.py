@@ -18,7 +18,7 @@ import time
 import torch
 
 from ..card.render import publish_mode
-from .inputs import CLIError, check_fit, device, load_data, load_model, out_folder
+from .inputs import CLIError, card_folder, check_fit, device, load_data, load_model, out_folder
 
 
 def run(args) -> None:
@@ -200,12 +200,13 @@ def cmd_card(args) -> None:
     dev, out, m, d = _inputs(args)
     out = out or out_folder(".")
     name = args.name or "".join(c if c.isalnum() or c in "-_." else "-" for c in m.name.rsplit("/", 1)[-1])
+    folder = card_folder(out, name)
     card = _library_errors(build_card, m.model, d.x, d.y, title=f"{m.name} on {d.name}", model_name=m.name,
                            data_name=d.name, seed=args.seed, eps=args.eps, mode=args.mode, trials=args.trials,
                            margin_quantile=args.margin_quantile, batch_size=args.batch_size,
                            progress=_progress(args))
     _print_notes(args, card.notes)
-    folder = write_card(card, out / name)
+    folder = write_card(card, folder)
     _emit(args, card.doc, f"wrote {folder}/card.md, card.json and {len(card.doc['figures'])} figures")
 
 
@@ -215,6 +216,8 @@ def cmd_demo(args) -> None:
 
     dev = device(args.device)
     out = out_folder(args.out or "stabkern-demo")
+    for name in ("digits", "digits-shuffled"):
+        card_folder(out, name)
     progress = _progress(args)
     limit = 128 if args.quick else 512
     kw = {"seed": args.seed, "trials": 2 if args.quick else 8,

@@ -159,3 +159,34 @@ def test_broken_torch_export_is_one_line_without_torch_logs(capsys, recwarn, mon
     monkeypatch.undo()
     assert "broken.pt2" in line
     assert records == [] and len(recwarn) == 0, [r.getMessage() for r in records] + [str(w.message) for w in recwarn]
+
+
+@pytest.mark.parametrize("taken", ["file", "link-to-folder", "dangling-link", "folder-with-other-files"])
+def test_card_name_taken_is_refused_before_any_work(capsys, small, tmp_path, taken):
+    """OUT/NAME that is not a card folder: one line, nothing written in OUT or through a link, no hidden file."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    target = out / "tiny"
+    if taken == "file":
+        target.write_text("mine")
+    elif taken == "link-to-folder":
+        target.symlink_to(elsewhere, target_is_directory=True)
+    elif taken == "dangling-link":
+        target.symlink_to(tmp_path / "absent")
+    else:
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+    before = {p: (p.is_symlink(), p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")}
+    line = fails(capsys, "card", small["model"], "--data", small["data"], "--out", str(out), "--name", "tiny",
+                 "--limit", "8", "--trials", "1")
+    assert "tiny" in line
+    assert {p: (p.is_symlink(), p.read_bytes() if p.is_file() else None) for p in tmp_path.rglob("*")} == before
+
+
+def test_card_name_must_not_leave_out(capsys, small, tmp_path):
+    line = fails(capsys, "card", small["model"], "--data", small["data"], "--out", str(tmp_path / "out"),
+                 "--name", "../escaped", "--limit", "8", "--trials", "1")
+    assert "--name" in line
+    assert not (tmp_path / "escaped").exists()
