@@ -1,24 +1,21 @@
 """What each `stabkern` subcommand does (main.py parses; inputs.py loads and checks the inputs).
 
 Every command validates all of its inputs and the --out folder before long work starts, shows progress
-through `stabkern.progress.bars` (tqdm on a terminal's stderr unless --quiet), and writes files
-all-or-nothing (a temporary name, then a rename). Human-readable text goes to stdout, or with --json
-one JSON document.
+through `stabkern.progress.bars` (tqdm on a terminal's stderr unless --quiet), and writes its files as
+one set (outputs.py: all written under temporary names, then renamed into place together).
+Human-readable text goes to stdout, or with --json one JSON document.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import sys
-import tempfile
 import time
 
 import torch
 
-from ..card.render import publish_mode
 from .inputs import CLIError, card_folder, check_fit, device, load_data, load_model, out_folder
+from .outputs import json_writer, write_set
 
 
 def run(args) -> None:
@@ -42,20 +39,6 @@ def _progress(args):
 
 def _emit(args, doc: dict, text: str) -> None:
     print(json.dumps(doc, indent=1, allow_nan=False) if args.json else text)
-
-
-def _write_json(folder: pathlib.Path, name: str, doc: dict) -> pathlib.Path:
-    """folder/name written whole or not at all."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, allow_nan=False)
-        publish_mode(tmp)
-        os.replace(tmp, folder / name)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return folder / name
 
 
 def _inputs(args):
@@ -145,7 +128,7 @@ def cmd_meter(args) -> None:
     doc = report.to_dict()
     _print_notes(args, notes)
     if out is not None:
-        _write_json(out, "measure.json", doc)
+        write_set(out, {"measure.json": json_writer(doc)})
     logs = doc["bound"]["log10"]
     _emit(args, doc, "\n".join([f"{m.name} on {d.name} ({len(d.x)} samples): noise attenuation (rows: injection)",
                                 report.attenuation.table(),
@@ -176,15 +159,12 @@ def cmd_compress(args) -> None:
     _print_notes(args, notes)
     doc = {"compression": report.to_dict(),
            "choose_k": None if chosen is None else tagged(chosen.to_dict(), "stabkern-choose-k-v1")}
-    if out is not None:
-        _write_json(out, "compression.json", doc["compression"])
+    if out is not None:  # one set: choose_k.json of an earlier --eps run does not stay beside a --k run's files
+        files = {"compression.json": json_writer(doc["compression"]),
+                 "compressed.pt": lambda path: torch.save(small.state_dict(), path)}
         if chosen is not None:
-            _write_json(out, "choose_k.json", doc["choose_k"])
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=".compressed.pt.tmp-")
-        os.close(fd)
-        torch.save(small.state_dict(), tmp)
-        publish_mode(tmp)
-        os.replace(tmp, out / "compressed.pt")
+            files["choose_k.json"] = json_writer(doc["choose_k"])
+        write_set(out, files, remove=[] if chosen is not None else ["choose_k.json"])
     _emit(args, doc, ("" if chosen is None else f"{chosen}\n\n") + str(report))
 
 
@@ -206,7 +186,7 @@ def cmd_card(args) -> None:
                            margin_quantile=args.margin_quantile, batch_size=args.batch_size,
                            progress=_progress(args))
     _print_notes(args, card.notes)
-    folder = write_card(card, folder)
+    folder = _library_errors(write_card, card, folder)  # ValueError: OUT/NAME changed while the card was built
     _emit(args, card.doc, f"wrote {folder}/card.md, card.json and {len(card.doc['figures'])} figures")
 
 
@@ -243,8 +223,8 @@ def cmd_demo(args) -> None:
     table = summary_table(docs)
     real, shuffled = (doc for _, doc in docs)
     contrast = _contrast(real, shuffled)
-    _write_json(out, "summary.json", {"cards": {n: str(f) for (n, _), f in zip(docs, folders)}, "contrast": contrast,
-                                      "wall_time_s": elapsed})
+    write_set(out, {"summary.json": json_writer({"cards": {n: str(f) for (n, _), f in zip(docs, folders)},
+                                                 "contrast": contrast, "wall_time_s": elapsed})})
     _emit(args, {"cards": {n: doc for n, doc in docs}, "contrast": contrast, "wall_time_s": elapsed},
           "\n".join([table, "", contrast["text"], f"cards: {', '.join(f'{f}/card.md' for f in folders)} "
                      f"({elapsed:.0f} s)"]))
