@@ -151,27 +151,56 @@ def publish_mode(path) -> None:
     os.chmod(path, 0o666 & ~_umask())
 
 
-def write_card(card, folder) -> pathlib.Path:
-    """Write card.md, card.json and the PNGs into `folder` (replaced as a whole). Returns the folder."""
+CARD_FILES = ("card.md", "card.json")  # and the figures, *.png
+
+
+def check_card_folder(folder) -> pathlib.Path:
+    """`folder` as a Path if write_card may (re)place it: absent, or a real folder holding only a card's
+    files (card.md, card.json, PNGs). ValueError otherwise, before anything is written: a file or a
+    symbolic link there (replacing a link would drop it; writing through it would write elsewhere), or
+    a folder with other contents, which replacing the card as a whole would delete."""
     folder = pathlib.Path(folder)
+    if folder.is_symlink():
+        raise ValueError(f"card folder {folder} is a symbolic link: a card is written only into a real folder; "
+                         "remove the link or choose another folder (--name)")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"card folder {folder} exists and is not a folder: remove it or choose another "
+                         "folder (--name)")
+    if folder.is_dir():
+        foreign = sorted(p.name for p in folder.iterdir()
+                         if not (p.is_file() and not p.is_symlink() and (p.name in CARD_FILES or p.suffix == ".png")))
+        if foreign:
+            raise ValueError(f"card folder {folder} holds {len(foreign)} entries that are not a card's (e.g. "
+                             f"{foreign[0]!r}); a card replaces its folder as a whole, so choose a new or empty "
+                             "folder (--name)")
+    return folder
+
+
+def write_card(card, folder) -> pathlib.Path:
+    """Write card.md, card.json and the PNGs into `folder` (replaced as a whole; see check_card_folder for
+    what is refused). Returns the folder."""
+    folder = check_card_folder(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    old = None
     try:
         card.doc["figures"] = figures.draw_all(card.doc, tmp)
         (tmp / "card.json").write_text(json.dumps(card.doc, indent=1, allow_nan=False))
         (tmp / "card.md").write_text(markdown(card.doc))
         # mkdtemp makes the folder private (0700): give it the mode a plain mkdir would have
         tmp.chmod(0o777 & ~_umask())
-        old = None
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+        if folder.exists():  # rename() replaces only an empty folder: move the old card aside (a unique name)
+            old = pathlib.Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
             folder.rename(old)
         tmp.rename(folder)
-        if old is not None:
-            shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not folder.exists():
+            old.rename(folder)  # failed after moving the old card aside: put it back
         raise
+    finally:
+        if old is not None and old.exists():
+            shutil.rmtree(old)
     return folder
 
 

@@ -1,24 +1,22 @@
 """What each `stabkern` subcommand does (main.py parses; inputs.py loads and checks the inputs).
 
 Every command validates all of its inputs and the --out folder before long work starts, shows progress
-through `stabkern.progress.bars` (tqdm on a terminal's stderr unless --quiet), and writes files
-all-or-nothing (a temporary name, then a rename). Human-readable text goes to stdout, or with --json
-one JSON document.
+through `stabkern.progress.bars` (tqdm on a terminal's stderr unless --quiet), and writes its files as
+one set (outputs.py: all written under temporary names, then renamed into place together).
+Human-readable text goes to stdout, or with --json one JSON document.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import sys
-import tempfile
 import time
 
 import torch
 
-from ..card.render import publish_mode
-from .inputs import CLIError, check_fit, device, load_data, load_model, out_folder
+from .inputs import CLIError, card_folder, check_fit, device, load_data, load_model, out_folder
+from .outputs import json_writer, write_set
+from .study import cmd_study  # noqa: F401 - run() dispatches to cmd_<command>
 
 
 def run(args) -> None:
@@ -26,7 +24,7 @@ def run(args) -> None:
 
     try:
         args.seed = _checks.check_seed(args.seed)
-        for name in ("limit", "batch_size", "trials", "k"):
+        for name in ("limit", "batch_size", "trials", "k", "samples", "probes"):
             if getattr(args, name, None) is not None:
                 _checks.check_positive_int(name, getattr(args, name))
     except (TypeError, ValueError) as err:
@@ -44,20 +42,6 @@ def _emit(args, doc: dict, text: str) -> None:
     print(json.dumps(doc, indent=1, allow_nan=False) if args.json else text)
 
 
-def _write_json(folder: pathlib.Path, name: str, doc: dict) -> pathlib.Path:
-    """folder/name written whole or not at all."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, allow_nan=False)
-        publish_mode(tmp)
-        os.replace(tmp, folder / name)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return folder / name
-
-
 def _inputs(args):
     """(device, out folder or None, Model, Data): everything checked before the work starts."""
     dev = device(args.device)
@@ -69,11 +53,14 @@ def _inputs(args):
 
 
 def _library_errors(fn, *a, **kw):
-    """Run a library call; its argument errors (ValueError) become CLIError: one line, exit 2."""
+    """Run a library call; its argument errors (ValueError) and non-finite values the model computes on
+    the data (FloatingPointError: finite weights and inputs that overflow) become CLIError: one line, exit 2."""
     try:
         return fn(*a, **kw)
     except ValueError as err:
         raise CLIError(str(err)) from err
+    except FloatingPointError as err:
+        raise CLIError(f"{err}: the model overflows on this data; check the data's scale (normalization)") from err
 
 
 def cmd_info(args) -> None:
@@ -142,7 +129,7 @@ def cmd_meter(args) -> None:
     doc = report.to_dict()
     _print_notes(args, notes)
     if out is not None:
-        _write_json(out, "measure.json", doc)
+        write_set(out, {"measure.json": json_writer(doc)})
     logs = doc["bound"]["log10"]
     _emit(args, doc, "\n".join([f"{m.name} on {d.name} ({len(d.x)} samples): noise attenuation (rows: injection)",
                                 report.attenuation.table(),
@@ -173,15 +160,12 @@ def cmd_compress(args) -> None:
     _print_notes(args, notes)
     doc = {"compression": report.to_dict(),
            "choose_k": None if chosen is None else tagged(chosen.to_dict(), "stabkern-choose-k-v1")}
-    if out is not None:
-        _write_json(out, "compression.json", doc["compression"])
+    if out is not None:  # one set: choose_k.json of an earlier --eps run does not stay beside a --k run's files
+        files = {"compression.json": json_writer(doc["compression"]),
+                 "compressed.pt": lambda path: torch.save(small.state_dict(), path)}
         if chosen is not None:
-            _write_json(out, "choose_k.json", doc["choose_k"])
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=".compressed.pt.tmp-")
-        os.close(fd)
-        torch.save(small.state_dict(), tmp)
-        publish_mode(tmp)
-        os.replace(tmp, out / "compressed.pt")
+            files["choose_k.json"] = json_writer(doc["choose_k"])
+        write_set(out, files, remove=[] if chosen is not None else ["choose_k.json"])
     _emit(args, doc, ("" if chosen is None else f"{chosen}\n\n") + str(report))
 
 
@@ -197,12 +181,13 @@ def cmd_card(args) -> None:
     dev, out, m, d = _inputs(args)
     out = out or out_folder(".")
     name = args.name or "".join(c if c.isalnum() or c in "-_." else "-" for c in m.name.rsplit("/", 1)[-1])
+    folder = card_folder(out, name)
     card = _library_errors(build_card, m.model, d.x, d.y, title=f"{m.name} on {d.name}", model_name=m.name,
                            data_name=d.name, seed=args.seed, eps=args.eps, mode=args.mode, trials=args.trials,
                            margin_quantile=args.margin_quantile, batch_size=args.batch_size,
                            progress=_progress(args))
     _print_notes(args, card.notes)
-    folder = write_card(card, out / name)
+    folder = _library_errors(write_card, card, folder)  # ValueError: OUT/NAME changed while the card was built
     _emit(args, card.doc, f"wrote {folder}/card.md, card.json and {len(card.doc['figures'])} figures")
 
 
@@ -212,6 +197,8 @@ def cmd_demo(args) -> None:
 
     dev = device(args.device)
     out = out_folder(args.out or "stabkern-demo")
+    for name in ("digits", "digits-shuffled"):
+        card_folder(out, name)
     progress = _progress(args)
     limit = 128 if args.quick else 512
     kw = {"seed": args.seed, "trials": 2 if args.quick else 8,
@@ -241,8 +228,9 @@ def cmd_demo(args) -> None:
     # the matched contrast (same digits, same epochs, only the labels differ) is the one that is not confounded
     contrast = _contrast(control, shuffled, "true labels, same 256 digits")
     full = _contrast(real, shuffled, "true labels, all 1348 digits")
-    _write_json(out, "summary.json", {"cards": {n: str(f) for (n, _), f in zip(docs, folders)}, "contrast": contrast,
-                                      "contrast_full_data": full, "wall_time_s": elapsed})
+    write_set(out, {"summary.json": json_writer({"cards": {n: str(f) for (n, _), f in zip(docs, folders)},
+                                                 "contrast": contrast, "contrast_full_data": full,
+                                                 "wall_time_s": elapsed})})
     _emit(args, {"cards": {n: doc for n, doc in docs}, "contrast": contrast, "contrast_full_data": full,
                  "wall_time_s": elapsed},
           "\n".join([table, "", "matched: " + contrast["text"], "full data (confounded by data size and epochs): "

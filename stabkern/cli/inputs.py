@@ -60,6 +60,20 @@ def out_folder(path) -> pathlib.Path:
                        "with --out DIR") from err
 
 
+def card_folder(out: pathlib.Path, name: str) -> pathlib.Path:
+    """OUT/NAME for a card, checked before the work starts: NAME a plain folder name (not a path that
+    leaves OUT), and nothing at OUT/NAME that writing the card would clobber or write through."""
+    from ..card.render import check_card_folder
+
+    if name in ("", ".", "..") or any(sep in name for sep in ("/", "\\", "\0")):
+        raise CLIError(f"--name {name!r}: give a folder name (no path separators, not '.' or '..'); the card "
+                       "is written into OUT/NAME")
+    try:
+        return check_card_folder(out / name)
+    except ValueError as err:
+        raise CLIError(str(err)) from err
+
+
 def load_model(spec: str, *, num_classes=None, trust_pickle: bool = False, dev: torch.device) -> Model:
     """MODEL spec -> Model (eval mode, on `dev`): the digits specs here, everything else by stabkern.io."""
     from ..zoo.digits import DigitsNet, trained_digits_net
@@ -88,6 +102,9 @@ def load_model(spec: str, *, num_classes=None, trust_pickle: bool = False, dev: 
         except Exception as err:
             raise CLIError(f"MODEL {spec}: {path} does not hold DigitsNet weights ({str(err).splitlines()[0]}); "
                            "pass the state_dict of a stabkern.zoo.digits.DigitsNet") from err
+        from ..io.models import check_finite_weights
+
+        check_finite_weights(model, f"MODEL {spec}")
         return Model(model.to(dev).eval(), f"digits:{path.name}")
     raise CLIError(f"MODEL {spec!r}: unknown digits model; pass 'digits', 'digits-shuffled' or "
                    "'digits:WEIGHTS.pt'")

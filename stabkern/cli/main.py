@@ -1,5 +1,5 @@
 """`stabkern` (and `python -m stabkern`): the command line. argparse subcommands demo, card, meter,
-compress, bench, info, each with --help, --json, --device, --out, --seed, --quiet, --debug.
+compress, study, bench, info, each with --help, --json, --device, --out, --seed, --quiet, --debug.
 
 argparse because it is in the standard library: the command adds no dependency and its behavior
 (usage errors exit 2 with one line on stderr) is what the bad-input rule asks of every other error.
@@ -27,12 +27,14 @@ def _common() -> argparse.ArgumentParser:
 
 
 def _model_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="'digits', ARCH:WEIGHTS.pt, a TorchScript or torch.export file")
+    p.add_argument("model", metavar="MODEL",
+                   help="'digits', ARCH:WEIGHTS.pt, a TorchScript file, or a torch.export file (with --trust-pickle)")
     p.add_argument("--data", required=True, metavar="DATA", help="'digits', a dataset folder or an .npz/.npy file")
     p.add_argument("--limit", type=int, metavar="N", help="use the first N samples")
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default: 256)")
     p.add_argument("--num-classes", type=int, help="outputs of an ARCH:WEIGHTS model")
-    p.add_argument("--trust-pickle", action="store_true", help="allow pickled files (runs code from the file)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow files that can run code when loaded: pickles and torch.export (.pt2) programs")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -82,6 +84,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", type=int, nargs="+", default=[512, 512, 3, 3], help="weight shape")
     p.add_argument("-k", type=int, default=4096, help="number of sign coefficients")
     p.add_argument("--backend", default="auto")
+
+    p = sub.add_parser("study", parents=[common], help="does each measure rank many nets by their generalization gap",
+                       description="Measure every net a manifest names (or the embedded digits grid, --demo), and "
+                       "rank the measures by Kendall's tau and Jiang et al.'s granulated tau with the gap "
+                       "(OUT/study.md, study.json, figures; resumable: rerun into the same OUT; docs/study.md).")
+    p.add_argument("manifest", metavar="MANIFEST", nargs="?",
+                   help="a .json or .csv file: name, model, train, test and hyperparameters per net")
+    p.add_argument("--demo", action="store_true", help="the 24-net digits grid, trained once and cached")
+    p.add_argument("--samples", type=int, default=256, help="training samples the meters use per net (default: 256)")
+    p.add_argument("--probes", type=int, default=4, help="Hutchinson probes of the Jacobian meters (default: 4)")
+    p.add_argument("--trials", type=int, default=8, help="noise draws per sample and layer (default: 8)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow pickled files (runs code from the file)")
 
     sub.add_parser("info", parents=[common], help="versions, what was built, usable backends",
                    description="Versions, compiled extensions and which backends are usable here.")

@@ -17,6 +17,7 @@ import math
 import pickle
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,12 +185,15 @@ def _check_labels(y: np.ndarray, n: int, classes: int | None, name: str):
         raise InputError(f"{name}: labels must be one per sample, shape ({n},), got {tuple(y.shape)}")
     if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
         raise InputError(f"{name}: labels must be integers (class indices), got dtype {y.dtype}")
-    if n and (y.min() < 0 or (classes is not None and y.max() >= classes)):
-        high = "inf" if classes is None else classes
-        raise InputError(f"{name}: labels out of range [0, {high}): found {y.min()}..{y.max()}; "
+    # as Python ints: exact for every integer dtype (a uint64 2^64 - 1 is not the int64 -1 it casts to)
+    low, high = (int(y.min()), int(y.max())) if n else (0, -1)
+    limit = classes if classes is not None else 2 ** 63  # inferred classes: the labels must fit int64
+    if n and (low < 0 or high >= limit):
+        bound = classes if classes is not None else "2^63"
+        raise InputError(f"{name}: labels out of range [0, {bound}): found {low}..{high}; "
                          f"the labels are corrupt or belong to other data")
     if classes is None and n:
-        classes = int(y.max()) + 1
+        classes = high + 1
     return torch.from_numpy(y.astype(np.int64)), classes
 
 
@@ -412,7 +416,8 @@ def _npz_member(archive, key: str, path: Path) -> np.ndarray:
     """archive[key]; a corrupt or pickled member surfaces only when read."""
     try:
         return archive[key]
-    except (ValueError, OSError, EOFError, KeyError) as err:
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        # BadZipFile: a member whose CRC does not match (a flipped bit); zlib.error: a damaged compressed member
         raise InputError(f"{path}: array {key!r} is not readable ({_first_line(err)}): the file is corrupt "
                          f"or holds Python objects; save plain numeric arrays") from None
 

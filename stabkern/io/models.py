@@ -4,8 +4,10 @@ Specs (`load_model(spec)`):
 - "ARCH:WEIGHTS" - an architecture of `stabkern.zoo.ARCHITECTURES` and a state_dict file, read with
   torch.load(weights_only=True) and loaded strictly; num_classes is read from the last Linear of the
   weights unless given. "ARCH" alone: random weights (said in the name).
-- a TorchScript file (torch.jit.save) or a torch.export program (torch.export.save, usually .pt2),
-  recognized by their contents, not their suffix.
+- a TorchScript file (torch.jit.save), recognized by its contents, not its suffix.
+- a torch.export program (torch.export.save, usually .pt2) only with trust_pickle=True: torch.export.load
+  unpickles parts of the file without weights_only (when the safe load fails) and evaluates the graph's
+  symbolic shape expressions with sympy (Python eval), so a crafted file runs code when loaded.
 - a pickled whole nn.Module (torch.save(model)) only with trust_pickle=True: unpickling runs code.
 - "digits": `stabkern.zoo.digits.trained_digits_net()`.
 
@@ -14,7 +16,10 @@ What this is not: a model hub. Nothing is downloaded. Every failure is an `Input
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +34,8 @@ from .errors import InputError, first_line as _first_line
 SOURCES = ("architecture", "torchscript", "export", "pickle", "digits")
 # torchvision's ImageNet weights expect this normalization of [0, 1] RGB pixels and 224x224 inputs.
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-SPEC_HELP = ("MODEL is ARCH (random weights), ARCH:WEIGHTS.pt (a state_dict), a TorchScript or torch.export "
-             "(.pt2) file, a pickled model with --trust-pickle, or 'digits'")
+SPEC_HELP = ("MODEL is ARCH (random weights), ARCH:WEIGHTS.pt (a state_dict), a TorchScript file, a "
+             "torch.export (.pt2) file or a pickled model with --trust-pickle, or 'digits'")
 
 
 @dataclass
@@ -76,6 +81,7 @@ def load_model(spec: str, *, num_classes: int | None = None, trust_pickle: bool 
                          f"{', '.join(zoo.ARCHITECTURES)}, or 'digits', or a model file")
     else:
         loaded = _file(Path(spec).expanduser(), trust_pickle)
+    check_finite_weights(loaded.model, loaded.name)
     try:
         loaded.model.to(device)
     except RuntimeError as err:
@@ -203,6 +209,11 @@ def _file(path: Path, trust_pickle: bool) -> LoadedModel:
             raise InputError(f"{path} is not a loadable TorchScript file ({_first_line(err)})") from None
         return LoadedModel(model.eval(), path.name, "torchscript", None, None)
     if kind == "export":
+        if not trust_pickle:
+            raise InputError(f"{path} is a torch.export program; loading one can run code from the file (torch "
+                             f"unpickles parts of it and evaluates its shape expressions), so it is read only with "
+                             f"--trust-pickle (trust_pickle=True). Safer: save a state_dict and pass "
+                             f"ARCH:WEIGHTS.pt, or a TorchScript file") from None
         return _exported(path)
     return _pickled(path, trust_pickle)
 
@@ -225,10 +236,25 @@ def _archive_kind(path: Path) -> str:
     return "pickle"
 
 
+@contextlib.contextmanager
+def _torch_quiet():
+    """No log records or warnings while inside: torch.export.load logs what it falls back to (with a
+    traceback) before it raises, and the loader reports the failure in one line instead."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
 def _exported(path: Path) -> LoadedModel:
     try:
-        program = torch.export.load(str(path))
-        model = program.module()
+        with _torch_quiet():
+            program = torch.export.load(str(path))
+            model = program.module()
     except Exception as err:  # noqa: BLE001
         raise InputError(f"{path} is not a loadable torch.export program ({_first_line(err)})") from None
     # An exported graph is fixed in the mode it was exported in (normally eval); torch makes its
@@ -280,6 +306,17 @@ def _refused_by_weights_only(err: BaseException) -> bool:
     """torch.load(weights_only=True) read a valid pickle holding objects other than tensors and
     containers (as opposed to a damaged file, which raises other errors or other messages)."""
     return isinstance(err, pickle.UnpicklingError) and "weights only load failed" in str(err).lower()
+
+
+def check_finite_weights(model: nn.Module, name: str) -> None:
+    """InputError naming the first parameter or buffer of `model` that holds NaN or Inf: such weights
+    make every output non-finite, which the meters would only report deep inside a computation."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for key, t in tensors:
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise InputError(f"{name}: {key} holds {bad} NaN or Inf value(s) of {t.numel()}: the weights are "
+                             f"corrupt or come from a diverged training run; load finite weights")
 
 
 def _check_file(path: Path, what: str) -> None:

@@ -96,7 +96,9 @@ def test_torchscript(tmp_path, x32):
 def test_torch_export(tmp_path, x32):
     model = TinyNet().eval()
     torch.export.save(torch.export.export(model, (x32,)), str(tmp_path / "m.pt2"))
-    loaded = load_model(str(tmp_path / "m.pt2"))
+    with pytest.raises(InputError, match="torch.export program.*--trust-pickle"):
+        load_model(str(tmp_path / "m.pt2"))  # torch.export.load can run code from the file
+    loaded = load_model(str(tmp_path / "m.pt2"), trust_pickle=True)
     assert loaded.source == "export" and loaded.input_size == (32, 32)
     loaded.model.eval()  # torch's exported modules refuse eval(); the loader makes it a flag
     _same_outputs(loaded.model, model, x32)
@@ -184,4 +186,52 @@ def test_untrusted_pickle_is_never_unpickled(tmp_path):
     for spec in (str(tmp_path / "evil.pt"), f"resnet18:{tmp_path / 'evil.pt'}"):
         with pytest.raises(InputError):
             load_model(spec)
+    assert not marker.exists()
+
+
+def test_non_finite_weights_refused_by_name(tmp_path, resnet18_10):
+    """NaN or Inf in any parameter or buffer is refused at load, naming it (every kind of model file)."""
+    state = resnet18_10.state_dict()
+    state["layer1.0.conv2.weight"] = state["layer1.0.conv2.weight"].clone()
+    state["layer1.0.conv2.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(InputError, match=r"layer1\.0\.conv2\.weight holds 1 NaN or Inf"):
+        load_model(f"resnet18:{tmp_path / 'nan.pt'}")
+    net = TinyNet().eval()
+    net.bn.running_var[1] = float("inf")
+    torch.jit.save(torch.jit.script(net), str(tmp_path / "inf.ts"))
+    with pytest.raises(InputError, match=r"bn\.running_var holds 1 NaN or Inf"):
+        load_model(str(tmp_path / "inf.ts"))
+
+
+def _rewrite_export(src, dst, member_suffix, data):
+    """Copy the torch.export archive src to dst with the member ending in member_suffix replaced by data
+    (or dropped when data is None)."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            if not info.filename.endswith(member_suffix):
+                zout.writestr(info, zin.read(info))
+            elif data is not None:
+                zout.writestr(info, data)
+
+
+def test_crafted_torch_export_never_runs_code(tmp_path, x32):
+    """torch.export.load falls back to full unpickling of the sample inputs when the safe load fails:
+    untrusted, a .pt2 is refused before torch reads it."""
+    import io
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.export.save(torch.export.export(TinyNet().eval(), (x32,)), str(tmp_path / "m.pt2"))
+    buf = io.BytesIO()
+    torch.save(Payload(), buf)
+    _rewrite_export(tmp_path / "m.pt2", tmp_path / "evil.pt2", "sample_inputs/model.pt", buf.getvalue())
+    with pytest.raises(InputError, match="--trust-pickle"):
+        load_model(str(tmp_path / "evil.pt2"))
     assert not marker.exists()
