@@ -11,6 +11,14 @@ import pathlib
 import tempfile
 
 
+def _publish(tmp: str, final: pathlib.Path) -> None:
+    """Rename tmp (mkstemp's, mode 0600) to final with the mode a plain open() would give (0666 less umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, final)
+
+
 def _fmt(v, digits: int = 2) -> str:
     return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
 
@@ -83,7 +91,7 @@ def figures(report: dict, folder: pathlib.Path) -> list[str]:
         os.close(fd)
         figure.savefig(tmp, dpi=110)
         plt.close(figure)
-        os.replace(tmp, folder / file)
+        _publish(tmp, folder / file)
         written.append(file)
     return written
 
@@ -116,5 +124,5 @@ def write_study(report: dict, folder: pathlib.Path) -> None:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{file}.", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.replace(tmp, folder / file)
+        _publish(tmp, folder / file)
     figures(report, folder)
