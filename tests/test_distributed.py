@@ -248,3 +248,40 @@ def test_merge_owned_single_process_is_identity():
     a = np.arange(6.0).reshape(3, 2)
     (b,) = D.merge_owned([a], np.zeros(3, dtype=int), None)
     assert b is a
+
+
+def _study_nets():
+    from stabkern.study import Net
+
+    nets = []
+    for i in range(3):
+        torch.manual_seed(i)
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                    torch.nn.Linear(3 * 6 * 6, 4)).eval()
+        g = torch.Generator().manual_seed(100 + i)
+        data = (torch.randn(12, 1, 6, 6, generator=g), torch.randint(0, 4, (12,), generator=g))
+        nets.append(Net(name=f"net{i}", model=model, train=data, test=data, hyperparameters={"i": i}))
+    return nets
+
+
+def _study_on_ranks(group, out):
+    import warnings
+
+    from stabkern.study import Settings, run_study
+
+    warnings.simplefilter("ignore")  # random nets: measure warns that the bounds are undefined
+    return run_study(_study_nets(), f"{out}/rank{D.group_rank_size(group)[0]}",
+                     settings=Settings(samples=8, probes=2, trials=2), resamples=200, group=group)
+
+
+@pytest.mark.filterwarnings("ignore:the 0.1 quantile of the margins")
+def test_study_shares_nets_over_ranks_and_equals_one_process(tmp_path):
+    from stabkern.study import Settings, run_study
+
+    reports = run_ranks(_study_on_ranks, 2, tmp_path, str(tmp_path))
+    with torch_threads(1):
+        one = run_study(_study_nets(), None, settings=Settings(samples=8, probes=2, trials=2), resamples=200)
+    assert reports[0] == reports[1] == one
+    assert (tmp_path / "rank0" / "study.json").exists() and not (tmp_path / "rank1" / "study.json").exists()
+    # each rank cached only the nets it measured (round robin)
+    assert sorted(p.name[:4] for p in (tmp_path / "rank1" / "nets").glob("*.json")) == ["net1"]
