@@ -174,6 +174,36 @@ def test_gradients_match_finite_differences(device_backend):
         assert torch.autograd.gradgradcheck(lambda t: stabkern.sign_project(t, 6, seed=3, backend=backend), (x,))
 
 
+def test_torch_func_transforms_give_the_sign_matrix(device_backend):
+    """jacrev / jacfwd of the projection are S, of the reconstruction scale S^T; vmap over any dimension and
+    jvp equal the explicit products (S from the float64 reference backend). Each Jacobian entry is one +-1
+    term times a basis vector's 1 (exact); vmap's products are sums of n terms (assert_project_close)."""
+    device, backend = device_backend
+    if interpreted(backend, device):
+        pytest.skip("the transforms' rules only call the ops, which every backend runs; interpreted Triton is slow")
+    n, k, seed, stream, scale = 37, 5, 7, 2, 0.5
+    S = reference.project(torch.eye(n, dtype=torch.float64), k, seed, stream, 0, 0).T.to(device)  # (k, n)
+    project = lambda t: stabkern.sign_project(t, k, seed=seed, stream=stream, backend=backend)  # noqa: E731
+    rebuild = lambda t: stabkern.sign_reconstruct(t, n, seed=seed, stream=stream, scale=scale,  # noqa: E731
+                                                  backend=backend)
+    x = torch.randn(n, dtype=torch.float64, device=device)
+    y = torch.randn(k, dtype=torch.float64, device=device)
+    assert torch.equal(torch.func.jacrev(project)(x), S)
+    assert torch.equal(torch.func.jacfwd(project)(x), S)
+    assert torch.equal(torch.func.jacrev(rebuild)(y), scale * S.T)
+    assert torch.equal(torch.func.jacfwd(rebuild)(y), scale * S.T)
+    # Second order through the adjoint: the Hessian of ||x S^T||^2 is 2 S^T S (exact in float64: small ints).
+    assert torch.equal(torch.func.hessian(lambda t: project(t).square().sum())(x), 2 * S.T @ S)
+    X = torch.randn(3, 4, n, dtype=torch.float64, device=device)
+    assert_project_close(torch.func.vmap(project, in_dims=1)(X).movedim(0, 1), X, k, seed, stream)
+    tangent = torch.randn(n, dtype=torch.float64, device=device)
+    value, derivative = torch.func.jvp(project, (x,), (tangent,))
+    assert_project_close(value, x, k, seed, stream)
+    assert_project_close(derivative, tangent, k, seed, stream)
+    Y = torch.randn(k, 3, dtype=torch.float64, device=device)
+    assert_reconstruct_close(torch.func.vmap(rebuild, in_dims=1)(Y), Y.T, n, seed, scale, stream)
+
+
 @pytest.mark.parametrize("op", ["project", "reconstruct"])
 def test_opcheck(device_backend, op):
     device, backend = device_backend
