@@ -59,7 +59,9 @@ def fold_batchnorm(model: nn.Module) -> list[dict]:
     The pairs come from a torch.fx trace (a BatchNorm2d whose only input is a Conv2d's output,
     used nowhere else, each module called once), so folding is right whatever the registration
     order. conv(x) -> bn: W' = W * g, b' = (b - running_mean) * g + beta, g = gamma / sqrt(var + eps);
-    the BatchNorm becomes nn.Identity. Returns [{"conv": name, "batchnorm": name}].
+    the BatchNorm becomes nn.Identity. Returns [{"conv": name, "batchnorm": name}]. W' and b' are
+    new Parameters of the conv: a weight or bias it shared with another module (tied weights) is left
+    as it was, so the other module computes what it did, and the folded conv is no longer tied to it.
 
     A BatchNorm in training mode normalizes with the batch's statistics, not the running ones
     folding would bake in: it is refused (ValueError naming it), as is one without running
@@ -105,11 +107,12 @@ def fold_batchnorm(model: nn.Module) -> list[dict]:
                 beta = bn.bias
             bias = conv.bias if conv.bias is not None else torch.zeros_like(g)
             new_bias = (bias - bn.running_mean) * g + beta
-            conv.weight.mul_(g.reshape(-1, 1, 1, 1).to(conv.weight.dtype))
-            if conv.bias is None:
-                conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype))
-            else:
-                conv.bias.copy_(new_bias)
+            new_weight = conv.weight * g.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
+        # Fresh Parameters, never a write into the old ones: a weight or bias tied to another module (or
+        # still the user's) must keep its values; the folded conv no longer shares them.
+        conv.weight = nn.Parameter(new_weight, requires_grad=conv.weight.requires_grad)
+        conv.bias = nn.Parameter(new_bias.to(new_weight.dtype),
+                                 requires_grad=conv.bias.requires_grad if conv.bias is not None else True)
         _replace(model, bn, nn.Identity())
     return [{"conv": conv_name, "batchnorm": bn_name} for conv_name, bn_name in pairs]
 

@@ -3,6 +3,7 @@ they raise), fold only eval-mode BatchNorm, keep tied weights tied, leave k >= m
 warning, report undefined output errors as NaN, record the backend that ran, and stay within bounded
 memory on a 100M-weight layer."""
 
+import copy
 import json
 import warnings
 
@@ -224,3 +225,52 @@ def test_peak_memory_on_a_100m_weight_linear():
     # ||A_hat - A||^2 / ||A||^2 is about (n / k) chi^2_k / k: its root has relative spread sqrt(1 / (2k)) = 0.088
     assert stored == 64 and abs(err / ((1e8 - 1) / 64) ** 0.5 - 1) < 4 * (1 / 128) ** 0.5, fields
     print(f"peak growth {growth:.0f} MiB = {growth / weight_mib:.3f} x the 381 MiB weight")
+
+
+class TiedAcrossBatchNorm(nn.Module):
+    """conv1 -> bn -> relu -> conv2, conv2's weight the same Parameter as conv1's: only conv1 has a BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.conv2.weight = self.conv1.weight
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.bn(self.conv1(x))))
+
+
+def test_fold_bn_leaves_a_weight_tied_to_another_conv_alone():
+    """Folding gives conv1 a new weight W g (float32: each output a 36-term sum of products rounded once
+    more by the fold, error <= (36 + 2) eps sum|W' x| + eps |b'|); conv2 keeps W, so its output is the
+    original's bit for bit, and its sketch (no longer tied to conv1's) is projected from W itself."""
+    torch.manual_seed(7)
+    m = TiedAcrossBatchNorm()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-1, 1)
+        m.bn.running_var.uniform_(0.1, 0.3)  # g = gamma / sqrt(var + eps) far from 1: a scaled W is visible
+        m.bn.weight.uniform_(1.5, 2.5)
+    m.eval()
+    snap = snapshot(m)
+    x = torch.randn(2, 4, 5, 5)
+    comp, report = compress_model(m, {"conv1": None, "conv2": None}, seed=0, fold_bn=True)
+    assert report.folded == [{"conv": "conv1", "batchnorm": "bn"}]
+    assert torch.equal(comp.conv2(x), m.conv2(x))
+    m64 = copy.deepcopy(m).double()
+    ref = m64.bn(m64.conv1(x.double()))  # the uncompressed math in float64
+    w_abs, b_abs = comp.conv1.weight.detach().double().abs(), comp.conv1.bias.detach().double().abs()
+    bound = (38 * 2.0**-23 * nn.functional.conv2d(x.double().abs(), w_abs, padding=1)
+             + 2.0**-23 * b_abs[:, None, None])
+    assert bool(((comp.conv1(x).double() - ref).abs() <= bound).all())
+    assert_unchanged(m, snap)
+
+    k = 20  # of 144 weights: both sketched, each from its own weight
+    comp, report = compress_model(m, k, seed=3, fold_bn=True, layers=["conv1", "conv2"])
+    assert [(r.name, r.stream, r.tied_to) for r in report.layers] == [("conv1", 0, None), ("conv2", 1, None)]
+    folded_w = (m.conv1.weight * (m.bn.weight * torch.rsqrt(m.bn.running_var + m.bn.eps))[:, None, None, None])
+    for sk, stream, w in ((comp.conv1, 0, folded_w), (comp.conv2, 1, m.conv2.weight)):
+        w = w.detach().double().reshape(-1)
+        S = stabkern.sign_matrix(k, w.numel(), seed=3, stream=stream, dtype=torch.float64)
+        bound = 8 * 2.0**-23 * w.abs().sum() + 2.0**-23 * (S @ w).abs()  # float32 +-1 sums, as in tests/ops
+        assert bool(((sk.coefficients.double() - S @ w).abs() <= bound).all()), sk
+    assert_unchanged(m, snap)
