@@ -210,7 +210,9 @@ class _SketchedLayer(nn.Module):
         key = (c.device, c.dtype)
         hit = self._weight_cache.get(key)
         if hit is None or not self._cache_valid(hit):
-            with torch.no_grad():
+            # Built outside inference mode also when called in it: an inference tensor keeps no version
+            # counter (the write check below) and could not be used by a later forward that records autograd.
+            with torch.inference_mode(False), torch.no_grad():
                 made_from = (c.detach().clone(), self.seed_value, self.stream_value)
                 w = self._regenerate()
             hit = (made_from, w, w._version)
