@@ -14,6 +14,8 @@ and reshape. No kernel lives here, and nothing here knows about models or meters
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import _checks
@@ -98,9 +100,54 @@ def _check_sign_args(k, n, stream, t0, j0, backend, precision) -> tuple[int, int
     return k, n, stream, t0, j0
 
 
-def _run(a: torch.Tensor, out_size: int, backend: str, call) -> torch.Tensor:
-    """Reshape a (..., m) to 2-D, run `call(chosen_backend, a2d)`, reshape to (..., out_size)."""
+_SIZE_CHECK_FROM = 1 << 26  # bytes: below this a result is not checked against free memory (reading it costs more)
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Bytes a new tensor on `device` can take now, or None where unknown: CUDA's free memory; on the CPU,
+    Linux's MemAvailable (/proc/meminfo), else the physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_result_size(what: str, shape, dtype: torch.dtype, device: torch.device,
+                      fix: str = "lower k (or n), or work in pieces (row_offset / col_offset select a block of S)"
+                      ) -> None:
+    """ValueError naming the size in bytes when a result of `shape` and `dtype` would not fit in the memory
+    `device` has free now (`free_bytes`): refused before anything is allocated, instead of an allocation
+    that fails, or succeeds and swaps, or gets the process killed. Results under 64 MiB are not checked.
+    `fix` ends the message: what the caller can do instead."""
+    numel = 1
+    for s in shape:
+        numel *= int(s)
+    nbytes = numel * dtype.itemsize
+    if nbytes < _SIZE_CHECK_FROM:
+        return
+    free = free_bytes(device)
+    if free is not None and nbytes > free:
+        raise ValueError(f"{what} {tuple(int(s) for s in shape)} {str(dtype).replace('torch.', '')} would take "
+                         f"{nbytes} bytes ({nbytes / 2**30:.1f} GiB), more than the {free} bytes "
+                         f"({free / 2**30:.1f} GiB) free on {device}: {fix}")
+
+
+def _run(a: torch.Tensor, out_size: int, backend: str, call, what: str) -> torch.Tensor:
+    """Reshape a (..., m) to 2-D, run `call(chosen_backend, a2d)`, reshape to (..., out_size); a result
+    larger than the device's free memory is refused first (`check_result_size`)."""
     lead = a.shape[:-1]
+    check_result_size(what, (*lead, out_size), a.dtype, a.device)
     if a.numel() == 0:
         return a.new_empty(*lead, out_size)
     chosen = select("sign", backend, a.device, a.dtype)
@@ -119,7 +166,8 @@ def _sign_project(x: torch.Tensor, k: int, seed: int, stream: int, row_offset: i
                   backend: str, precision: str) -> torch.Tensor:
     _check_op_args(k, x.shape[-1], stream, row_offset, col_offset, backend, precision)
     seed = _seed_from_int64(seed)
-    return _run(x, k, backend, lambda b, x2: b.project(x2, k, seed, stream, row_offset, col_offset, precision))
+    return _run(x, k, backend, lambda b, x2: b.project(x2, k, seed, stream, row_offset, col_offset, precision),
+                "sign_project: the result")
 
 
 @_sign_project.register_fake
@@ -134,7 +182,8 @@ def _sign_reconstruct(y: torch.Tensor, n: int, seed: int, stream: int, scale: fl
     _check_op_args(y.shape[-1], n, stream, row_offset, col_offset, backend, precision)
     seed = _seed_from_int64(seed)
     return _run(y, n, backend,
-                lambda b, y2: b.reconstruct(y2, n, scale, seed, stream, row_offset, col_offset, precision))
+                lambda b, y2: b.reconstruct(y2, n, scale, seed, stream, row_offset, col_offset, precision),
+                "sign_reconstruct: the result")
 
 
 @_sign_reconstruct.register_fake
@@ -326,6 +375,8 @@ def sign_matrix(k: int, n: int, *, seed: int, stream: int = 0, row_offset: int =
     seed = _checks.check_seed(seed)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    check_result_size("sign_matrix: S", (k, n), dtype, torch.device(device) if device is not None else
+                      torch.empty(0).device)
     return sign_block(seed, stream, row_offset, k, col_offset, n, device=device, dtype=dtype)
 
 

@@ -13,7 +13,8 @@ numbers costs O(k c_out) per forward against O(k n) to regenerate. `.to()` / `.h
 
 k is at least 1 and below the entries one sketch covers (n in tensor mode, n / c_out in filter
 mode): a larger k stores no fewer numbers than the dense weight, and is refused before anything
-is allocated unless `allow_no_compression=True`. A checkpoint's seed, stream and coefficients
+is allocated unless `allow_no_compression=True`; coefficients that would not fit in the device's
+free memory are refused too, naming their bytes, before any allocation. A checkpoint's seed, stream and coefficients
 are validated on load (`load_state_dict` raises naming the key).
 
 Two modes, both with S the k x m matrix of (seed, stream):
@@ -36,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import MASK32, check_choice, check_int, check_positive_int, check_seed
-from .ops import BACKEND_NAMES, MAX_ROWS, MAX_STREAM, PRECISIONS, sign_project, sign_reconstruct
+from .ops import (BACKEND_NAMES, MAX_ROWS, MAX_STREAM, PRECISIONS, check_result_size, sign_project,
+                  sign_reconstruct)
 
 MODES = ("tensor", "filter")
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -79,6 +81,20 @@ def refuse_no_compression(k: int, shape, mode: str, name: str, allow: bool) -> N
     if not allow and not compresses(k, shape, mode):
         raise ValueError(no_compression_message(k, shape, mode, name)
                          + ": keep the layer dense, lower k, or pass allow_no_compression=True")
+
+
+def check_coefficients_fit(k: int, shape, mode: str, name: str, dtype, device, copies: int = 1) -> None:
+    """ValueError naming the bytes when `copies` coefficient tensors of k (tensor mode) or c_out * k (filter
+    mode) numbers would not fit in the device's free memory (`stabkern.ops.check_result_size`), before any
+    is allocated: allow_no_compression=True takes k beyond the entries a sketch covers (the error keeps
+    falling), but k = 2^32 on a small layer is 16 GiB of float32 coefficients."""
+    coeff_shape = (k,) if mode == "tensor" else (shape[0], k)
+    dtype = dtype or torch.get_default_dtype()
+    device = torch.device(device) if device is not None else torch.get_default_device()
+    what = f"{name}: k = {k}, {'the coefficients' if copies == 1 else 'the coefficients and their projection'}"
+    check_result_size(what, (copies, *coeff_shape), dtype, device,
+                      fix=f"lower k (the weight has {math.prod(shape)} entries; k beyond the "
+                          f"{row_length(shape, mode)} one sketch covers stores more numbers than the dense weight)")
 
 
 def check_weight(weight: torch.Tensor, name: str = "layer") -> None:
@@ -166,6 +182,8 @@ class _SketchedLayer(nn.Module):
         stream = check_int("stream", stream, 0, MAX_STREAM)
         # Before any allocation: k >= m would store k (or c_out * k) numbers for at most as many weights.
         refuse_no_compression(self.k, self.weight_shape, self.mode, type(self).__name__, allow_no_compression)
+        check_coefficients_fit(self.k, self.weight_shape, self.mode, type(self).__name__, factory["dtype"],
+                               factory["device"])
         coeff_shape = (self.k,) if mode == "tensor" else (self.weight_shape[0], self.k)
         self.coefficients = nn.Parameter(torch.zeros(coeff_shape, **factory), requires_grad=False)
         # Seeds span [0, 2^64) but int64 tops out at 2^63 - 1: keep the two 32-bit halves.
@@ -339,6 +357,7 @@ class SketchedLinear(_SketchedLayer):
         check_weight(module.weight, name)
         w = module.weight
         refuse_no_compression(check_k(k), tuple(w.shape), check_mode(mode), name, allow_no_compression)
+        check_coefficients_fit(k, tuple(w.shape), mode, name, w.dtype, w.device, copies=2)
         out = cls(module.in_features, module.out_features, k, mode=mode, bias=module.bias is not None, seed=seed,
                   stream=stream, backend=backend, precision=precision, device=w.device, dtype=w.dtype,
                   allow_no_compression=allow_no_compression)
@@ -426,6 +445,7 @@ class SketchedConv2d(_SketchedLayer):
         check_weight(module.weight, name)
         w = module.weight
         refuse_no_compression(check_k(k), tuple(w.shape), check_mode(mode), name, allow_no_compression)
+        check_coefficients_fit(k, tuple(w.shape), mode, name, w.dtype, w.device, copies=2)
         out = cls(module.in_channels, module.out_channels, module.kernel_size, k, stride=module.stride,
                   padding=module.padding, dilation=module.dilation, groups=module.groups,
                   bias=module.bias is not None, padding_mode=module.padding_mode, mode=mode, seed=seed,

@@ -274,3 +274,22 @@ def test_fold_bn_leaves_a_weight_tied_to_another_conv_alone():
         bound = 8 * 2.0**-23 * w.abs().sum() + 2.0**-23 * (S @ w).abs()  # float32 +-1 sums, as in tests/ops
         assert bool(((sk.coefficients.double() - S @ w).abs() <= bound).all()), sk
     assert_unchanged(m, snap)
+
+
+def test_coefficients_larger_than_free_memory_are_refused_before_allocating(monkeypatch):
+    """allow_no_compression=True takes k beyond the weight's entries, but not coefficients beyond the free
+    memory: k = 2^32 on a 64-weight layer is 16 GiB of float32 coefficients, 32 GiB with the projection
+    that fills them; with 8 GiB free (patched: the rule must not depend on this machine) it is refused
+    naming the bytes, before the zeros are allocated, and the model is left alone."""
+    monkeypatch.setattr(stabkern.ops, "free_bytes", lambda device: 8 << 30)
+    m = nn.Sequential(nn.Linear(8, 8))
+    snap = snapshot(m)
+    with pytest.raises(ValueError, match=r"0: k = 4294967296, the coefficients and their projection \(2, 4294967296\) "
+                                         r"float32 would take 34359738368 bytes .* lower k \(the weight has 64"):
+        compress_model(m, 1 << 32, seed=0, allow_no_compression=True)
+    assert_unchanged(m, snap)
+    with pytest.raises(ValueError, match=r"SketchedConv2d: k = 4294967296, the coefficients \(1, 3, 4294967296\) "
+                                         r"float32 would take 51539607552 bytes"):
+        SketchedConv2d(2, 3, 3, 1 << 32, mode="filter", allow_no_compression=True)
+    comp, _ = compress_model(m, 100, seed=0, allow_no_compression=True)  # beyond the 64 entries, and it fits
+    assert comp[0].stored == 100

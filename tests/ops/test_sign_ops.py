@@ -413,3 +413,21 @@ def test_meta_tensors_give_meta_results_on_auto_and_reference():
         y = stabkern.sign_project(x, 11, seed=1, backend=backend)
         assert y.device.type == "meta" and y.shape == (3, 2, 11)
         assert stabkern.sign_reconstruct(y, 150, seed=1, backend=backend).shape == (3, 2, 150)
+
+
+def test_a_result_larger_than_free_memory_is_refused_before_allocating(monkeypatch):
+    """The result's bytes are checked against the device's free memory before anything is allocated: 1 PiB
+    fits no machine; with 8 GiB free (patched: the check must not depend on this machine), the issue's
+    sign_project(randn(1, 8), 2^32 - 1) is 16 GiB and refused too, as are sign_reconstruct and sign_matrix."""
+    with pytest.raises(ValueError, match=r"sign_project: the result \(65536, 4294967295\) float32 would take "
+                                         r"1125899906580480 bytes"):
+        stabkern.sign_project(torch.randn(1 << 16, 8), (1 << 32) - 1, seed=0)
+    monkeypatch.setattr(stabkern.ops, "free_bytes", lambda device: 8 << 30)
+    with pytest.raises(ValueError, match=r"\(1, 4294967295\) float32 would take 17179869180 bytes \(16.0 GiB\), "
+                                         r"more than the 8589934592 bytes \(8.0 GiB\) free on cpu: lower k"):
+        stabkern.sign_project(torch.randn(1, 8), (1 << 32) - 1, seed=0)
+    with pytest.raises(ValueError, match=r"sign_reconstruct: the result \(2, 4294967296\) float64 would take"):
+        stabkern.sign_reconstruct(torch.randn(2, 3, dtype=torch.float64), 1 << 32, seed=0)
+    with pytest.raises(ValueError, match=r"sign_matrix: S \(65536, 65536\) float32 would take 17179869184 bytes"):
+        stabkern.sign_matrix(1 << 16, 1 << 16, seed=0)
+    assert stabkern.sign_project(torch.ones(1, 8), 3, seed=0).shape == (1, 3)  # small results go on
