@@ -190,6 +190,7 @@ class _SketchedLayer(nn.Module):
         device = factory["device"]
         self.register_buffer("seed", torch.tensor([seed & MASK32, seed >> 32], dtype=torch.int64, device=device))
         self.register_buffer("stream", torch.tensor(stream, dtype=torch.int64, device=device))
+        self._ids = (seed, stream)  # the buffers' values as ints, for torch.compile (`_sign_ids`)
         self._weight_cache: dict = {}
 
     @property
@@ -210,9 +211,24 @@ class _SketchedLayer(nn.Module):
         """Numbers the sketch stores for the weight (k, or c_out * k in filter mode)."""
         return self.coefficients.numel()
 
+    def _sign_ids(self) -> tuple[int, int]:
+        """(seed, stream) as Python ints for the sign ops: read from the buffers (and remembered) in eager
+        mode. Under torch.compile, reading a buffer's value into Python is a data-dependent guard that
+        fullgraph=True refuses: there the remembered ints serve (constants to the compiler, which guards on
+        them), with an in-graph check that the buffers still hold them."""
+        if torch.compiler.is_compiling():
+            seed, stream = self._ids
+            same = (self.seed[0] == seed & MASK32) & (self.seed[1] == seed >> 32) & (self.stream == stream)
+            torch._assert_async(same, "the seed or stream buffer changed since the layer last ran eagerly: run "
+                                      "it once outside torch.compile, or change them through load_state_dict")
+            return seed, stream
+        self._ids = (self.seed_value, self.stream_value)
+        return self._ids
+
     def _regenerate(self) -> torch.Tensor:
-        return reconstruct_weight(self.coefficients, self.weight_shape, mode=self.mode, seed=self.seed_value,
-                                  stream=self.stream_value, backend=self.backend, precision=self.precision)
+        seed, stream = self._sign_ids()
+        return reconstruct_weight(self.coefficients, self.weight_shape, mode=self.mode, seed=seed, stream=stream,
+                                  backend=self.backend, precision=self.precision)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -221,17 +237,18 @@ class _SketchedLayer(nn.Module):
         Cached unless the coefficients are being trained (requires_grad under grad mode); the
         cache is reused only while the coefficients, seed and stream equal (value, shape, dtype,
         device) the copies it was built from, and the cached weight itself was not written to.
+        Under torch.compile it is regenerated inside the graph at every call.
         """
         c = self.coefficients
-        if c.requires_grad and torch.is_grad_enabled():
-            return self._regenerate()
+        if torch.compiler.is_compiling() or (c.requires_grad and torch.is_grad_enabled()):
+            return self._regenerate()  # a Python-side cache cannot live in a compiled graph
         key = (c.device, c.dtype)
         hit = self._weight_cache.get(key)
         if hit is None or not self._cache_valid(hit):
             # Built outside inference mode also when called in it: an inference tensor keeps no version
             # counter (the write check below) and could not be used by a later forward that records autograd.
             with torch.inference_mode(False), torch.no_grad():
-                made_from = (c.detach().clone(), self.seed_value, self.stream_value)
+                made_from = (c.detach().clone(), *self._sign_ids())
                 w = self._regenerate()
             hit = (made_from, w, w._version)
             self._weight_cache[key] = hit
@@ -241,7 +258,7 @@ class _SketchedLayer(nn.Module):
         (c0, seed, stream), w, version = hit
         c = self.coefficients
         return (w._version == version and c.shape == c0.shape and c.dtype == c0.dtype and c.device == c0.device
-                and seed == self.seed_value and stream == self.stream_value and bool(torch.equal(c.detach(), c0)))
+                and (seed, stream) == self._sign_ids() and bool(torch.equal(c.detach(), c0)))
 
     def clear_weight_cache(self) -> None:
         self._weight_cache.clear()
@@ -280,6 +297,7 @@ class _SketchedLayer(nn.Module):
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        self._ids = (self.seed_value, self.stream_value)
 
     def _fill_from(self, module: nn.Module) -> None:
         """Coefficients from a dense module's weight, bias copied exactly."""

@@ -28,3 +28,30 @@ def test_first_forward_under_inference_mode_with_a_cold_cache():
     xg = x.clone().requires_grad_(True)
     comp(xg).sum().backward()  # the cached weights are ordinary tensors: autograd can save them
     assert xg.grad is not None and bool(torch.isfinite(xg.grad).all())
+
+
+@pytest.mark.parametrize("cls", [SketchedLinear, SketchedConv2d])
+def test_compile_fullgraph_with_trainable_coefficients(cls):
+    """torch.compile(fullgraph=True) of a layer being fine-tuned: no data-dependent guard (the seed and
+    stream are not read from their buffers into Python inside the graph); the output and the coefficients'
+    gradient equal eager mode's bit for bit (the same ops, aot_eager runs them unfused). A seed buffer
+    changed behind the compiled graph's back is caught in the graph; after an eager call the graph follows."""
+    torch.manual_seed(3)
+    dense, x = (nn.Linear(30, 4), torch.randn(3, 30)) if cls is SketchedLinear else (nn.Conv2d(2, 3, 3),
+                                                                                     torch.randn(2, 2, 5, 5))
+    sk = cls.from_module(dense, 5, seed=11)
+    sk.coefficients.requires_grad_(True)
+    compiled = torch.compile(sk, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.square().sum().backward()
+    grad = sk.coefficients.grad.clone()
+    sk.coefficients.grad = None
+    expected = sk(x)
+    expected.square().sum().backward()
+    assert torch.equal(out, expected) and torch.equal(grad, sk.coefficients.grad)
+    with torch.no_grad():
+        sk.seed[0] += 1  # in place: no Python-side code sees it
+    with pytest.raises(RuntimeError, match="the seed or stream buffer changed"):
+        compiled(x)
+    expected = sk(x)  # eager: reads the new seed
+    assert torch.equal(compiled(x), expected)
