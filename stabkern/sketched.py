@@ -278,8 +278,8 @@ class _SketchedLayer(nn.Module):
         """Refuse, naming the key, a seed, stream or coefficients that would silently regenerate other signs.
 
         seed: an integer tensor of shape (2,) with both halves in [0, 2^32); stream: an integer
-        0-d tensor in [0, 2^32); coefficients: floating point (shape is checked by torch). On an
-        error nothing of this module is loaded.
+        0-d tensor in [0, 2^32); coefficients: floating point and finite (shape is checked by torch).
+        On an error nothing of this module is loaded.
         """
         errors = []
         for key, check in (("seed", _seed_from_buffer), ("stream", _stream_from_buffer)):
@@ -292,6 +292,11 @@ class _SketchedLayer(nn.Module):
         if c is not None and not (isinstance(c, torch.Tensor) and c.dtype in FLOAT_DTYPES):
             errors.append(f"{prefix}coefficients must be a float32/float64/float16/bfloat16 tensor, got "
                           f"{getattr(c, 'dtype', type(c).__name__)}")
+        elif c is not None and c.device.type != "meta":  # meta: no values to check
+            bad = int((~torch.isfinite(c.detach())).sum())
+            if bad:
+                errors.append(f"{prefix}coefficients hold {bad} NaN or Inf of {c.numel()}: every weight regenerated "
+                              "from them would be NaN; the checkpoint is damaged")
         if errors:
             error_msgs.extend(errors)
             return
