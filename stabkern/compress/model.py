@@ -269,6 +269,17 @@ def _weight_ties(model: nn.Module, ks: dict[str, int | None], candidates) -> dic
     return ties
 
 
+def _user_hooks(layer: nn.Module) -> str:
+    """The forward / backward hooks on a layer ("" for none), as words: those its sketched replacement will
+    not have (pruning's and the hook-based weight_norm / spectral_norm's pre-hooks compute the weight the
+    sketch is made from, and are not counted)."""
+    kinds = tuple(_weight_hooks().values())
+    counts = [(len([h for h in layer._forward_pre_hooks.values() if not isinstance(h, kinds)]), "forward pre-hook"),
+              (len(layer._forward_hooks), "forward hook"), (len(layer._backward_pre_hooks), "backward pre-hook"),
+              (len(layer._backward_hooks), "backward hook")]
+    return ", ".join(f"{n} {what}{'s' if n > 1 else ''}" for n, what in counts if n)
+
+
 def _backend_that_runs(requested: str, weight: torch.Tensor) -> str:
     """The backend the sign ops pick for this weight (the one place the compressors ask the registry)."""
     return ops.select_backend(requested, weight.device, weight.dtype).name
@@ -338,7 +349,9 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
     Layers sharing one weight Parameter share one sketch (report: tied_to), or are refused when
     that cannot be kept. Non-float weights are refused; modules that are neither Conv2d nor
     Linear are left as they are and listed in report.skipped. The user's model is not changed
-    (parameters, buffers, training flags, hooks), also when the call raises.
+    (parameters, buffers, training flags, hooks), also when the call raises. Each sketched layer
+    takes its dense layer's training flag; hooks on a replaced layer do not carry over (a
+    UserWarning names the layers).
 
     group: None (one process), a ProcessGroup or "world": the layers are shared over its ranks (round robin),
     each rank sketching its own and broadcasting the coefficients, so every rank returns the same model, bit
@@ -367,7 +380,7 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
     report = CompressionReport(seed=seed, mode=mode, backend=backend, folded=folded, eps=eps)
     sketched: dict[str, nn.Module] = {}
     memo: dict[int, object] = {}  # deepcopy memo: original module / bias -> its replacement
-    streams, backends, dense_left, report_of = {}, [], [], {}
+    streams, backends, dense_left, report_of, hooks_dropped = {}, [], [], {}, []
     rank, size = group_rank_size(group)
     tally = Tally(progress, "compress")
     tally.expect(sum(1 for _, name, m in candidates if ks.get(name) is not None))
@@ -417,6 +430,10 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
             unit += 1
         if module.bias is not None:  # a bias shared with another module stays shared
             sk.bias = memo.setdefault(id(module.bias), sk.bias)
+        sk.train(layer.training)  # the copy's flags are the model's, layer by layer
+        hooks = _user_hooks(layer)
+        if hooks:
+            hooks_dropped.append(f"{name} ({hooks})")
         memo[id(layer)] = sk
         streams[name] = stream
         sketched[name] = sk
@@ -431,6 +448,10 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
         warnings.warn(f"{len(dense_left)} layer(s) left dense, k at least the entries one sketch covers ({mode} "
                       f"mode: no compression): {', '.join(dense_left)}; pass allow_no_compression=True to sketch "
                       "them anyway", NoCompressionWarning, stacklevel=2)
+    if hooks_dropped:
+        warnings.warn(f"hooks on {len(hooks_dropped)} replaced layer(s) do not carry over to their sketched "
+                      f"layers in the copy: {', '.join(hooks_dropped)}; register them again on the copy's layers "
+                      "(the model's own layers keep theirs)", UserWarning, stacklevel=2)
     tally.finish()
     report.backend = "+".join(backends) or "none"
     report.skipped += _skipped_modules(dense, [name for _, name, _ in found])

@@ -293,3 +293,23 @@ def test_coefficients_larger_than_free_memory_are_refused_before_allocating(monk
         SketchedConv2d(2, 3, 3, 1 << 32, mode="filter", allow_no_compression=True)
     comp, _ = compress_model(m, 100, seed=0, allow_no_compression=True)  # beyond the 64 entries, and it fits
     assert comp[0].stored == 100
+
+
+def test_sketched_layers_take_the_flags_of_their_layers_and_dropped_hooks_are_named():
+    """An eval copy stays eval layer by layer (a sketched layer in training mode would differ from its dense
+    layer for any code that reads the flag); a hook on a replaced layer cannot follow it and is named in a
+    warning, while the model keeps its hooks."""
+    m = _frozen()  # training mode; a forward hook on fc
+    m.eval()
+    m.out.train()
+    m.conv.register_forward_pre_hook(lambda mod, args: None)
+    snap = snapshot(m)
+    with pytest.warns(UserWarning, match=r"hooks on 2 replaced layer\(s\) do not carry over to their sketched "
+                                         r"layers in the copy: conv \(1 forward pre-hook\), fc \(1 forward hook\)"):
+        comp, _ = compress_model(m, 5, seed=1)
+    assert {name: mod.training for name, mod in comp.named_modules()} == \
+        {name: mod.training for name, mod in m.named_modules()}
+    assert_unchanged(m, snap)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compress_model(m, 5, seed=1, layers=["out"])  # no hook on the replaced layer: no warning
