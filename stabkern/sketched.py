@@ -302,7 +302,8 @@ class _SketchedLayer(nn.Module):
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        self._ids = (self.seed_value, self.stream_value)
+        if self.seed.device.type != "meta" and self.stream.device.type != "meta":  # meta: no values yet
+            self._ids = (self.seed_value, self.stream_value)
 
     def _fill_from(self, module: nn.Module) -> None:
         """Coefficients from a dense module's weight, bias copied exactly."""

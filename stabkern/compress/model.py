@@ -225,11 +225,12 @@ def _resolve_k(k, layers, chosen: list[tuple[int, str, nn.Module]]) -> dict[str,
 
 
 def _skipped_modules(model: nn.Module, layer_names: list[str]) -> list[dict]:
-    """Modules that hold parameters themselves but are not Conv2d / Linear (nor part of one, as a
-    parametrization's holder of the original weight is): left as they are."""
+    """Modules that hold parameters themselves but are not Conv2d / Linear (nor a layer's parametrizations,
+    which hold its original weight): left as they are."""
+    parts = tuple(f"{n}.parametrizations." if n else "parametrizations." for n in layer_names)
     out = []
     for name, m in model.named_modules():
-        if isinstance(m, LAYER_TYPES + SKETCHED_TYPES) or any(name.startswith(f"{n}.") for n in layer_names):
+        if isinstance(m, LAYER_TYPES + SKETCHED_TYPES) or f"{name}.".startswith(parts):
             continue
         if any(p is not None for p in m._parameters.values()):
             out.append({"name": name, "type": type(m).__name__,
@@ -269,15 +270,20 @@ def _weight_ties(model: nn.Module, ks: dict[str, int | None], candidates) -> dic
     return ties
 
 
-def _user_hooks(layer: nn.Module) -> str:
-    """The forward / backward hooks on a layer ("" for none), as words: those its sketched replacement will
-    not have (pruning's and the hook-based weight_norm / spectral_norm's pre-hooks compute the weight the
-    sketch is made from, and are not counted)."""
+_CALL_HOOKS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
+               "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks")
+
+
+def _carry_hooks(layer: nn.Module, sketch: nn.Module) -> None:
+    """The layer's forward and backward hooks on its sketched replacement, as deepcopy gives every layer of
+    the copy that is not replaced (the same hook objects, under the same ids). Pruning's and the hook-based
+    weight_norm / spectral_norm's pre-hooks are left behind: they compute the dense weight the sketch was
+    made from. State-dict hooks belong to the dense layout and are not carried."""
     kinds = tuple(_weight_hooks().values())
-    counts = [(len([h for h in layer._forward_pre_hooks.values() if not isinstance(h, kinds)]), "forward pre-hook"),
-              (len(layer._forward_hooks), "forward hook"), (len(layer._backward_pre_hooks), "backward pre-hook"),
-              (len(layer._backward_hooks), "backward hook")]
-    return ", ".join(f"{n} {what}{'s' if n > 1 else ''}" for n, what in counts if n)
+    left = {hid for hid, h in layer._forward_pre_hooks.items() if isinstance(h, kinds)}
+    for attr in _CALL_HOOKS:
+        getattr(sketch, attr).update((hid, h) for hid, h in getattr(layer, attr).items() if hid not in left)
+    sketch._is_full_backward_hook = layer._is_full_backward_hook
 
 
 def _backend_that_runs(requested: str, weight: torch.Tensor) -> str:
@@ -350,8 +356,7 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
     that cannot be kept. Non-float weights are refused; modules that are neither Conv2d nor
     Linear are left as they are and listed in report.skipped. The user's model is not changed
     (parameters, buffers, training flags, hooks), also when the call raises. Each sketched layer
-    takes its dense layer's training flag; hooks on a replaced layer do not carry over (a
-    UserWarning names the layers).
+    takes its dense layer's training flag and forward / backward hooks, as the copy's other layers do.
 
     group: None (one process), a ProcessGroup or "world": the layers are shared over its ranks (round robin),
     each rank sketching its own and broadcasting the coefficients, so every rank returns the same model, bit
@@ -380,7 +385,7 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
     report = CompressionReport(seed=seed, mode=mode, backend=backend, folded=folded, eps=eps)
     sketched: dict[str, nn.Module] = {}
     memo: dict[int, object] = {}  # deepcopy memo: original module / bias -> its replacement
-    streams, backends, dense_left, report_of, hooks_dropped = {}, [], [], {}, []
+    streams, backends, dense_left, report_of = {}, [], [], {}
     rank, size = group_rank_size(group)
     tally = Tally(progress, "compress")
     tally.expect(sum(1 for _, name, m in candidates if ks.get(name) is not None))
@@ -430,10 +435,8 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
             unit += 1
         if module.bias is not None:  # a bias shared with another module stays shared
             sk.bias = memo.setdefault(id(module.bias), sk.bias)
-        sk.train(layer.training)  # the copy's flags are the model's, layer by layer
-        hooks = _user_hooks(layer)
-        if hooks:
-            hooks_dropped.append(f"{name} ({hooks})")
+        sk.train(layer.training)  # the copy's flags and hooks are the model's, layer by layer
+        _carry_hooks(layer, sk)
         memo[id(layer)] = sk
         streams[name] = stream
         sketched[name] = sk
@@ -448,10 +451,6 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
         warnings.warn(f"{len(dense_left)} layer(s) left dense, k at least the entries one sketch covers ({mode} "
                       f"mode: no compression): {', '.join(dense_left)}; pass allow_no_compression=True to sketch "
                       "them anyway", NoCompressionWarning, stacklevel=2)
-    if hooks_dropped:
-        warnings.warn(f"hooks on {len(hooks_dropped)} replaced layer(s) do not carry over to their sketched "
-                      f"layers in the copy: {', '.join(hooks_dropped)}; register them again on the copy's layers "
-                      "(the model's own layers keep theirs)", UserWarning, stacklevel=2)
     tally.finish()
     report.backend = "+".join(backends) or "none"
     report.skipped += _skipped_modules(dense, [name for _, name, _ in found])

@@ -295,21 +295,23 @@ def test_coefficients_larger_than_free_memory_are_refused_before_allocating(monk
     assert comp[0].stored == 100
 
 
-def test_sketched_layers_take_the_flags_of_their_layers_and_dropped_hooks_are_named():
+def test_sketched_layers_take_the_flags_and_hooks_of_their_layers():
     """An eval copy stays eval layer by layer (a sketched layer in training mode would differ from its dense
-    layer for any code that reads the flag); a hook on a replaced layer cannot follow it and is named in a
-    warning, while the model keeps its hooks."""
-    m = _frozen()  # training mode; a forward hook on fc
+    layer for any code that reads the flag), and a replaced layer's hooks run on its sketched layer, as the
+    copy's other layers keep theirs; the model keeps its own."""
+    m = _frozen()
     m.eval()
     m.out.train()
-    m.conv.register_forward_pre_hook(lambda mod, args: None)
+    calls = []
+    m.conv.register_forward_pre_hook(lambda mod, args: calls.append(("conv pre", type(mod).__name__)))
+    m.fc.register_forward_hook(lambda mod, args, kwargs, out: calls.append(("fc", type(mod).__name__)),
+                               with_kwargs=True)
+    m.out.register_full_backward_hook(lambda mod, grad_in, grad_out: calls.append(("out backward", None)))
     snap = snapshot(m)
-    with pytest.warns(UserWarning, match=r"hooks on 2 replaced layer\(s\) do not carry over to their sketched "
-                                         r"layers in the copy: conv \(1 forward pre-hook\), fc \(1 forward hook\)"):
-        comp, _ = compress_model(m, 5, seed=1)
+    comp, _ = compress_model(m, 5, seed=1)
     assert {name: mod.training for name, mod in comp.named_modules()} == \
         {name: mod.training for name, mod in m.named_modules()}
+    x = torch.randn(2, 2, 5, 5, requires_grad=True)
+    comp(x).sum().backward()
+    assert calls == [("conv pre", "SketchedConv2d"), ("fc", "SketchedLinear"), ("out backward", None)]
     assert_unchanged(m, snap)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        compress_model(m, 5, seed=1, layers=["out"])  # no hook on the replaced layer: no warning
