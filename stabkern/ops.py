@@ -14,6 +14,8 @@ and reshape. No kernel lives here, and nothing here knows about models or meters
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import _checks
@@ -98,9 +100,54 @@ def _check_sign_args(k, n, stream, t0, j0, backend, precision) -> tuple[int, int
     return k, n, stream, t0, j0
 
 
-def _run(a: torch.Tensor, out_size: int, backend: str, call) -> torch.Tensor:
-    """Reshape a (..., m) to 2-D, run `call(chosen_backend, a2d)`, reshape to (..., out_size)."""
+_SIZE_CHECK_FROM = 1 << 26  # bytes: below this a result is not checked against free memory (reading it costs more)
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Bytes a new tensor on `device` can take now, or None where unknown: CUDA's free memory; on the CPU,
+    Linux's MemAvailable (/proc/meminfo), else the physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_result_size(what: str, shape, dtype: torch.dtype, device: torch.device,
+                      fix: str = "lower k (or n), or work in pieces (row_offset / col_offset select a block of S)"
+                      ) -> None:
+    """ValueError naming the size in bytes when a result of `shape` and `dtype` would not fit in the memory
+    `device` has free now (`free_bytes`): refused before anything is allocated, instead of an allocation
+    that fails, or succeeds and swaps, or gets the process killed. Results under 64 MiB are not checked.
+    `fix` ends the message: what the caller can do instead."""
+    numel = 1
+    for s in shape:
+        numel *= int(s)
+    nbytes = numel * dtype.itemsize
+    if nbytes < _SIZE_CHECK_FROM:
+        return
+    free = free_bytes(device)
+    if free is not None and nbytes > free:
+        raise ValueError(f"{what} {tuple(int(s) for s in shape)} {str(dtype).replace('torch.', '')} would take "
+                         f"{nbytes} bytes ({nbytes / 2**30:.1f} GiB), more than the {free} bytes "
+                         f"({free / 2**30:.1f} GiB) free on {device}: {fix}")
+
+
+def _run(a: torch.Tensor, out_size: int, backend: str, call, what: str) -> torch.Tensor:
+    """Reshape a (..., m) to 2-D, run `call(chosen_backend, a2d)`, reshape to (..., out_size); a result
+    larger than the device's free memory is refused first (`check_result_size`)."""
     lead = a.shape[:-1]
+    check_result_size(what, (*lead, out_size), a.dtype, a.device)
     if a.numel() == 0:
         return a.new_empty(*lead, out_size)
     chosen = select("sign", backend, a.device, a.dtype)
@@ -119,7 +166,8 @@ def _sign_project(x: torch.Tensor, k: int, seed: int, stream: int, row_offset: i
                   backend: str, precision: str) -> torch.Tensor:
     _check_op_args(k, x.shape[-1], stream, row_offset, col_offset, backend, precision)
     seed = _seed_from_int64(seed)
-    return _run(x, k, backend, lambda b, x2: b.project(x2, k, seed, stream, row_offset, col_offset, precision))
+    return _run(x, k, backend, lambda b, x2: b.project(x2, k, seed, stream, row_offset, col_offset, precision),
+                "sign_project: the result")
 
 
 @_sign_project.register_fake
@@ -134,7 +182,8 @@ def _sign_reconstruct(y: torch.Tensor, n: int, seed: int, stream: int, scale: fl
     _check_op_args(y.shape[-1], n, stream, row_offset, col_offset, backend, precision)
     seed = _seed_from_int64(seed)
     return _run(y, n, backend,
-                lambda b, y2: b.reconstruct(y2, n, scale, seed, stream, row_offset, col_offset, precision))
+                lambda b, y2: b.reconstruct(y2, n, scale, seed, stream, row_offset, col_offset, precision),
+                "sign_reconstruct: the result")
 
 
 @_sign_reconstruct.register_fake
@@ -143,33 +192,111 @@ def _(y, n, seed, stream, scale, row_offset, col_offset, backend, precision):
     return y.new_empty(*y.shape[:-1], n)
 
 
-# Autograd: d(x S^T)/dx is S (reconstruction with scale 1); d(scale y S)/dy is scale S^T.
+# Autograd: d(x S^T)/dx is S (reconstruction with scale 1); d(scale y S)/dy is scale S^T. The formula serves
+# two entries: the custom ops' registered autograd (torch.ops.stabkern.* called directly) and the
+# autograd.Functions below, which the public functions go through. torch.func transforms (jacrev, grad,
+# vjp, vmap) need the latter: they refuse an autograd.Function without a setup_context staticmethod, and
+# the one torch generates for a custom op's registered autograd has none (pytorch/pytorch#179652). Dynamo
+# in turn refuses an autograd.Function with a custom jvp, so under torch.compile the ops are called
+# directly (Dynamo traces their registered autograd): `_project` / `_reconstruct` choose.
+
+
+def _project(x, k, seed, stream, t0, j0, backend, precision):
+    """torch.ops.stabkern.sign_project with autograd that torch.func transforms and torch.compile both take."""
+    if torch.compiler.is_compiling():
+        return torch.ops.stabkern.sign_project(x, k, seed, stream, t0, j0, backend, precision)
+    return _Project.apply(x, k, seed, stream, t0, j0, backend, precision)
+
+
+def _reconstruct(y, n, seed, stream, scale, t0, j0, backend, precision):
+    """torch.ops.stabkern.sign_reconstruct with autograd that torch.func and torch.compile both take."""
+    if torch.compiler.is_compiling():
+        return torch.ops.stabkern.sign_reconstruct(y, n, seed, stream, scale, t0, j0, backend, precision)
+    return _Reconstruct.apply(y, n, seed, stream, scale, t0, j0, backend, precision)
 
 
 def _project_setup(ctx, inputs, output):
     x, k, seed, stream, t0, j0, backend, precision = inputs
     ctx.args = (x.shape[-1], seed, stream, t0, j0, backend, precision)
+    ctx.op_args = inputs[1:]  # for the forward-mode derivative: the op is linear in x
 
 
 def _project_backward(ctx, grad):
     n, seed, stream, t0, j0, backend, precision = ctx.args
-    grad_x = torch.ops.stabkern.sign_reconstruct(grad, n, seed, stream, 1.0, t0, j0, backend, precision)
+    grad_x = _reconstruct(grad, n, seed, stream, 1.0, t0, j0, backend, precision)
     return grad_x, None, None, None, None, None, None, None
 
 
 def _reconstruct_setup(ctx, inputs, output):
     y, n, seed, stream, scale, t0, j0, backend, precision = inputs
     ctx.args = (y.shape[-1], seed, stream, scale, t0, j0, backend, precision)
+    ctx.op_args = inputs[1:]
 
 
 def _reconstruct_backward(ctx, grad):
     k, seed, stream, scale, t0, j0, backend, precision = ctx.args
-    grad_y = torch.ops.stabkern.sign_project(grad, k, seed, stream, t0, j0, backend, precision) * scale
+    grad_y = _project(grad, k, seed, stream, t0, j0, backend, precision) * scale
     return grad_y, None, None, None, None, None, None, None, None
 
 
 _sign_project.register_autograd(_project_backward, setup_context=_project_setup)
 _sign_reconstruct.register_autograd(_reconstruct_backward, setup_context=_reconstruct_setup)
+
+
+# vmap: every leading row of the input meets the same S, so a vmapped dimension is one more leading row:
+# move it to the front and call the op once (no loop). The autograd.Functions' vmap rules are generated
+# from these (their forward and backward only call the ops).
+
+
+def _batched_first(x: torch.Tensor, in_dim: int | None, batch_size: int) -> torch.Tensor:
+    return x.movedim(in_dim, 0) if in_dim is not None else x.expand(batch_size, *x.shape)
+
+
+@_sign_project.register_vmap
+def _(info, in_dims, x, k, seed, stream, row_offset, col_offset, backend, precision):
+    x = _batched_first(x, in_dims[0], info.batch_size)
+    return torch.ops.stabkern.sign_project(x, k, seed, stream, row_offset, col_offset, backend, precision), 0
+
+
+@_sign_reconstruct.register_vmap
+def _(info, in_dims, y, n, seed, stream, scale, row_offset, col_offset, backend, precision):
+    y = _batched_first(y, in_dims[0], info.batch_size)
+    return torch.ops.stabkern.sign_reconstruct(y, n, seed, stream, scale, row_offset, col_offset, backend,
+                                               precision), 0
+
+
+class _Project(torch.autograd.Function):
+    """torch.ops.stabkern.sign_project with the same autograd, in a form torch.func transforms accept, and
+    its forward-mode derivative (the op is linear: the tangent's projection)."""
+
+    generate_vmap_rule = True
+    setup_context = staticmethod(_project_setup)
+    backward = staticmethod(_project_backward)
+
+    @staticmethod
+    def forward(x, k, seed, stream, t0, j0, backend, precision):
+        return torch.ops.stabkern.sign_project(x, k, seed, stream, t0, j0, backend, precision)
+
+    @staticmethod
+    def jvp(ctx, x_tangent, *_):
+        return _project(x_tangent, *ctx.op_args)
+
+
+class _Reconstruct(torch.autograd.Function):
+    """torch.ops.stabkern.sign_reconstruct with the same autograd, in a form torch.func transforms accept, and
+    its forward-mode derivative (the tangent's reconstruction)."""
+
+    generate_vmap_rule = True
+    setup_context = staticmethod(_reconstruct_setup)
+    backward = staticmethod(_reconstruct_backward)
+
+    @staticmethod
+    def forward(y, n, seed, stream, scale, t0, j0, backend, precision):
+        return torch.ops.stabkern.sign_reconstruct(y, n, seed, stream, scale, t0, j0, backend, precision)
+
+    @staticmethod
+    def jvp(ctx, y_tangent, *_):
+        return _reconstruct(y_tangent, *ctx.op_args)
 
 
 # --------------------------------------------------------------------------- sign public API
@@ -197,8 +324,7 @@ def sign_project(x: torch.Tensor, k: int, *, seed: int, stream: int = 0, row_off
     _check_tensor("x", x, "sign", backend)
     k, _, stream, row_offset, col_offset = _check_sign_args(k, x.shape[-1], stream, row_offset, col_offset, backend,
                                                             precision)
-    return torch.ops.stabkern.sign_project(x, k, _seed_to_int64(seed), stream, row_offset, col_offset,
-                                           backend, precision)
+    return _project(x, k, _seed_to_int64(seed), stream, row_offset, col_offset, backend, precision)
 
 
 def sign_reconstruct(y: torch.Tensor, n: int, *, seed: int, stream: int = 0, scale: float | None = None,
@@ -216,8 +342,8 @@ def sign_reconstruct(y: torch.Tensor, n: int, *, seed: int, stream: int = 0, sca
     k = y.shape[-1]
     _, n, stream, row_offset, col_offset = _check_sign_args(k, n, stream, row_offset, col_offset, backend, precision)
     scale = 1.0 / k if scale is None else _checks.check_float("scale", scale)
-    return torch.ops.stabkern.sign_reconstruct(y, n, _seed_to_int64(seed), stream, scale, row_offset,
-                                               col_offset, backend, precision)
+    return _reconstruct(y, n, _seed_to_int64(seed), stream, scale, row_offset, col_offset, backend,
+                              precision)
 
 
 def sign_compress(A: torch.Tensor, k: int, *, seed: int, stream: int = 0, backend: str = "auto",
@@ -249,6 +375,8 @@ def sign_matrix(k: int, n: int, *, seed: int, stream: int = 0, row_offset: int =
     seed = _checks.check_seed(seed)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    check_result_size("sign_matrix: S", (k, n), dtype, torch.device(device) if device is not None else
+                      torch.empty(0).device)
     return sign_block(seed, stream, row_offset, k, col_offset, n, device=device, dtype=dtype)
 
 

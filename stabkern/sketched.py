@@ -13,7 +13,8 @@ numbers costs O(k c_out) per forward against O(k n) to regenerate. `.to()` / `.h
 
 k is at least 1 and below the entries one sketch covers (n in tensor mode, n / c_out in filter
 mode): a larger k stores no fewer numbers than the dense weight, and is refused before anything
-is allocated unless `allow_no_compression=True`. A checkpoint's seed, stream and coefficients
+is allocated unless `allow_no_compression=True`; coefficients that would not fit in the device's
+free memory are refused too, naming their bytes, before any allocation. A checkpoint's seed, stream and coefficients
 are validated on load (`load_state_dict` raises naming the key).
 
 Two modes, both with S the k x m matrix of (seed, stream):
@@ -36,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import MASK32, check_choice, check_int, check_positive_int, check_seed
-from .ops import BACKEND_NAMES, MAX_ROWS, MAX_STREAM, PRECISIONS, sign_project, sign_reconstruct
+from .ops import (BACKEND_NAMES, MAX_ROWS, MAX_STREAM, PRECISIONS, check_result_size, sign_project,
+                  sign_reconstruct)
 
 MODES = ("tensor", "filter")
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -79,6 +81,20 @@ def refuse_no_compression(k: int, shape, mode: str, name: str, allow: bool) -> N
     if not allow and not compresses(k, shape, mode):
         raise ValueError(no_compression_message(k, shape, mode, name)
                          + ": keep the layer dense, lower k, or pass allow_no_compression=True")
+
+
+def check_coefficients_fit(k: int, shape, mode: str, name: str, dtype, device, copies: int = 1) -> None:
+    """ValueError naming the bytes when `copies` coefficient tensors of k (tensor mode) or c_out * k (filter
+    mode) numbers would not fit in the device's free memory (`stabkern.ops.check_result_size`), before any
+    is allocated: allow_no_compression=True takes k beyond the entries a sketch covers (the error keeps
+    falling), but k = 2^32 on a small layer is 16 GiB of float32 coefficients."""
+    coeff_shape = (k,) if mode == "tensor" else (shape[0], k)
+    dtype = dtype or torch.get_default_dtype()
+    device = torch.device(device) if device is not None else torch.get_default_device()
+    what = f"{name}: k = {k}, {'the coefficients' if copies == 1 else 'the coefficients and their projection'}"
+    check_result_size(what, (copies, *coeff_shape), dtype, device,
+                      fix=f"lower k (the weight has {math.prod(shape)} entries; k beyond the "
+                          f"{row_length(shape, mode)} one sketch covers stores more numbers than the dense weight)")
 
 
 def check_weight(weight: torch.Tensor, name: str = "layer") -> None:
@@ -166,12 +182,15 @@ class _SketchedLayer(nn.Module):
         stream = check_int("stream", stream, 0, MAX_STREAM)
         # Before any allocation: k >= m would store k (or c_out * k) numbers for at most as many weights.
         refuse_no_compression(self.k, self.weight_shape, self.mode, type(self).__name__, allow_no_compression)
+        check_coefficients_fit(self.k, self.weight_shape, self.mode, type(self).__name__, factory["dtype"],
+                               factory["device"])
         coeff_shape = (self.k,) if mode == "tensor" else (self.weight_shape[0], self.k)
         self.coefficients = nn.Parameter(torch.zeros(coeff_shape, **factory), requires_grad=False)
         # Seeds span [0, 2^64) but int64 tops out at 2^63 - 1: keep the two 32-bit halves.
         device = factory["device"]
         self.register_buffer("seed", torch.tensor([seed & MASK32, seed >> 32], dtype=torch.int64, device=device))
         self.register_buffer("stream", torch.tensor(stream, dtype=torch.int64, device=device))
+        self._ids = (seed, stream)  # the buffers' values as ints, for torch.compile (`_sign_ids`)
         self._weight_cache: dict = {}
 
     @property
@@ -192,9 +211,24 @@ class _SketchedLayer(nn.Module):
         """Numbers the sketch stores for the weight (k, or c_out * k in filter mode)."""
         return self.coefficients.numel()
 
+    def _sign_ids(self) -> tuple[int, int]:
+        """(seed, stream) as Python ints for the sign ops: read from the buffers (and remembered) in eager
+        mode. Under torch.compile, reading a buffer's value into Python is a data-dependent guard that
+        fullgraph=True refuses: there the remembered ints serve (constants to the compiler, which guards on
+        them), with an in-graph check that the buffers still hold them."""
+        if torch.compiler.is_compiling():
+            seed, stream = self._ids
+            same = (self.seed[0] == seed & MASK32) & (self.seed[1] == seed >> 32) & (self.stream == stream)
+            torch._assert_async(same, "the seed or stream buffer changed since the layer last ran eagerly: run "
+                                      "it once outside torch.compile, or change them through load_state_dict")
+            return seed, stream
+        self._ids = (self.seed_value, self.stream_value)
+        return self._ids
+
     def _regenerate(self) -> torch.Tensor:
-        return reconstruct_weight(self.coefficients, self.weight_shape, mode=self.mode, seed=self.seed_value,
-                                  stream=self.stream_value, backend=self.backend, precision=self.precision)
+        seed, stream = self._sign_ids()
+        return reconstruct_weight(self.coefficients, self.weight_shape, mode=self.mode, seed=seed, stream=stream,
+                                  backend=self.backend, precision=self.precision)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -203,15 +237,18 @@ class _SketchedLayer(nn.Module):
         Cached unless the coefficients are being trained (requires_grad under grad mode); the
         cache is reused only while the coefficients, seed and stream equal (value, shape, dtype,
         device) the copies it was built from, and the cached weight itself was not written to.
+        Under torch.compile it is regenerated inside the graph at every call.
         """
         c = self.coefficients
-        if c.requires_grad and torch.is_grad_enabled():
-            return self._regenerate()
+        if torch.compiler.is_compiling() or (c.requires_grad and torch.is_grad_enabled()):
+            return self._regenerate()  # a Python-side cache cannot live in a compiled graph
         key = (c.device, c.dtype)
         hit = self._weight_cache.get(key)
         if hit is None or not self._cache_valid(hit):
-            with torch.no_grad():
-                made_from = (c.detach().clone(), self.seed_value, self.stream_value)
+            # Built outside inference mode also when called in it: an inference tensor keeps no version
+            # counter (the write check below) and could not be used by a later forward that records autograd.
+            with torch.inference_mode(False), torch.no_grad():
+                made_from = (c.detach().clone(), *self._sign_ids())
                 w = self._regenerate()
             hit = (made_from, w, w._version)
             self._weight_cache[key] = hit
@@ -221,7 +258,7 @@ class _SketchedLayer(nn.Module):
         (c0, seed, stream), w, version = hit
         c = self.coefficients
         return (w._version == version and c.shape == c0.shape and c.dtype == c0.dtype and c.device == c0.device
-                and seed == self.seed_value and stream == self.stream_value and bool(torch.equal(c.detach(), c0)))
+                and (seed, stream) == self._sign_ids() and bool(torch.equal(c.detach(), c0)))
 
     def clear_weight_cache(self) -> None:
         self._weight_cache.clear()
@@ -241,8 +278,8 @@ class _SketchedLayer(nn.Module):
         """Refuse, naming the key, a seed, stream or coefficients that would silently regenerate other signs.
 
         seed: an integer tensor of shape (2,) with both halves in [0, 2^32); stream: an integer
-        0-d tensor in [0, 2^32); coefficients: floating point (shape is checked by torch). On an
-        error nothing of this module is loaded.
+        0-d tensor in [0, 2^32); coefficients: floating point and finite (shape is checked by torch).
+        On an error nothing of this module is loaded.
         """
         errors = []
         for key, check in (("seed", _seed_from_buffer), ("stream", _stream_from_buffer)):
@@ -255,11 +292,18 @@ class _SketchedLayer(nn.Module):
         if c is not None and not (isinstance(c, torch.Tensor) and c.dtype in FLOAT_DTYPES):
             errors.append(f"{prefix}coefficients must be a float32/float64/float16/bfloat16 tensor, got "
                           f"{getattr(c, 'dtype', type(c).__name__)}")
+        elif c is not None and c.device.type != "meta":  # meta: no values to check
+            bad = int((~torch.isfinite(c.detach())).sum())
+            if bad:
+                errors.append(f"{prefix}coefficients hold {bad} NaN or Inf of {c.numel()}: every weight regenerated "
+                              "from them would be NaN; the checkpoint is damaged")
         if errors:
             error_msgs.extend(errors)
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        if self.seed.device.type != "meta" and self.stream.device.type != "meta":  # meta: no values yet
+            self._ids = (self.seed_value, self.stream_value)
 
     def _fill_from(self, module: nn.Module) -> None:
         """Coefficients from a dense module's weight, bias copied exactly."""
@@ -337,6 +381,7 @@ class SketchedLinear(_SketchedLayer):
         check_weight(module.weight, name)
         w = module.weight
         refuse_no_compression(check_k(k), tuple(w.shape), check_mode(mode), name, allow_no_compression)
+        check_coefficients_fit(k, tuple(w.shape), mode, name, w.dtype, w.device, copies=2)
         out = cls(module.in_features, module.out_features, k, mode=mode, bias=module.bias is not None, seed=seed,
                   stream=stream, backend=backend, precision=precision, device=w.device, dtype=w.dtype,
                   allow_no_compression=allow_no_compression)
@@ -424,6 +469,7 @@ class SketchedConv2d(_SketchedLayer):
         check_weight(module.weight, name)
         w = module.weight
         refuse_no_compression(check_k(k), tuple(w.shape), check_mode(mode), name, allow_no_compression)
+        check_coefficients_fit(k, tuple(w.shape), mode, name, w.dtype, w.device, copies=2)
         out = cls(module.in_channels, module.out_channels, module.kernel_size, k, stride=module.stride,
                   padding=module.padding, dilation=module.dilation, groups=module.groups,
                   bias=module.bias is not None, padding_mode=module.padding_mode, mode=mode, seed=seed,

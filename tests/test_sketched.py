@@ -214,6 +214,8 @@ def test_cached_weight_written_in_place_is_regenerated():
     ("stream", torch.tensor(1 << 32), "stream must be in \\[0, 2\\^32\\)"),
     ("stream", torch.tensor([3]), "stream must have shape \\(\\)"),
     ("coefficients", torch.ones(9, dtype=torch.int64), "coefficients must be a float32"),
+    ("coefficients", torch.tensor([1.0] * 4 + [float("nan")] + [1.0] * 4), "coefficients hold 1 NaN or Inf"),
+    ("coefficients", torch.full((9,), float("-inf"), dtype=torch.float64), "coefficients hold 9 NaN or Inf"),
 ])
 @pytest.mark.parametrize("assign", [False, True])
 def test_corrupted_checkpoint_is_refused_naming_the_key(key, value, match, assign):

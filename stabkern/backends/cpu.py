@@ -1,9 +1,11 @@
 """The `cpu` backend: C++17/OpenMP kernels, `stabkern._cpu` for the sign ops (csrc/cpu/sign) and
 `stabkern._noise` for the noise ops (csrc/cpu/noise).
 
-This is the adapter (raw pointers, sizes, thread count) and the check of STABKERN_CPU_ISA, which
-the sign kernels read at every call (their instruction-set dispatch is C++); the noise kernels do
-not read it. No kernel lives here.
+This is the adapter (raw pointers, sizes, thread count) and the check of STABKERN_CPU_ISA. Both kernel
+families read that variable at every call (their instruction-set dispatch is C++): the sign kernels
+take the path it names (generic, avx2, avx512); the noise kernels have two paths, so generic forces
+the scalar one and avx2 or avx512 the AVX2 one (csrc/cpu/noise/noise_kernels.cpp), and they refuse
+a value the CPU cannot run themselves. No kernel lives here.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ class CpuBackend(Backend):
         return None
 
     def check_environment(self, family: str) -> None:
-        problem = self.isa_problem() if family == "sign" else None  # the noise kernels have one path
+        # The sign family is checked here; the noise kernels check the variable themselves at each call.
+        problem = self.isa_problem() if family == "sign" else None
         if problem is not None:
             raise ValueError(problem)
 

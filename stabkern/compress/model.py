@@ -53,13 +53,84 @@ def _replace(model: nn.Module, target: nn.Module, new: nn.Module) -> None:
                 setattr(parent, child_name, new)
 
 
+def _computed(module: nn.Module) -> list[str]:
+    """Which of weight / bias the layer computes rather than holds as its own Parameter (a parametrization
+    such as weight_norm / spectral_norm, or torch.nn.utils.prune's mask)."""
+    return [n for n in ("weight", "bias") if n not in module._parameters]
+
+
+def _weight_hooks() -> dict[str, type]:
+    """Forward pre-hooks that recompute a layer's weight attribute from its Parameters before each call."""
+    import importlib
+
+    from torch.nn.utils import prune
+
+    return {"prune": prune.BasePruningMethod,
+            "weight_norm": importlib.import_module("torch.nn.utils.weight_norm").WeightNorm,
+            "spectral_norm": importlib.import_module("torch.nn.utils.spectral_norm").SpectralNorm}
+
+
+def _stand_in(name: str, module: nn.Module) -> nn.Module:
+    """The layer itself when it holds its weight and bias as Parameters; else a plain Conv2d / Linear of the
+    same hyper-parameters holding the weight (and bias) the layer computes with in eval mode.
+
+    Computed weights: torch.nn.utils.parametrize (parametrizations.weight_norm, spectral_norm, any other
+    parametrization), torch.nn.utils.prune (weight_orig * weight_mask), and the older hook-based
+    torch.nn.utils.weight_norm / spectral_norm. They are computed in eval mode without power iteration, so
+    nothing of the user's changes (spectral_norm in training mode would update its u, v) and the weight is
+    the one the data pass (eval mode) runs. Anything else is refused, naming the layer.
+    """
+    from torch.nn.utils import parametrize
+
+    from .data import eval_mode
+
+    computed = _computed(module)
+    if not computed:
+        return module
+    kinds = _weight_hooks()
+    hooks = {}  # tensor name -> the pre-hook that recomputes it
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, tuple(kinds.values())):
+            hooks[hook._tensor_name if isinstance(hook, kinds["prune"]) else hook.name] = hook
+    unknown = [n for n in computed if n not in hooks and not parametrize.is_parametrized(module, n)]
+    if unknown:
+        raise ValueError(f"{name}: its {' and '.join(unknown)} is not a Parameter of the layer, nor computed by a "
+                         "torch.nn.utils parametrization or pruning: compress_model cannot tell which weight the "
+                         "layer uses. Leave it dense (k=None for it, or layers=[...] without it)")
+    values = {}
+    with eval_mode(module), torch.no_grad():
+        for n in ("weight", "bias"):
+            hook = hooks.get(n)
+            if isinstance(hook, kinds["prune"]):
+                values[n] = hook.apply_mask(module)  # orig * mask
+            elif isinstance(hook, kinds["spectral_norm"]):
+                values[n] = hook.compute_weight(module, do_power_iteration=False)
+            elif isinstance(hook, kinds["weight_norm"]):
+                values[n] = hook.compute_weight(module)
+            else:
+                values[n] = getattr(module, n)  # a Parameter, None, or a parametrization's value (eval mode)
+    if isinstance(module, nn.Conv2d):
+        out = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                        module.dilation, module.groups, False, module.padding_mode, device="meta")
+    else:
+        out = nn.Linear(module.in_features, module.out_features, False, device="meta")
+    out.weight = nn.Parameter(values["weight"].detach(), requires_grad=False)
+    if "bias" in module._parameters:
+        out.bias = module.bias  # the layer's own bias (kept exactly, and shared if it was)
+    elif values["bias"] is not None:
+        out.bias = nn.Parameter(values["bias"].detach())
+    return out
+
+
 def fold_batchnorm(model: nn.Module) -> list[dict]:
     """Fold every BatchNorm2d that directly follows a Conv2d into it, in place; each must be in eval mode.
 
     The pairs come from a torch.fx trace (a BatchNorm2d whose only input is a Conv2d's output,
     used nowhere else, each module called once), so folding is right whatever the registration
     order. conv(x) -> bn: W' = W * g, b' = (b - running_mean) * g + beta, g = gamma / sqrt(var + eps);
-    the BatchNorm becomes nn.Identity. Returns [{"conv": name, "batchnorm": name}].
+    the BatchNorm becomes nn.Identity. Returns [{"conv": name, "batchnorm": name}]. W' and b' are
+    new Parameters of the conv: a weight or bias it shared with another module (tied weights) is left
+    as it was, so the other module computes what it did, and the folded conv is no longer tied to it.
 
     A BatchNorm in training mode normalizes with the batch's statistics, not the running ones
     folding would bake in: it is refused (ValueError naming it), as is one without running
@@ -91,6 +162,11 @@ def fold_batchnorm(model: nn.Module) -> list[dict]:
             raise ValueError(f"fold_bn: BatchNorm2d {node.target!r} is in training mode (it normalizes with each "
                              "batch's statistics, not the running ones folding would use): put it in eval mode "
                              "first (model.eval()), or pass fold_bn=False")
+        if _computed(modules[src.target]):
+            raise ValueError(f"fold_bn: Conv2d {src.target!r} computes its weight (a parametrization such as "
+                             "weight_norm / spectral_norm, or pruning): folding cannot write into it. Make it plain "
+                             "first (torch.nn.utils.parametrize.remove_parametrizations, prune.remove), or pass "
+                             "fold_bn=False")
         if bn.running_mean is None or bn.running_var is None:
             raise ValueError(f"fold_bn: {node.target} keeps no running statistics (track_running_stats=False): "
                              "it cannot be folded")
@@ -105,11 +181,12 @@ def fold_batchnorm(model: nn.Module) -> list[dict]:
                 beta = bn.bias
             bias = conv.bias if conv.bias is not None else torch.zeros_like(g)
             new_bias = (bias - bn.running_mean) * g + beta
-            conv.weight.mul_(g.reshape(-1, 1, 1, 1).to(conv.weight.dtype))
-            if conv.bias is None:
-                conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype))
-            else:
-                conv.bias.copy_(new_bias)
+            new_weight = conv.weight * g.reshape(-1, 1, 1, 1).to(conv.weight.dtype)
+        # Fresh Parameters, never a write into the old ones: a weight or bias tied to another module (or
+        # still the user's) must keep its values; the folded conv no longer shares them.
+        conv.weight = nn.Parameter(new_weight, requires_grad=conv.weight.requires_grad)
+        conv.bias = nn.Parameter(new_bias.to(new_weight.dtype),
+                                 requires_grad=conv.bias.requires_grad if conv.bias is not None else True)
         _replace(model, bn, nn.Identity())
     return [{"conv": conv_name, "batchnorm": bn_name} for conv_name, bn_name in pairs]
 
@@ -147,11 +224,13 @@ def _resolve_k(k, layers, chosen: list[tuple[int, str, nn.Module]]) -> dict[str,
     return {n: k for n in names}
 
 
-def _skipped_modules(model: nn.Module, layer_ids: set[int]) -> list[dict]:
-    """Modules that hold parameters themselves but are not Conv2d / Linear: left as they are."""
+def _skipped_modules(model: nn.Module, layer_names: list[str]) -> list[dict]:
+    """Modules that hold parameters themselves but are not Conv2d / Linear (nor a layer's parametrizations,
+    which hold its original weight): left as they are."""
+    parts = tuple(f"{n}.parametrizations." if n else "parametrizations." for n in layer_names)
     out = []
     for name, m in model.named_modules():
-        if id(m) in layer_ids or isinstance(m, LAYER_TYPES + SKETCHED_TYPES):
+        if isinstance(m, LAYER_TYPES + SKETCHED_TYPES) or f"{name}.".startswith(parts):
             continue
         if any(p is not None for p in m._parameters.values()):
             out.append({"name": name, "type": type(m).__name__,
@@ -176,8 +255,8 @@ def _weight_ties(model: nn.Module, ks: dict[str, int | None], candidates) -> dic
     for _, name, m in candidates:
         if ks.get(name) is None:
             continue
-        shared = holders[id(m.weight)]
-        if len(shared) == 1:
+        shared = holders.get(id(m.weight), [])  # a stand-in's computed weight is held by no module
+        if len(shared) <= 1:
             continue
         where = ", ".join(f"{n}.{p}" for n, p in shared)
         for other, pname in shared:
@@ -189,6 +268,22 @@ def _weight_ties(model: nn.Module, ks: dict[str, int | None], candidates) -> dic
         if first != name:
             ties[name] = first
     return ties
+
+
+_CALL_HOOKS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
+               "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks")
+
+
+def _carry_hooks(layer: nn.Module, sketch: nn.Module) -> None:
+    """The layer's forward and backward hooks on its sketched replacement, as deepcopy gives every layer of
+    the copy that is not replaced (the same hook objects, under the same ids). Pruning's and the hook-based
+    weight_norm / spectral_norm's pre-hooks are left behind: they compute the dense weight the sketch was
+    made from. State-dict hooks belong to the dense layout and are not carried."""
+    kinds = tuple(_weight_hooks().values())
+    left = {hid for hid, h in layer._forward_pre_hooks.items() if isinstance(h, kinds)}
+    for attr in _CALL_HOOKS:
+        getattr(sketch, attr).update((hid, h) for hid, h in getattr(layer, attr).items() if hid not in left)
+    sketch._is_full_backward_hook = layer._is_full_backward_hook
 
 
 def _backend_that_runs(requested: str, weight: torch.Tensor) -> str:
@@ -260,7 +355,8 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
     Layers sharing one weight Parameter share one sketch (report: tied_to), or are refused when
     that cannot be kept. Non-float weights are refused; modules that are neither Conv2d nor
     Linear are left as they are and listed in report.skipped. The user's model is not changed
-    (parameters, buffers, training flags, hooks), also when the call raises.
+    (parameters, buffers, training flags, hooks), also when the call raises. Each sketched layer
+    takes its dense layer's training flag and forward / backward hooks, as the copy's other layers do.
 
     group: None (one process), a ProcessGroup or "world": the layers are shared over its ranks (round robin),
     each rank sketching its own and broadcasting the coefficients, so every rank returns the same model, bit
@@ -282,7 +378,9 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
     found = sketchable_layers(dense)
     candidates = [(i, name, m) for i, name, m in found if not isinstance(m, SKETCHED_TYPES)]
     ks = _resolve_k(k, layers, candidates)
-    ties = _weight_ties(dense, ks, candidates)
+    # What each layer to sketch computes with: itself, or a plain stand-in holding its computed weight.
+    source = {name: _stand_in(name, m) for _, name, m in candidates if ks.get(name) is not None}
+    ties = _weight_ties(dense, ks, [(i, name, source.get(name, m)) for i, name, m in candidates])
 
     report = CompressionReport(seed=seed, mode=mode, backend=backend, folded=folded, eps=eps)
     sketched: dict[str, nn.Module] = {}
@@ -301,6 +399,7 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
             reason = "not selected" if name not in ks else "k is None: left dense"
             report.skipped.append({"name": name, "type": type(module).__name__, "reason": reason})
             continue
+        layer, module = module, source[name]  # layer: the model's module; module: what it computes with
         shape = tuple(module.weight.shape)
         if not allow_no_compression and not compresses(kk, shape, mode):
             dense_left.append(f"{name} (k = {kk} >= {row_length(shape, mode)})")
@@ -336,7 +435,9 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
             unit += 1
         if module.bias is not None:  # a bias shared with another module stays shared
             sk.bias = memo.setdefault(id(module.bias), sk.bias)
-        memo[id(module)] = sk
+        sk.train(layer.training)  # the copy's flags and hooks are the model's, layer by layer
+        _carry_hooks(layer, sk)
+        memo[id(layer)] = sk
         streams[name] = stream
         sketched[name] = sk
         ran = _backend_that_runs(backend, module.weight)
@@ -352,7 +453,7 @@ def compress_model(model: nn.Module, k: int | dict | Callable, *, mode: str = "t
                       "them anyway", NoCompressionWarning, stacklevel=2)
     tally.finish()
     report.backend = "+".join(backends) or "none"
-    report.skipped += _skipped_modules(dense, {id(m) for _, _, m in found})
+    report.skipped += _skipped_modules(dense, [name for _, name, _ in found])
     if dense is model or data is not None:
         compressed = copy.deepcopy(dense, memo)  # the replaced layers (and their weights) are not copied
     else:

@@ -3,6 +3,7 @@ they raise), fold only eval-mode BatchNorm, keep tied weights tied, leave k >= m
 warning, report undefined output errors as NaN, record the backend that ran, and stay within bounded
 memory on a 100M-weight layer."""
 
+import copy
 import json
 import warnings
 
@@ -224,3 +225,93 @@ def test_peak_memory_on_a_100m_weight_linear():
     # ||A_hat - A||^2 / ||A||^2 is about (n / k) chi^2_k / k: its root has relative spread sqrt(1 / (2k)) = 0.088
     assert stored == 64 and abs(err / ((1e8 - 1) / 64) ** 0.5 - 1) < 4 * (1 / 128) ** 0.5, fields
     print(f"peak growth {growth:.0f} MiB = {growth / weight_mib:.3f} x the 381 MiB weight")
+
+
+class TiedAcrossBatchNorm(nn.Module):
+    """conv1 -> bn -> relu -> conv2, conv2's weight the same Parameter as conv1's: only conv1 has a BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.conv2.weight = self.conv1.weight
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.bn(self.conv1(x))))
+
+
+def test_fold_bn_leaves_a_weight_tied_to_another_conv_alone():
+    """Folding gives conv1 a new weight W g (float32: each output a 36-term sum of products rounded once
+    more by the fold, error <= (36 + 2) eps sum|W' x| + eps |b'|); conv2 keeps W, so its output is the
+    original's bit for bit, and its sketch (no longer tied to conv1's) is projected from W itself."""
+    torch.manual_seed(7)
+    m = TiedAcrossBatchNorm()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-1, 1)
+        m.bn.running_var.uniform_(0.1, 0.3)  # g = gamma / sqrt(var + eps) far from 1: a scaled W is visible
+        m.bn.weight.uniform_(1.5, 2.5)
+    m.eval()
+    snap = snapshot(m)
+    x = torch.randn(2, 4, 5, 5)
+    comp, report = compress_model(m, {"conv1": None, "conv2": None}, seed=0, fold_bn=True)
+    assert report.folded == [{"conv": "conv1", "batchnorm": "bn"}]
+    assert torch.equal(comp.conv2(x), m.conv2(x))
+    m64 = copy.deepcopy(m).double()
+    ref = m64.bn(m64.conv1(x.double()))  # the uncompressed math in float64
+    w_abs, b_abs = comp.conv1.weight.detach().double().abs(), comp.conv1.bias.detach().double().abs()
+    bound = (38 * 2.0**-23 * nn.functional.conv2d(x.double().abs(), w_abs, padding=1)
+             + 2.0**-23 * b_abs[:, None, None])
+    assert bool(((comp.conv1(x).double() - ref).abs() <= bound).all())
+    assert_unchanged(m, snap)
+
+    k = 20  # of 144 weights: both sketched, each from its own weight
+    comp, report = compress_model(m, k, seed=3, fold_bn=True, layers=["conv1", "conv2"])
+    assert [(r.name, r.stream, r.tied_to) for r in report.layers] == [("conv1", 0, None), ("conv2", 1, None)]
+    folded_w = (m.conv1.weight * (m.bn.weight * torch.rsqrt(m.bn.running_var + m.bn.eps))[:, None, None, None])
+    for sk, stream, w in ((comp.conv1, 0, folded_w), (comp.conv2, 1, m.conv2.weight)):
+        w = w.detach().double().reshape(-1)
+        S = stabkern.sign_matrix(k, w.numel(), seed=3, stream=stream, dtype=torch.float64)
+        bound = 8 * 2.0**-23 * w.abs().sum() + 2.0**-23 * (S @ w).abs()  # float32 +-1 sums, as in tests/ops
+        assert bool(((sk.coefficients.double() - S @ w).abs() <= bound).all()), sk
+    assert_unchanged(m, snap)
+
+
+def test_coefficients_larger_than_free_memory_are_refused_before_allocating(monkeypatch):
+    """allow_no_compression=True takes k beyond the weight's entries, but not coefficients beyond the free
+    memory: k = 2^32 on a 64-weight layer is 16 GiB of float32 coefficients, 32 GiB with the projection
+    that fills them; with 8 GiB free (patched: the rule must not depend on this machine) it is refused
+    naming the bytes, before the zeros are allocated, and the model is left alone."""
+    monkeypatch.setattr(stabkern.ops, "free_bytes", lambda device: 8 << 30)
+    m = nn.Sequential(nn.Linear(8, 8))
+    snap = snapshot(m)
+    with pytest.raises(ValueError, match=r"0: k = 4294967296, the coefficients and their projection \(2, 4294967296\) "
+                                         r"float32 would take 34359738368 bytes .* lower k \(the weight has 64"):
+        compress_model(m, 1 << 32, seed=0, allow_no_compression=True)
+    assert_unchanged(m, snap)
+    with pytest.raises(ValueError, match=r"SketchedConv2d: k = 4294967296, the coefficients \(1, 3, 4294967296\) "
+                                         r"float32 would take 51539607552 bytes"):
+        SketchedConv2d(2, 3, 3, 1 << 32, mode="filter", allow_no_compression=True)
+    comp, _ = compress_model(m, 100, seed=0, allow_no_compression=True)  # beyond the 64 entries, and it fits
+    assert comp[0].stored == 100
+
+
+def test_sketched_layers_take_the_flags_and_hooks_of_their_layers():
+    """An eval copy stays eval layer by layer (a sketched layer in training mode would differ from its dense
+    layer for any code that reads the flag), and a replaced layer's hooks run on its sketched layer, as the
+    copy's other layers keep theirs; the model keeps its own."""
+    m = _frozen()
+    m.eval()
+    m.out.train()
+    calls = []
+    m.conv.register_forward_pre_hook(lambda mod, args: calls.append(("conv pre", type(mod).__name__)))
+    m.fc.register_forward_hook(lambda mod, args, kwargs, out: calls.append(("fc", type(mod).__name__)),
+                               with_kwargs=True)
+    m.out.register_full_backward_hook(lambda mod, grad_in, grad_out: calls.append(("out backward", None)))
+    snap = snapshot(m)
+    comp, _ = compress_model(m, 5, seed=1)
+    assert {name: mod.training for name, mod in comp.named_modules()} == \
+        {name: mod.training for name, mod in m.named_modules()}
+    x = torch.randn(2, 2, 5, 5, requires_grad=True)
+    comp(x).sum().backward()
+    assert calls == [("conv pre", "SketchedConv2d"), ("fc", "SketchedLinear"), ("out backward", None)]
+    assert_unchanged(m, snap)

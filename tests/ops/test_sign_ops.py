@@ -174,6 +174,36 @@ def test_gradients_match_finite_differences(device_backend):
         assert torch.autograd.gradgradcheck(lambda t: stabkern.sign_project(t, 6, seed=3, backend=backend), (x,))
 
 
+def test_torch_func_transforms_give_the_sign_matrix(device_backend):
+    """jacrev / jacfwd of the projection are S, of the reconstruction scale S^T; vmap over any dimension and
+    jvp equal the explicit products (S from the float64 reference backend). Each Jacobian entry is one +-1
+    term times a basis vector's 1 (exact); vmap's products are sums of n terms (assert_project_close)."""
+    device, backend = device_backend
+    if interpreted(backend, device):
+        pytest.skip("the transforms' rules only call the ops, which every backend runs; interpreted Triton is slow")
+    n, k, seed, stream, scale = 37, 5, 7, 2, 0.5
+    S = reference.project(torch.eye(n, dtype=torch.float64), k, seed, stream, 0, 0).T.to(device)  # (k, n)
+    project = lambda t: stabkern.sign_project(t, k, seed=seed, stream=stream, backend=backend)  # noqa: E731
+    rebuild = lambda t: stabkern.sign_reconstruct(t, n, seed=seed, stream=stream, scale=scale,  # noqa: E731
+                                                  backend=backend)
+    x = torch.randn(n, dtype=torch.float64, device=device)
+    y = torch.randn(k, dtype=torch.float64, device=device)
+    assert torch.equal(torch.func.jacrev(project)(x), S)
+    assert torch.equal(torch.func.jacfwd(project)(x), S)
+    assert torch.equal(torch.func.jacrev(rebuild)(y), scale * S.T)
+    assert torch.equal(torch.func.jacfwd(rebuild)(y), scale * S.T)
+    # Second order through the adjoint: the Hessian of ||x S^T||^2 is 2 S^T S (exact in float64: small ints).
+    assert torch.equal(torch.func.hessian(lambda t: project(t).square().sum())(x), 2 * S.T @ S)
+    X = torch.randn(3, 4, n, dtype=torch.float64, device=device)
+    assert_project_close(torch.func.vmap(project, in_dims=1)(X).movedim(0, 1), X, k, seed, stream)
+    tangent = torch.randn(n, dtype=torch.float64, device=device)
+    value, derivative = torch.func.jvp(project, (x,), (tangent,))
+    assert_project_close(value, x, k, seed, stream)
+    assert_project_close(derivative, tangent, k, seed, stream)
+    Y = torch.randn(k, 3, dtype=torch.float64, device=device)
+    assert_reconstruct_close(torch.func.vmap(rebuild, in_dims=1)(Y), Y.T, n, seed, scale, stream)
+
+
 @pytest.mark.parametrize("op", ["project", "reconstruct"])
 def test_opcheck(device_backend, op):
     device, backend = device_backend
@@ -383,3 +413,21 @@ def test_meta_tensors_give_meta_results_on_auto_and_reference():
         y = stabkern.sign_project(x, 11, seed=1, backend=backend)
         assert y.device.type == "meta" and y.shape == (3, 2, 11)
         assert stabkern.sign_reconstruct(y, 150, seed=1, backend=backend).shape == (3, 2, 150)
+
+
+def test_a_result_larger_than_free_memory_is_refused_before_allocating(monkeypatch):
+    """The result's bytes are checked against the device's free memory before anything is allocated: 1 PiB
+    fits no machine; with 8 GiB free (patched: the check must not depend on this machine), the issue's
+    sign_project(randn(1, 8), 2^32 - 1) is 16 GiB and refused too, as are sign_reconstruct and sign_matrix."""
+    with pytest.raises(ValueError, match=r"sign_project: the result \(65536, 4294967295\) float32 would take "
+                                         r"1125899906580480 bytes"):
+        stabkern.sign_project(torch.randn(1 << 16, 8), (1 << 32) - 1, seed=0)
+    monkeypatch.setattr(stabkern.ops, "free_bytes", lambda device: 8 << 30)
+    with pytest.raises(ValueError, match=r"\(1, 4294967295\) float32 would take 17179869180 bytes \(16.0 GiB\), "
+                                         r"more than the 8589934592 bytes \(8.0 GiB\) free on cpu: lower k"):
+        stabkern.sign_project(torch.randn(1, 8), (1 << 32) - 1, seed=0)
+    with pytest.raises(ValueError, match=r"sign_reconstruct: the result \(2, 4294967296\) float64 would take"):
+        stabkern.sign_reconstruct(torch.randn(2, 3, dtype=torch.float64), 1 << 32, seed=0)
+    with pytest.raises(ValueError, match=r"sign_matrix: S \(65536, 65536\) float32 would take 17179869184 bytes"):
+        stabkern.sign_matrix(1 << 16, 1 << 16, seed=0)
+    assert stabkern.sign_project(torch.ones(1, 8), 3, seed=0).shape == (1, 3)  # small results go on
