@@ -34,8 +34,9 @@ def _harness(module: str, monkeypatch):
     return importlib.import_module(f"harness.{module}")
 
 
-def test_the_four_suites_are_found():
-    assert SUITES == ["bench_compress.py", "bench_sign_cpu.py", "bench_sign_gpu.py", "bench_stability.py"]
+def test_every_suite_is_found():
+    assert SUITES == ["bench_compress.py", "bench_sign_cpu.py", "bench_sign_gpu.py", "bench_stability.py",
+                      "bench_study.py"]
 
 
 @pytest.mark.parametrize("name", SUITES)
