@@ -24,7 +24,9 @@ from ..progress import Progress, silent, steps
 from ..schemas import SCHEMA_VERSION, tagged
 
 FORMAT = "stabkern-card-v1"
-FRACTIONS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)  # k / cap per layer for the accuracy-vs-k curve
+# k / cap per layer for the accuracy-vs-k curve; it stops at the dense size (f = 1): k = 2 cap stores twice the
+# weights and showed nothing, while its sweep step was the card's slowest (issue 17)
+FRACTIONS = (0.05, 0.1, 0.2, 0.5, 1.0)
 PROBE_FRACTION = 0.5  # k / cap measured for a layer that choose_k keeps dense
 
 
@@ -175,7 +177,7 @@ def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
         with summarized_warnings(notes):
             for f in steps(progress, "accuracy vs k", fractions):
                 ks = {r.name: max(1, round(f * r.cap)) for r in kc.layers}
-                # k >= m is sketched too: the curve shows Algorithm 1 past the point where it stops saving space
+                # f = 1 (k = m) is sketched too: the point where Algorithm 1 stops saving space
                 small, rep = compress_model(model, ks, mode=mode, seed=seed, backend=backend,
                                             allow_no_compression=True)
                 t = rep.totals()
