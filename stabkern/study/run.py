@@ -93,9 +93,10 @@ def _check_nets(nets: Sequence[Net]) -> list[Net]:
     return nets
 
 
-def measure_net(net: Net, settings: Settings, cache: pathlib.Path | None) -> dict:
+def measure_net(net: Net, settings: Settings, cache: pathlib.Path | None, progress: Progress = silent) -> dict:
     """The result of one net: {"name", "hyperparameters", "digest", "error"} and, when it did not raise,
-    net_measures' fields. Read from `cache` when a result with the same digest is there."""
+    net_measures' fields. Read from `cache` when a result with the same digest is there. `progress` sees
+    measure's stages of this net (per layer and chunk)."""
     record = {"name": net.name, "hyperparameters": dict(net.hyperparameters)}
     try:
         model = net.model() if callable(net.model) and not isinstance(net.model, nn.Module) else net.model
@@ -106,7 +107,7 @@ def measure_net(net: Net, settings: Settings, cache: pathlib.Path | None) -> dic
             if cached.get("digest") == digest:
                 return cached
         result = net_measures(model, net.train, net.test, samples=settings.samples, seed=settings.seed,
-                              probes=settings.probes, trials=settings.trials)
+                              probes=settings.probes, trials=settings.trials, progress=progress)
         record.update(digest=digest, error=None, **result)
     except Exception as err:  # noqa: BLE001 - one net's failure is reported, the study goes on
         record.update(digest=None, error=f"{type(err).__name__}: {err}",
@@ -157,6 +158,7 @@ def run_study(nets: Sequence[Net], out=None, *, settings: Settings = Settings(),
               group=None, progress: Progress = silent) -> dict:
     """Measure every net (cached under `out`/nets when `out` is given) and rank the measures.
 
+    progress: stage "study" counts nets; measure's own stages show each net's progress.
     Returns the study report (format stabkern-study-report-v1; NaN written as null): "settings", "nets"
     (one record per net, failures with their "error"), "ranking" (rank_measures). With `out`, also
     writes study.json, study.md and the figures there (rank 0 of `group` only).
@@ -172,7 +174,7 @@ def run_study(nets: Sequence[Net], out=None, *, settings: Settings = Settings(),
     results: list[dict | None] = [None] * len(nets)
     for i, net in enumerate(nets):
         if distributed.owner(i, size) == rank:
-            results[i] = measure_net(net, settings, cache)  # never raises: a failure is in the record
+            results[i] = measure_net(net, settings, cache, progress)  # never raises: a failure is in the record
         progress("study", i + 1, len(nets))
     if size > 1:
         import torch.distributed as dist

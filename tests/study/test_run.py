@@ -55,13 +55,17 @@ def test_report_holds_each_nets_gap_and_measures_and_validates(tmp_path):
 def test_an_interrupted_study_resumes_with_the_same_report(tmp_path, monkeypatch):
     fresh = run_study(_nets(), tmp_path / "fresh", settings=SETTINGS, resamples=200)
 
+    stages = []
+
     def stop_after_two(stage, done, total):
-        if done == 2:
+        stages.append(stage)
+        if stage == "study" and done == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         run_study(_nets(), tmp_path / "resumed", settings=SETTINGS, progress=stop_after_two)
     assert len(list((tmp_path / "resumed" / "nets").glob("*.json"))) == 2
+    assert len(set(stages)) > 1  # measure's own stages are reported inside each net
 
     calls = []
     original = study_measures.net_measures
