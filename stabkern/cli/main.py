@@ -10,6 +10,7 @@ one line and exits 2; --debug shows the traceback instead. The work itself lives
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import traceback
 
@@ -41,7 +42,10 @@ def parser() -> argparse.ArgumentParser:
     common = _common()
     top = argparse.ArgumentParser(prog="stabkern", description="Noise stability, generalization bounds and "
                                   "compression (Arora et al., ICML 2018) of conv nets; see docs/tooling.md.")
-    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # no abbreviated options: "--dat" must not silently mean "--data" (nor a future option it would also prefix)
+    top.allow_abbrev = False
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                             parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
 
     p = sub.add_parser("demo", parents=[common], help="the cards of the digits net on real and shuffled labels",
                        description="Write the stability cards of the digits net trained on scikit-learn's digits "

@@ -190,3 +190,11 @@ def test_card_name_must_not_leave_out(capsys, small, tmp_path):
                  "--name", "../escaped", "--limit", "8", "--trials", "1")
     assert "--name" in line
     assert not (tmp_path / "escaped").exists()
+
+
+def test_abbreviated_options_are_not_taken(capsys):
+    """"--lim" used to be read as "--limit" (argparse's prefix matching): a typo must not pick an option."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["meter", "digits", "--data", "digits", "--lim", "5"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --lim" in capsys.readouterr().err
