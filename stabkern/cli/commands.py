@@ -26,7 +26,7 @@ def run(args) -> None:
         args.seed = _checks.check_seed(args.seed)
         for name in ("limit", "batch_size", "trials", "k", "samples", "probes"):
             if getattr(args, name, None) is not None:
-                _checks.check_positive_int(name, getattr(args, name))
+                _checks.check_positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
     except (TypeError, ValueError) as err:
         raise CLIError(f"{err}; fix the option's value") from err
     globals()[f"cmd_{args.command}"](args)

@@ -198,3 +198,9 @@ def test_abbreviated_options_are_not_taken(capsys):
         main(["meter", "digits", "--data", "digits", "--lim", "5"])
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --lim" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--limit", "--batch-size", "--trials"])
+def test_a_range_error_names_its_flag(flag, capsys):
+    assert main(["meter", "digits", "--data", "digits", flag, "0"]) == 2
+    assert f"error: {flag} must be in [1, inf), got 0" in capsys.readouterr().err
