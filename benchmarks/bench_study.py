@@ -17,11 +17,10 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
 from stabkern.study.demo import grid_net, noisy_training_set
 from stabkern.study.monitor import StabilityMonitor
-from stabkern.zoo.digits import load_digits_tensors
+from stabkern.zoo.digits import load_digits_tensors, train_epoch
 
 EPOCHS = int(os.environ.get("STABKERN_BENCH_MONITOR_EPOCHS", 20))
 ROUNDS = int(os.environ.get("STABKERN_BENCH_MONITOR_ROUNDS", 3))
@@ -39,11 +38,7 @@ def _train(monitored: bool) -> tuple[float, int]:
     monitor = StabilityMonitor(model, (x[:128], y[:128]), held_out=test) if monitored else None
     start = time.perf_counter()
     for epoch in range(EPOCHS):
-        model.train()
-        for idx in torch.randperm(SIZE, generator=gen).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
+        train_epoch(model, opt, x, y, gen)
         if monitor is not None:
             monitor.step(epoch=epoch + 1)
     return time.perf_counter() - start, len(monitor.records) if monitor else 0

@@ -9,13 +9,11 @@ so a rerun only measures. The test set is the digits test split (450 images, tru
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 
 import torch
 from torch import nn
 
-from ..zoo.digits import cache_dir, load_digits_tensors
+from ..zoo.digits import cache_dir, cached_state, load_digits_tensors, train_epoch
 from .run import Net
 
 WIDTHS = (8, 16)
@@ -54,35 +52,20 @@ def train(width: int, depth: int, noise: float, size: int, seed: int = 0, epochs
     """A grid_net trained on noisy_training_set(size, noise) (Adam 3e-3, batch 64), in eval mode; cached."""
     path = cache_dir() / "study-demo" / (f"w{width}-d{depth}-noise{noise}-n{size}-seed{seed}-e{epochs}-"
                                          f"torch{torch.__version__}.pt")
+
+    def build() -> dict:
+        x, y = noisy_training_set(size, noise, seed)
+        torch.manual_seed(seed)
+        model = grid_net(width, depth)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(epochs):
+            train_epoch(model, opt, x, y, gen)
+        return model.state_dict()
+
     model = grid_net(width, depth)
-    try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.eval()
-    except Exception:  # noqa: BLE001 - absent or unreadable: train again
-        pass
-    x, y = noisy_training_set(size, noise, seed)
-    torch.manual_seed(seed)
-    model = grid_net(width, depth)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(size, generator=gen)
-        for i in range(0, size, 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    except OSError:  # a read-only cache: the weights stay in this process
-        pass
-    return model
+    model.load_state_dict(cached_state(path, build))
+    return model.eval()
 
 
 def demo_nets(seed: int = 0) -> list[Net]:
@@ -125,11 +108,7 @@ def monitored_training(folder, seed: int = 0, width: int = 16, depth: int = 3, s
         path.unlink(missing_ok=True)
         monitor = StabilityMonitor(model, (x[:128], y[:128]), held_out=test, path=path, seed=seed)
         for epoch in range(epochs):
-            model.train()
-            for idx in torch.randperm(size, generator=gen).split(64):
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-                opt.step()
+            train_epoch(model, opt, x, y, gen)
             monitor.step(epoch=epoch + 1, force=epoch + 1 == epochs)
         runs[label] = monitor.records
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..stability.report import json_value
 from .measures import accuracy_and_loss
 
 
@@ -89,8 +90,7 @@ class StabilityMonitor:
         self.records.append(record)
         if self.path is not None:
             with self.path.open("a") as f:
-                f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                    for k, v in record.items()}) + "\n")
+                f.write(json.dumps(json_value(record)) + "\n")
         if self._writer is not None:
             x = step if step is not None else epoch if epoch is not None else len(self.records)
             for k, v in record.items():

@@ -14,9 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import pathlib
-import tempfile
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -25,8 +23,10 @@ import torch
 from torch import nn
 
 from ..progress import Progress, silent
+from ..stability.report import json_value
 from .measures import MEASURES, net_measures
 from .ranking import granulated_tau, tau_interval
+from .write import write_study, write_text
 
 FORMAT = "stabkern-study-report-v1"
 
@@ -72,13 +72,6 @@ def _safe_name(name: str) -> str:
     return f"{keep[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
-def _write_atomically(path: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)  # a reader sees the old file or the whole new one
-
-
 def _check_nets(nets: Sequence[Net]) -> list[Net]:
     nets = list(nets)
     if not nets:
@@ -114,12 +107,8 @@ def measure_net(net: Net, settings: Settings, cache: pathlib.Path | None, progre
                       traceback=traceback.format_exc(limit=4))
         return record  # failures are not cached: a rerun tries again
     if path is not None:
-        _write_atomically(path, json.dumps(record, indent=1, default=_json_number))
+        write_text(path, json.dumps(record, indent=1))
     return record
-
-
-def _json_number(v):
-    raise TypeError(f"not JSON: {type(v).__name__}")
 
 
 def rank_measures(results: Sequence[dict], *, resamples: int = 2000, seed: int = 0) -> dict:
@@ -142,16 +131,6 @@ def rank_measures(results: Sequence[dict], *, resamples: int = 2000, seed: int =
                            "granulated": per_axis, "psi": sum(psis) / len(psis) if psis else math.nan,
                            "defined_nets": overall.units}
     return ranking
-
-
-def _nan_to_none(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_nan_to_none(v) for v in obj]
-    return obj
 
 
 def run_study(nets: Sequence[Net], out=None, *, settings: Settings = Settings(), resamples: int = 2000,
@@ -182,11 +161,9 @@ def run_study(nets: Sequence[Net], out=None, *, settings: Settings = Settings(),
         shares = [None] * size
         dist.all_gather_object(shares, results, group=distributed.resolve_group(group))
         results = [shares[distributed.owner(i, size)][i] for i in range(len(nets))]
-    report = _nan_to_none({"format": FORMAT, "schema_version": 1, "settings": dataclasses.asdict(settings),
+    report = json_value({"format": FORMAT, "schema_version": 1, "settings": dataclasses.asdict(settings),
                            "nets": results, "ranking": rank_measures(results, resamples=resamples,
                                                                      seed=settings.seed)})
     if out is not None and distributed.is_main_process(group):
-        from .write import write_study
-
         write_study(report, pathlib.Path(out))
     return report

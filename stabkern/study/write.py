@@ -10,13 +10,21 @@ import os
 import pathlib
 import tempfile
 
+from ..card.render import publish_mode
+
 
 def _publish(tmp: str, final: pathlib.Path) -> None:
-    """Rename tmp (mkstemp's, mode 0600) to final with the mode a plain open() would give (0666 less umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    """Rename tmp (mkstemp's, mode 0600) to final with a plain file's mode; a reader sees the old or the new."""
+    publish_mode(tmp)
     os.replace(tmp, final)
+
+
+def write_text(path: pathlib.Path, text: str) -> None:
+    """`text` written to `path` whole or not at all (a temporary name in the same folder, then a rename)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    _publish(tmp, path)
 
 
 def _fmt(v, digits: int = 2) -> str:
@@ -121,8 +129,5 @@ def write_study(report: dict, folder: pathlib.Path) -> None:
     """study.json, study.md and the figures of `report` in `folder` (created if absent)."""
     folder.mkdir(parents=True, exist_ok=True)
     for file, text in (("study.json", json.dumps(report, indent=1)), ("study.md", markdown(report))):
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{file}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        _publish(tmp, folder / file)
+        write_text(folder / file, text)
     figures(report, folder)

@@ -4,6 +4,7 @@
   whose indices are part of every MobileNet / EfficientNet / RegNet / ConvNeXt state_dict key
 - `SqueezeExcitation`: x * sigma(fc2(delta(fc1(mean_hw x)))), fc1 / fc2 1x1 convs (torchvision.ops)
 - `StochasticDepth`: drops whole residual branches per sample in training, the identity in eval
+- `init_conv_bn_linear`: torchvision's random init of the MobileNets and EfficientNet
 """
 
 from __future__ import annotations
@@ -70,3 +71,20 @@ class StochasticDepth(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def init_conv_bn_linear(model: nn.Module, linear_init: Callable[[torch.Tensor], object]) -> None:
+    """torchvision's init of the MobileNets and EfficientNet: convs Kaiming-normal (fan_out) with zero bias,
+    BatchNorm weight 1 and bias 0, Linear weights by `linear_init(weight)` (the families differ there) with
+    zero bias."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            linear_init(m.weight)
+            nn.init.zeros_(m.bias)

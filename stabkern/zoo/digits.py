@@ -112,23 +112,42 @@ def training_set(labels: str = "true", seed: int = 0):
     return x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1000 + seed))]
 
 
-@functools.lru_cache(maxsize=4)
-def _trained_state(seed: int, epochs: int, width: int, labels: str = "true"):
-    path = cache_dir() / f"digits-net-{labels}-seed{seed}-epochs{epochs}-width{width}-torch{torch.__version__}.pt"
+def cached_state(path: pathlib.Path, build) -> dict:
+    """The state_dict saved at `path` (weights_only), else build() saved there atomically and returned.
+
+    An absent or unreadable file (e.g. an interrupted write elsewhere) is rebuilt; a read-only cache leaves
+    the weights in this process only."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # absent or unreadable (e.g. an interrupted write elsewhere): retrain
+    except Exception:  # noqa: BLE001 - absent or unreadable: build it again
         pass
-    state = _train(seed, epochs, width, labels)
+    state = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         torch.save(state, tmp)
         os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
-    except OSError:  # a read-only home: the weights stay in this process only
+    except OSError:
         pass
     return state
+
+
+def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                generator: torch.Generator, batch: int = 64) -> None:
+    """One epoch of cross-entropy training in train mode: x (N, ...) and y (N,) in a random order drawn from
+    `generator`, `batch` samples per step."""
+    model.train()
+    for idx in torch.randperm(len(x), generator=generator).split(batch):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+
+
+@functools.lru_cache(maxsize=4)
+def _trained_state(seed: int, epochs: int, width: int, labels: str = "true"):
+    path = cache_dir() / f"digits-net-{labels}-seed{seed}-epochs{epochs}-width{width}-torch{torch.__version__}.pt"
+    return cached_state(path, lambda: _train(seed, epochs, width, labels))
 
 
 def _train(seed: int, epochs: int, width: int, labels: str):
@@ -137,14 +156,8 @@ def _train(seed: int, epochs: int, width: int, labels: str):
     model = DigitsNet(width)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(seed)
-    model.train()
     for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
+        train_epoch(model, opt, x, y, gen)
     model.eval()
     return {name: t.clone() for name, t in model.state_dict().items()}
 

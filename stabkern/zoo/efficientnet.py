@@ -15,7 +15,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from ._blocks import SqueezeExcitation, StochasticDepth, conv_norm_act
+from ._blocks import SqueezeExcitation, StochasticDepth, conv_norm_act, init_conv_bn_linear
 
 # B0 stages: (expansion, kernel, first stride, c_in, c_out, blocks), Table 1 of the EfficientNet paper.
 B0_SETTING = ((1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
@@ -75,18 +75,8 @@ class EfficientNet(nn.Module):
         self.features = nn.Sequential(*features)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout, inplace=True), nn.Linear(c_head, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                bound = 1.0 / math.sqrt(m.out_features)
-                nn.init.uniform_(m.weight, -bound, bound)
-                nn.init.zeros_(m.bias)
+        # Linear U(-1/sqrt(out), 1/sqrt(out)) (torchvision's EfficientNet), the rest as the MobileNets
+        init_conv_bn_linear(self, lambda w: nn.init.uniform_(w, -1 / math.sqrt(w.shape[0]), 1 / math.sqrt(w.shape[0])))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._blocks import SqueezeExcitation, conv_norm_act
+from ._blocks import SqueezeExcitation, conv_norm_act, init_conv_bn_linear
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -149,18 +149,8 @@ class MobileNetV3(nn.Module):
 
 
 def _init_mobilenet(model: nn.Module) -> None:
-    """torchvision's init for both versions: convs Kaiming-normal (fan_out), norms 1 / 0, Linear N(0, 0.01)."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
+    """torchvision's init for both versions: Linear N(0, 0.01), the rest init_conv_bn_linear's."""
+    init_conv_bn_linear(model, lambda w: nn.init.normal_(w, 0, 0.01))
 
 
 NAMES = ("mobilenet_v2", "mobilenet_v3_large")

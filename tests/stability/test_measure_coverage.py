@@ -28,7 +28,7 @@ from stabkern.stability.context import metering, prepare
 from stabkern.stability.measure import conservative_mu_to
 from stabkern.stability.meters import jacobian_meters
 from stabkern.stability.report import interval95, t_quantile95
-from stabkern.zoo.digits import DigitsNet, training_set
+from stabkern.zoo.digits import DigitsNet, train_epoch, training_set
 
 SAMPLES, DRAWS, PROBES = 8, 200, 4  # PROBES: measure's default
 THRESHOLD = 0.95 - 3 * math.sqrt(0.95 * 0.05 / (SAMPLES * DRAWS))
@@ -42,12 +42,7 @@ def _trained_small_net() -> DigitsNet:
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            opt.step()
+        train_epoch(net, opt, x, y, gen)
     net.eval()
     with torch.no_grad():
         assert (net(x).argmax(1) == y).float().mean() > 0.8  # trained, not random

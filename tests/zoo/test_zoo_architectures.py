@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from torchvision_pinned import ARCHITECTURES as PINNED_NAMES
 
+from helpers.resnet_reference import resnet18_reference
 from stabkern import zoo
 
 # torchvision.models.<name>(weights=None).num_params, as documented per architecture.
@@ -119,25 +120,12 @@ def _with_changed_running_stats(model):
 
 
 def _resnet18_reference(s, x):
-    """torchvision's ResNet.forward / BasicBlock.forward in eval mode, written with F on a state_dict."""
+    """torchvision's ResNet-18 in eval mode, with BatchNorm from the state_dict's running statistics."""
     def bn(p, t):
         return F.batch_norm(t, s[p + ".running_mean"], s[p + ".running_var"], s[p + ".weight"], s[p + ".bias"],
                             False, 0.0, 1e-5)
 
-    x = F.relu(bn("bn1", F.conv2d(x, s["conv1.weight"], stride=2, padding=3)))
-    x = F.max_pool2d(x, 3, 2, 1)
-    for stage in range(1, 5):
-        for b in range(2):
-            p = f"layer{stage}.{b}"
-            stride = 2 if (b == 0 and stage > 1) else 1
-            skip = x
-            if p + ".downsample.0.weight" in s:
-                skip = bn(p + ".downsample.1", F.conv2d(x, s[p + ".downsample.0.weight"], stride=stride))
-            out = F.relu(bn(p + ".bn1", F.conv2d(x, s[p + ".conv1.weight"], stride=stride, padding=1)))
-            out = bn(p + ".bn2", F.conv2d(out, s[p + ".conv2.weight"], padding=1))
-            x = F.relu(out + skip)
-    x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-    return F.linear(x, s["fc.weight"], s["fc.bias"])
+    return resnet18_reference(s, x, bn)
 
 
 def _vgg11_reference(s, x):

@@ -16,6 +16,7 @@ from torch import nn
 from torchvision_pinned import ARCHITECTURES as PINNED_NAMES
 from torchvision_pinned import LOGIT_CLASSES, deterministic_state_dict, load, pinned_input
 
+from helpers.resnet_reference import resnet18_reference
 from stabkern import zoo
 from stabkern.zoo._blocks import StochasticDepth
 from stabkern.zoo.resnet import ResNet
@@ -120,18 +121,7 @@ def _resnet18_gn_reference(s, x):
     def gn(p, t):
         return F.group_norm(t, 32, s[p + ".weight"], s[p + ".bias"], 1e-5)
 
-    x = F.max_pool2d(F.relu(gn("bn1", F.conv2d(x, s["conv1.weight"], stride=2, padding=3))), 3, 2, 1)
-    for stage in range(1, 5):
-        for b in range(2):
-            p = f"layer{stage}.{b}"
-            stride = 2 if (b == 0 and stage > 1) else 1
-            skip = x
-            if p + ".downsample.0.weight" in s:
-                skip = gn(p + ".downsample.1", F.conv2d(x, s[p + ".downsample.0.weight"], stride=stride))
-            out = F.relu(gn(p + ".bn1", F.conv2d(x, s[p + ".conv1.weight"], stride=stride, padding=1)))
-            out = gn(p + ".bn2", F.conv2d(out, s[p + ".conv2.weight"], padding=1))
-            x = F.relu(out + skip)
-    return F.linear(F.adaptive_avg_pool2d(x, 1).flatten(1), s["fc.weight"], s["fc.bias"])
+    return resnet18_reference(s, x, gn)
 
 
 def test_resnet18_gn_has_group_norm_and_resnet18_keys_without_running_stats():
