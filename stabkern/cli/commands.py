@@ -137,7 +137,7 @@ def cmd_meter(args) -> None:
 
 
 def cmd_compress(args) -> None:
-    from .. import choose_k
+    from .. import choose_k, save_compressed
     from ..card.build import compress_layer_by_layer, summarized_warnings
     from ..schemas import tagged
 
@@ -162,7 +162,7 @@ def cmd_compress(args) -> None:
            "choose_k": None if chosen is None else tagged(chosen.to_dict(), "stabkern-choose-k-v1")}
     if out is not None:  # one set: choose_k.json of an earlier --eps run does not stay beside a --k run's files
         files = {"compression.json": json_writer(doc["compression"]),
-                 "compressed.pt": lambda path: torch.save(small.state_dict(), path)}
+                 "compressed.pt": lambda path: save_compressed(small, path, architecture=m.architecture)}
         if chosen is not None:
             files["choose_k.json"] = json_writer(doc["choose_k"])
         write_set(out, files, remove=[] if chosen is not None else ["choose_k.json"])

@@ -23,8 +23,11 @@ class CLIError(Exception):
 
 @dataclass
 class Model:
+    """architecture: its stabkern.zoo name or "digits" when MODEL named one (compressed.pt then reloads alone)."""
+
     model: torch.nn.Module
     name: str
+    architecture: str | None = None
 
 
 @dataclass
@@ -82,10 +85,10 @@ def load_model(spec: str, *, num_classes=None, trust_pickle: bool = False, dev: 
         from .. import io
 
         lm = io.load_model(spec, num_classes=num_classes, trust_pickle=trust_pickle, device=str(dev))
-        return Model(lm.model.eval(), lm.name)
+        return Model(lm.model.eval(), lm.name, spec.split(":", 1)[0] if lm.source == "architecture" else None)
     if spec in ("digits", "digits-shuffled"):
         model = trained_digits_net(labels="true" if spec == "digits" else "shuffled")
-        return Model(model.to(dev).eval(), spec)
+        return Model(model.to(dev).eval(), spec, "digits")
     if spec.startswith("digits:"):
         path = pathlib.Path(spec.split(":", 1)[1])
         if not path.is_file():
@@ -105,7 +108,7 @@ def load_model(spec: str, *, num_classes=None, trust_pickle: bool = False, dev: 
         from ..io.models import check_finite_weights
 
         check_finite_weights(model, f"MODEL {spec}")
-        return Model(model.to(dev).eval(), f"digits:{path.name}")
+        return Model(model.to(dev).eval(), f"digits:{path.name}", "digits")
     raise CLIError(f"MODEL {spec!r}: unknown digits model; pass 'digits', 'digits-shuffled' or "
                    "'digits:WEIGHTS.pt'")
 

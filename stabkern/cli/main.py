@@ -75,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", parents=[common], help="Algorithm 1 on every Conv2d/Linear layer",
                        description="Compress MODEL layer by layer with k coefficients per layer (--k) or "
                        "choose_k's k (--eps); measure each layer's output error on DATA (OUT/compression.json, "
-                       "OUT/compressed.pt).")
+                       "OUT/compressed.pt, which stabkern.load_compressed(path) reloads).")
     _model_data(p)
     k = p.add_mutually_exclusive_group(required=True)
     k.add_argument("--k", type=int, help="coefficients per layer (per filter in filter mode)")

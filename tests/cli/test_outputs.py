@@ -19,9 +19,8 @@ def state(out):
 def saved_ks(out):
     """(k in compression.json, k of compressed.pt's coefficients), over the layers of each."""
     doc = json.loads((out / "compression.json").read_text())
-    weights = torch.load(out / "compressed.pt", weights_only=True)
-    return ({r["k"] for r in doc["layers"]},
-            {v.shape[-1] for name, v in weights.items() if name.endswith("coefficients")})
+    saved = torch.load(out / "compressed.pt", weights_only=True)
+    return {r["k"] for r in doc["layers"]}, {r["coefficients"].shape[-1] for r in saved["sketches"]}
 
 
 def compress(small, out, k):

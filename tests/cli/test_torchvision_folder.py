@@ -35,3 +35,6 @@ def test_compress_resnet18_on_a_cifar_folder(tmp_path):
         err = layer["output_error"]
         assert err["samples"] == 4 and err["mean"] > 0  # measured on the folder's 4 images
     assert (tmp_path / "out" / "compression.json").is_file()
+    saved = torch.load(tmp_path / "out" / "compressed.pt", weights_only=True)  # reloads with no model at hand
+    assert saved["architecture"] == {"name": "resnet18", "num_classes": 10}
+    assert [r["name"] for r in saved["sketches"]] == names and {r["k"] for r in saved["sketches"]} == {32}
