@@ -86,6 +86,9 @@ def load_compressed(path, model: nn.Module | None = None, *, device="cpu") -> nn
     """
     path = Path(path)
     device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: CUDA is not available here (torch.cuda.is_available() is False); "
+                         "use device='cpu'")
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be the dense nn.Module the file was compressed from, got {type(model).__name__}")
     doc = _read(path)
@@ -195,8 +198,15 @@ def _check_fields(doc: dict) -> None:
         raise TypeError("identities must be a list of module names")
     if not isinstance(doc["sketches"], list):
         raise TypeError("sketches must be a list")
+    earlier: set = set()
     for r in doc["sketches"]:
         name = r["name"]
+        if not isinstance(name, str) or name in earlier:
+            raise ValueError(f"sketch names must be distinct strings, got {name!r}")
+        for key in ("tied_to", "bias_of"):
+            if r[key] is not None and r[key] not in earlier:
+                raise ValueError(f"{name}: {key} {r[key]!r} is not an earlier sketched layer")
+        earlier.add(name)
         check_choice(f"{name}: type", r["type"], ("Conv2d", "Linear"))
         check_k(r["k"], f"{name}: k")
         check_mode(r["mode"])
@@ -212,7 +222,9 @@ def _check_fields(doc: dict) -> None:
         c = r["coefficients"]
         if not isinstance(c, torch.Tensor) or c.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name}: coefficients must be a float tensor")
-        if r["type"] == "Conv2d" and not isinstance(r["conv"], dict):
+        if r["bias"] is not None and not isinstance(r["bias"], torch.Tensor):
+            raise TypeError(f"{name}: bias must be a tensor or None")
+        if r["type"] == "Conv2d" and not (isinstance(r["conv"], dict) and all(f in r["conv"] for f in _CONV_FIELDS)):
             raise TypeError(f"{name}: conv must hold the Conv2d's {', '.join(_CONV_FIELDS)}")
 
 

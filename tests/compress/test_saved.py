@@ -107,15 +107,15 @@ def test_digits_net_reloads_by_name(tmp_path):
 def test_tied_sketches_folded_batchnorm_and_float64_reload_as_saved(tmp_path):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(16, 16),
-                        nn.ReLU(), nn.Linear(16, 16)).double().eval()
+                        nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).double().eval()
     net[6].weight = net[4].weight  # tied: compress_model gives both layers one sketch
     with torch.no_grad():
         net[1].running_mean.uniform_(-1, 1)
-    small, _ = compress_model(net, {"0": 6, "4": 9, "6": 9}, mode="tensor", seed=3, fold_bn=True)
+    small, _ = compress_model(net, {"0": 6, "4": 9, "6": 9}, mode="tensor", seed=3, fold_bn=True)  # "8" dense
     assert isinstance(small[1], nn.Identity) and small[6].coefficients is small[4].coefficients
     save_compressed(small, tmp_path / "t.pt")
     fresh = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(16, 16),
-                          nn.ReLU(), nn.Linear(16, 16))  # float32, BatchNorm present, nothing tied
+                          nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))  # float32, BatchNorm, no tie
     loaded = load_compressed(tmp_path / "t.pt", fresh)
     assert isinstance(loaded[1], nn.Identity) and loaded[6].coefficients is loaded[4].coefficients
     assert all(p.dtype == torch.float64 for p in loaded.parameters())
@@ -172,10 +172,15 @@ def test_files_that_are_not_stabkern_compressed_models_are_refused(tmp_path, sav
         torch.save({**doc, **change}, tmp_path / "other.pt")
         with pytest.raises(ValueError, match=message):
             load_compressed(tmp_path / "other.pt", net)
-    doc["sketches"][0]["stream"] = -1
-    torch.save(doc, tmp_path / "damaged.pt")
-    with pytest.raises(ValueError, match=r"damaged stabkern compressed model \(stem: stream must be in"):
-        load_compressed(tmp_path / "damaged.pt", net)
+    for key, value, message in (("stream", -1, "stem: stream must be in"),
+                                ("tied_to", "head", "stem: tied_to 'head' is not an earlier sketched layer")):
+        damaged = {**doc, "sketches": [{**doc["sketches"][0], key: value}, *doc["sketches"][1:]]}
+        torch.save(damaged, tmp_path / "damaged.pt")
+        with pytest.raises(ValueError, match=rf"damaged stabkern compressed model \({message}"):
+            load_compressed(tmp_path / "damaged.pt", net)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available here"):
+            load_compressed(saved_user, net, device="cuda")
 
 
 def test_save_checks_the_architecture_name_against_the_model(tmp_path):
