@@ -22,6 +22,7 @@ from torch import nn
 
 from ..progress import Progress, silent, steps
 from ..schemas import SCHEMA_VERSION, tagged
+from ..stability.report import json_value
 
 FORMAT = "stabkern-card-v1"
 # k / cap per layer for the accuracy-vs-k curve; it stops at the dense size (f = 1): k = 2 cap stores twice the
@@ -40,23 +41,47 @@ class Card:
 
 
 @contextlib.contextmanager
-def summarized_warnings(notes: list):
-    """Collect the warnings of a block; append one line per distinct category to `notes`.
-
-    A warning repeated per layer (k >= n, a skipped BatchNorm) becomes one summary line with its count.
-    """
-    with warnings.catch_warnings(record=True) as caught:
+def recorded_warnings(caught: list):
+    """Append the warnings of a block to `caught` (warnings.WarningMessage), DeprecationWarnings left out
+    (torch internals' notices to developers, not the user's)."""
+    with warnings.catch_warnings(record=True) as got:
         warnings.simplefilter("always")
         yield
+    caught.extend(w for w in got if not issubclass(w.category, DeprecationWarning))
+
+
+def summarize_warnings(caught) -> list:
+    """One line per kind of warning: a kind is one warn() call site (file and line), so a warning repeated
+    per layer or per stage (k >= n, a skipped BatchNorm) is one line with its count, and two different
+    warnings of the same category stay two lines."""
     groups: dict = {}
     for w in caught:
-        if issubclass(w.category, DeprecationWarning):  # torch internals' notices to developers, not the user's
-            continue
-        groups.setdefault(w.category.__name__, []).append(str(w.message))
-    for category, messages in groups.items():
-        first = messages[0]
-        notes.append(f"{category}: {first}" if len(messages) == 1 else
-                     f"{category} x{len(messages)}, e.g.: {first}")
+        groups.setdefault((w.category.__name__, w.filename, w.lineno), []).append(str(w.message))
+    return [f"{category}: {messages[0]}" if len(set(messages)) == 1 and len(messages) == 1 else
+            f"{category} x{len(messages)}: {messages[0]}" if len(set(messages)) == 1 else
+            f"{category} x{len(messages)}, e.g.: {messages[0]}"
+            for (category, _, _), messages in groups.items()]
+
+
+@contextlib.contextmanager
+def summarized_warnings(notes: list):
+    """Collect the warnings of a block; append one line per kind (summarize_warnings) to `notes`."""
+    caught: list = []
+    with recorded_warnings(caught):
+        yield
+    notes.extend(summarize_warnings(caught))
+
+
+def card_notes(caught, extra) -> list:
+    """The card's notes: the summarized warnings, then each of `extra` (a report's own notes) that is not
+    already one of the warnings' messages, each once: a warning the meters both warn and note appears once."""
+    notes = summarize_warnings(caught)
+    seen = {str(w.message) for w in caught}
+    for note in extra:
+        if note not in seen and note not in notes:
+            seen.add(note)
+            notes.append(note)
+    return notes
 
 
 def merge_reports(reports):
@@ -111,6 +136,19 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / len(x)
 
 
+def output_count(model: nn.Module, x: torch.Tensor) -> int:
+    """Outputs per sample of the model (its logits, bound.logits_of): the class count whose inverse is chance."""
+    from ..stability.bound import logits_of
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return int(logits_of(model(x[:1].to(next(model.parameters()).device))).flatten(1).shape[1])
+    finally:
+        model.train(was_training)
+
+
 def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, title: str = "model",
                model_name: str | None = None, data_name: str = "data", seed: int = 0, eps: float = 0.5,
                mode: str = "filter", alpha: float = 0.1, trials: int = 8, probes: int = 8, margin_quantile: float = 0.1,
@@ -131,13 +169,13 @@ def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
 
     param = next(model.parameters())
     times: dict = {}
-    notes: list = []
+    caught: list = []  # every stage's warnings, summarized once at the end (card_notes)
 
     @contextlib.contextmanager
     def stage(name):
         start = time.perf_counter()
         progress(name, 0, 1)
-        with summarized_warnings(notes):
+        with recorded_warnings(caught):
             yield
         times[name] = time.perf_counter() - start
         progress(name, 1, 1)
@@ -151,7 +189,7 @@ def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
         cushions = layer_cushions(model, x, mode=mode, batch_size=batch_size)
     probe = {r.name: r.k if r.k is not None else max(1, round(PROBE_FRACTION * r.cap)) for r in kc.layers}
     start = time.perf_counter()
-    with summarized_warnings(notes):
+    with recorded_warnings(caught):
         _, probe_report = compress_layer_by_layer(model, probe, mode=mode, seed=seed, data=x, eps=eps,
                                                   backend=backend, batch_size=batch_size, progress=progress)
     times["compress"] = time.perf_counter() - start
@@ -174,7 +212,7 @@ def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
         dense_accuracy = accuracy(model, x, y, batch_size)
         from ..compress import compress_model
         curve = []
-        with summarized_warnings(notes):
+        with recorded_warnings(caught):
             for f in steps(progress, "accuracy vs k", fractions):
                 ks = {r.name: max(1, round(f * r.cap)) for r in kc.layers}
                 # f = 1 (k = m) is sketched too: the point where Algorithm 1 stops saving space
@@ -182,13 +220,15 @@ def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
                                             allow_no_compression=True)
                 t = rep.totals()
                 curve.append({"fraction": f, "k": ks, "stored": t["stored"], "ratio": t["ratio"],
+                              "rel_fro_error": json_value({r.name: r.rel_fro_error for r in rep.layers}),
                               "accuracy": accuracy(small, x, y, batch_size)})
         times["accuracy vs k"] = time.perf_counter() - start
 
     doc = {
         "format": FORMAT, "schema_version": SCHEMA_VERSION, "title": title,
         "model": {"name": model_name or type(model).__name__, "class": type(model).__name__,
-                  "parameters": sum(p.numel() for p in model.parameters()), "layers": len(report.layers)},
+                  "parameters": sum(p.numel() for p in model.parameters()), "layers": len(report.layers),
+                  "outputs": output_count(model, x)},
         "data": {"name": data_name, "n_samples": int(x.shape[0]), "shape": list(x.shape[1:]),
                  "labels": y is not None, "accuracy": dense_accuracy},
         "measure": report.to_dict(),
@@ -197,10 +237,10 @@ def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
                             "report": probe_report.to_dict()},
         "accuracy_vs_k": curve,
         "figures": {},
-        "notes": notes + list(report.settings.get("notes", [])),
+        "notes": card_notes(caught, report.settings.get("notes", [])),
         "provenance": {"stabkern_version": __version__, "specs": {"sign": SPEC, "noise": "stabkern-noise-v1"},
                        "seed": seed, "device": str(param.device), "dtype": str(param.dtype).replace("torch.", ""),
                        "torch": torch.__version__, "python": platform.python_version(),
                        "data_size": int(x.shape[0]), "wall_time_s": times},
     }
-    return Card(doc=doc, report=report, notes=notes)
+    return Card(doc=doc, report=report, notes=list(doc["notes"]))
