@@ -149,12 +149,15 @@ def output_count(model: nn.Module, x: torch.Tensor) -> int:
         model.train(was_training)
 
 
-def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, title: str = "model",
+def build_card(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None = None, *, title: str = "model",
                model_name: str | None = None, data_name: str = "data", seed: int = 0, eps: float = 0.5,
                mode: str = "filter", alpha: float = 0.1, trials: int = 8, probes: int = 8, margin_quantile: float = 0.1,
                fractions=FRACTIONS, batch_size: int = 256, backend: str = "auto",
                progress: Progress = silent) -> Card:
     """The stability card of `model` on inputs x (N, C, H, W) float, labels y (N,) int64 or None.
+
+    x None: the data-free card, what the weights alone say (stability/weights.py; measure, choose_k,
+    compressibility and accuracy_vs_k null). With data the same weights section sits beside the meters.
 
     The model is read, never changed (measure and compress_model restore or copy it); it runs where
     its parameters are. seed: the noise seed of the meters and the sign seed of the compressions;
@@ -166,10 +169,32 @@ def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
     from .. import __version__, choose_k, measure
     from ..compress import layer_cushions
     from ..spec import SPEC
+    from ..stability.weights import weight_report
 
     param = next(model.parameters())
     times: dict = {}
     caught: list = []  # every stage's warnings, summarized once at the end (card_notes)
+    start = time.perf_counter()
+    progress("weights", 0, 1)
+    weights = weight_report(model).to_dict()
+    progress("weights", 1, 1)
+    times["weights"] = time.perf_counter() - start
+    if x is None:  # no data: what the weights alone say (stability/weights.py), and what needs data
+        if y is not None:
+            raise ValueError("labels y were given without inputs x: pass x (N, C, H, W) with them, or neither for "
+                             "the data-free card")
+        doc = {
+            "format": FORMAT, "schema_version": SCHEMA_VERSION, "title": title,
+            "model": {"name": model_name or type(model).__name__, "class": type(model).__name__,
+                      "parameters": weights["parameters"], "layers": len(weights["layers"])},
+            "data": None, "weights": weights, "measure": None, "choose_k": None, "compressibility": None,
+            "accuracy_vs_k": None, "figures": {}, "notes": [],
+            "provenance": {"stabkern_version": __version__, "specs": {"sign": SPEC, "noise": "stabkern-noise-v1"},
+                           "seed": seed, "device": str(param.device),
+                           "dtype": str(param.dtype).replace("torch.", ""), "torch": torch.__version__,
+                           "python": platform.python_version(), "data_size": 0, "wall_time_s": times},
+        }
+        return Card(doc=doc, report=None, notes=[])
 
     @contextlib.contextmanager
     def stage(name):
@@ -231,6 +256,7 @@ def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
                   "outputs": output_count(model, x)},
         "data": {"name": data_name, "n_samples": int(x.shape[0]), "shape": list(x.shape[1:]),
                  "labels": y is not None, "accuracy": dense_accuracy},
+        "weights": weights,
         "measure": report.to_dict(),
         "choose_k": tagged(kc.to_dict(), "stabkern-choose-k-v1"),
         "compressibility": {"mode": mode, "eps": eps, "fraction": PROBE_FRACTION, "layers": rows,

@@ -2,7 +2,7 @@
 
 attenuation (one curve per injection layer, Arora et al. 2018 Figure 3), cushions and contraction
 (per-layer distributions over the data as box plots: whiskers q05-q95, box q25-q75, line median), bounds
-(log10 capacity terms, Figure 4) and accuracy vs k. With many layers (a DenseNet has 120) the legend
+(log10 capacity terms, Figure 4), accuracy vs k and the weight spectra (the data-free section). With many layers (a DenseNet has 120) the legend
 gives way to a colorbar and the layer tick labels are thinned, so the curves stay visible. Not the
 meters' own plots (stabkern/stability/plots.py).
 """
@@ -200,15 +200,46 @@ def accuracy_vs_k(doc: dict, ax):
     ax.legend(fontsize=6, loc="best")
 
 
+def spectra(doc: dict, ax):
+    """Each layer's singular values (of its weight matrix, stability/weights.py), sorted, log-scale y,
+    against their rank divided by the count, so layers of different sizes share the axis."""
+    import matplotlib as mpl
+
+    rows = doc["weights"]["layers"]
+    num = len(rows)
+    cmap = mpl.colormaps["viridis"]
+    for i, r in enumerate(rows):
+        s = np.array([math.nan if v is None else v for v in r["singular_values"]], dtype=float)
+        shown = np.isfinite(s) & (s > 0)  # a log axis has no zero: exact zeros are left out
+        rank = (np.arange(len(s)) + 1) / len(s)
+        ax.plot(rank[shown], s[shown], lw=1, marker="." if len(s) <= 64 else None, ms=3,
+                color=cmap(0.9 * i / max(num - 1, 1)), label=f"{r['name']} ({r['matrix'][0]}x{r['matrix'][1]})")
+    ax.set_yscale("log")
+    log_ticks(ax)
+    ax.set_xlabel("rank / number of singular values")
+    ax.set_ylabel("singular value of W")
+    ax.set_title("weight spectra (conv: the (C_out, C_in kh kw) matrix), largest first")
+    if num <= MAX_LEGEND:
+        ax.legend(fontsize=6)
+    else:
+        sm = mpl.cm.ScalarMappable(cmap=cmap, norm=mpl.colors.Normalize(0, (num - 1) / 0.9))
+        ax.figure.colorbar(sm, ax=ax, label="layer index")
+
+
 def draw_all(doc: dict, folder) -> dict:
-    """Write every figure of `doc` as PNG into `folder`; returns {figure: file name}."""
+    """Write every figure of `doc` as PNG into `folder`; returns {figure: file name}. A data-free card
+    (measure null) has the weight spectra only."""
     plt = _pyplot()
-    num = len(doc["measure"]["layers"])
-    width = min(6 + 0.25 * num, 24)
-    plans = [("attenuation", (width, 4.5), 1, attenuation), ("cushions", (width, 7), 2, cushions),
-             ("contraction", (width, 4), 1, contraction), ("bounds", (7, 4.5), 1, bounds)]
-    if doc["accuracy_vs_k"]:
+    plans = []
+    if doc.get("measure"):
+        num = len(doc["measure"]["layers"])
+        width = min(6 + 0.25 * num, 24)
+        plans += [("attenuation", (width, 4.5), 1, attenuation), ("cushions", (width, 7), 2, cushions),
+                  ("contraction", (width, 4), 1, contraction), ("bounds", (7, 4.5), 1, bounds)]
+    if doc.get("accuracy_vs_k"):
         plans.append(("accuracy_vs_k", (6, 4), 1, accuracy_vs_k))
+    if doc.get("weights"):
+        plans.append(("spectra", (7, 4.5), 1, spectra))
     names = {}
     for key, size, rows, draw in plans:
         fig, axes = plt.subplots(rows, 1, figsize=size)

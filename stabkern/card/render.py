@@ -57,7 +57,9 @@ def headline(doc: dict) -> dict:
 
 def markdown(doc: dict) -> str:
     """The card as one Markdown page (figures referenced by their file names)."""
-    m, prov, h = doc["measure"], doc["provenance"], headline(doc)
+    if doc["measure"] is None:  # the data-free card
+        return "\n".join(data_free_head(doc) + weights_section(doc) + tail(doc)) + "\n"
+    m, h = doc["measure"], headline(doc)
     names = m["layers"]
     att = m["attenuation"]
     acc = "" if h["accuracy"] is None else f", accuracy {h['accuracy']:.1%} on these labels"
@@ -134,7 +136,58 @@ def markdown(doc: dict) -> str:
         out += [f"| {p['fraction']:g} | {p['stored']:,} | {p['ratio']:.2f} | {p['accuracy']:.1%} |"
                 for p in doc["accuracy_vs_k"]]
         out += ["", *accuracy_words(doc)]
-    out += ["", "## Provenance", "",
+    out += ["", *weights_section(doc)]
+    return "\n".join(out + tail(doc)) + "\n"
+
+
+def data_free_head(doc: dict) -> list:
+    """The data-free card's title, what it is, and what needs data."""
+    from ..stability.weights import NEEDS_DATA
+
+    needs = (doc.get("weights") or {}).get("needs_data") or list(NEEDS_DATA)
+    return [f"# Stability card: {doc['title']}", "",
+            f"Model `{doc['model']['name']}` ({doc['model']['parameters']:,} parameters, {doc['model']['layers']} "
+            f"Conv2d/Linear layers), no data: this card shows what the weights alone say. Format `{doc['format']}`, "
+            f"schema version {doc['schema_version']} (stabkern docs/card.md).", "",
+            "## What needs data", "",
+            "Pass `--data DATA` (and labels for the accuracy) for: " + "; ".join(needs) + ".", ""]
+
+
+def weights_section(doc: dict) -> list:
+    """The weights-only section (stability/weights.py): spectra, stable rank, noise ratio, norms, capacities."""
+    w = doc.get("weights")
+    if not w:
+        return []
+    ops = ((doc.get("measure") or {}).get("bound") or {}).get("operator_norms") or {}
+    out = ["## What the weights alone say", "",
+           "Per layer, the weight as a matrix W: a Linear layer's (out, in) weight, a Conv2d's reshaped to (C_out, "
+           "C_in/groups kh kw), one row per filter. For a conv layer these are norms of that matrix, not of the "
+           "convolution's operator on the whole feature map" + (" (its spectral norm ||A||_2, which needs the input "
+           "size, is the measured column beside it)" if ops else " (that needs the input size: pass --data)") +
+           ". Stable rank = ||W||_F^2 / ||W||_2^2; noise ratio = ||W||_F / (sqrt(n) ||W||_2), n = the matrix's "
+           "input dimension (its columns): Gaussian noise in R^n gains ||W||_F / sqrt(n) on average, the best "
+           "input ||W||_2, so a small ratio is a layer that passes signal and damps noise (Arora et al. 2018's "
+           "noise stability of one layer).", "",
+           f"![weight spectra]({doc['figures'].get('spectra', 'spectra.png')})", "",
+           "| layer | matrix | n | spectral | Frobenius | l1 | stable rank | noise ratio |"
+           + (" spectral of the conv operator (measured) |" if ops else ""),
+           "|---" * (8 + bool(ops)) + "|"]
+    for r in w["layers"]:
+        op = f" {_g((ops.get(r['name']) or {}).get('spectral'))} |" if ops else ""
+        out.append(f"| {r['name']} | {r['matrix'][0]} x {r['matrix'][1]} | {r['n']} | {_g(r['spectral'])} | "
+                   f"{_g(r['frobenius'])} | {_g(r['l1'])} | {_g(r['stable_rank'])} | {_g(r['noise_ratio'])} |{op}")
+    labels = dict(figures.BOUND_LABELS)
+    out += ["", "Capacities that need no data: each norm bound is (the weights' factor) x (data scale / margin)^2; "
+            "the weights' factor, log10, on the matrices above (the parameter count: "
+            f"10^{math.log10(w['parameters']):.2f}):", "", "| bound | log10 weights' factor |", "|---|---|"]
+    out += [f"| {labels.get(k, k)}, weights' factor | {_g(v)} |" for k, v in w["capacities_log10"].items()]
+    return out + [""]
+
+
+def tail(doc: dict) -> list:
+    """The per-layer table's pointer, provenance and notes."""
+    prov = doc["provenance"]
+    out = ["## Provenance", "",
             f"Every per-layer number of this card, one row per layer: [{(doc.get('tables') or {}).get('layers', 'layers.csv')}]"
             f"({(doc.get('tables') or {}).get('layers', 'layers.csv')}) (docs/card.md lists its columns).", "",
             f"stabkern {prov['stabkern_version']} (specs {prov['specs']['sign']}, {prov['specs']['noise']}), "
@@ -144,7 +197,7 @@ def markdown(doc: dict) -> str:
     out += [f"| {k} | {v:.2f} |" for k, v in prov["wall_time_s"].items()]
     if doc.get("notes"):
         out += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
-    return "\n".join(out) + "\n"
+    return out
 
 
 def identity_words(doc: dict) -> list:

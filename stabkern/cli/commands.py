@@ -178,12 +178,19 @@ def _print_notes(args, notes) -> None:
 def cmd_card(args) -> None:
     from ..card import build_card, write_card
 
-    dev, out, m, d = _inputs(args)
+    if args.data is None:  # the data-free card: what the weights alone say
+        dev = device(args.device)
+        out = out_folder(args.out) if args.out else None
+        m = load_model(args.model, num_classes=args.num_classes, trust_pickle=args.trust_pickle, dev=dev)
+        d = None
+    else:
+        dev, out, m, d = _inputs(args)
     out = out or out_folder(".")
     name = args.name or "".join(c if c.isalnum() or c in "-_." else "-" for c in m.name.rsplit("/", 1)[-1])
     folder = card_folder(out, name)
-    card = _library_errors(build_card, m.model, d.x, d.y, title=f"{m.name} on {d.name}", model_name=m.name,
-                           data_name=d.name, seed=args.seed, eps=args.eps, mode=args.mode, trials=args.trials,
+    card = _library_errors(build_card, m.model, None if d is None else d.x, None if d is None else d.y,
+                           title=f"{m.name} on {d.name}" if d else f"{m.name} (weights only, no data)",
+                           model_name=m.name, data_name=d.name if d else "none", seed=args.seed, eps=args.eps, mode=args.mode, trials=args.trials,
                            margin_quantile=args.margin_quantile, batch_size=args.batch_size,
                            progress=_progress(args))
     _print_notes(args, card.notes)

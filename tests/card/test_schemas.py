@@ -68,7 +68,7 @@ def test_card_without_labels(net_and_data):
     validate(card.doc)
     assert card.doc["accuracy_vs_k"] is None and card.doc["data"]["accuracy"] is None
     assert "## Accuracy vs k" not in markdown(card.doc)
-    assert set(card.doc["provenance"]["wall_time_s"]) == {"measure", "choose_k", "compress"}
+    assert set(card.doc["provenance"]["wall_time_s"]) == {"weights", "measure", "choose_k", "compress"}
 
 
 def test_repeated_warnings_become_one_line():
