@@ -47,22 +47,68 @@ NEEDS_DATA = ("noise attenuation", "layer and interlayer cushions", "activation 
               "choose_k and the measured compression errors", "accuracy vs k (with labels)")
 
 
+CHUNK = 1 << 22  # entries converted to float64 at a time: a 4096 x 25088 Linear (VGG) is not copied whole
+SVD_LIMIT = 1 << 22  # above this many entries the spectrum comes from the Gram matrix (singular_values)
+
+
 def weight_matrix(module: nn.Module) -> torch.Tensor:
-    """The layer's weight as a float64 matrix: (C_out, C_in/groups kh kw) for a Conv2d, (out, in) for a Linear."""
-    w = module.weight.detach().double()
+    """The layer's weight as a matrix view, in its own dtype: (C_out, C_in/groups kh kw) for a Conv2d, (out, in)
+    for a Linear."""
+    w = module.weight.detach()
     return w.reshape(w.shape[0], -1)
+
+
+def _row_chunks(w: torch.Tensor):
+    step = max(1, CHUNK // max(1, w.shape[1]))
+    for start in range(0, w.shape[0], step):
+        yield w[start:start + step].double().cpu()
+
+
+def _col_chunks(w: torch.Tensor):
+    step = max(1, CHUNK // max(1, w.shape[0]))
+    for start in range(0, w.shape[1], step):
+        yield w[:, start:start + step].double().cpu()
+
+
+def singular_values(w: torch.Tensor, gram: bool | None = None) -> torch.Tensor:
+    """Singular values of the matrix w (rows, cols), descending, float64 (min(rows, cols) of them).
+
+    Up to SVD_LIMIT entries (or gram=False): torch.linalg.svdvals of w in float64. Above (or gram=True): the
+    square roots of the eigenvalues of the smaller Gram matrix (w w^T or w^T w, accumulated in float64 over
+    column or row chunks, then eigvalsh): min(rows, cols)^2 memory instead of rows x cols float64, and a GEMM
+    instead of an SVD of the full matrix. Its error: the Gram's eigenvalues move by at most ||E||_2 <= about
+    (length of its sums) eps ||w||_2^2, so s_i^2 is exact to that absolute amount (small s_i lose relative
+    digits; a spectrum on a log scale down to ~1e-7 s_max is unaffected)."""
+    rows, cols = w.shape
+    if gram is None:
+        gram = rows * cols > SVD_LIMIT
+    if not gram:
+        return torch.linalg.svdvals(w.double().cpu())
+    small = min(rows, cols)
+    g = torch.zeros(small, small, dtype=torch.float64)
+    if rows <= cols:
+        for c in _col_chunks(w):
+            g += c @ c.T
+    else:
+        for r in _row_chunks(w):
+            g += r.T @ r
+    return torch.linalg.eigvalsh(g).clamp(min=0).sqrt().flip(0)
 
 
 def layer_weights(name: str, module: nn.Module) -> dict:
     """The weights-only numbers of one layer (module note): a JSON-ready dict."""
     w = weight_matrix(module)
-    s = torch.linalg.svdvals(w.cpu())
+    s = singular_values(w)
     spectral, frobenius = float(s[0]), float(s.square().sum().sqrt())
+    l1 = l21 = l1inf = 0.0
+    for r in _row_chunks(w):
+        l1 += float(r.abs().sum())
+        l21 += float(r.norm(dim=1).sum())
+        l1inf = max(l1inf, float(r.abs().sum(1).max()))
     rows, n = w.shape
     return json_value({
         "name": name, "type": type(module).__name__, "shape": list(module.weight.shape), "matrix": [rows, n], "n": n,
-        "spectral": spectral, "frobenius": frobenius, "l1": float(w.abs().sum()),
-        "l21": float(w.norm(dim=1).sum()), "l1inf": float(w.abs().sum(1).max()),
+        "spectral": spectral, "frobenius": frobenius, "l1": l1, "l21": l21, "l1inf": l1inf,
         "stable_rank": frobenius ** 2 / spectral ** 2 if spectral > 0 else math.nan,
         "noise_ratio": frobenius / (math.sqrt(n) * spectral) if spectral > 0 else math.nan,
         "singular_values": s.tolist(),
@@ -108,4 +154,4 @@ def weight_report(model: nn.Module, layers=None) -> WeightReport:
     return WeightReport(layers=rows, capacities=caps, parameters=sum(p.numel() for p in model.parameters()))
 
 
-__all__ = ["WeightReport", "layer_weights", "weight_matrix", "weight_report"]
+__all__ = ["WeightReport", "layer_weights", "singular_values", "weight_matrix", "weight_report"]

@@ -108,3 +108,29 @@ def test_old_cards_still_validate(net_file):
     old["model"].pop("outputs")
     del old["provenance"]["wall_time_s"]["weights"]
     validate(old)
+
+
+def test_large_layers_take_the_spectrum_from_the_gram_matrix(monkeypatch):
+    """Above SVD_LIMIT entries the spectrum is sqrt(eigvalsh(W W^T)) accumulated in float64 over chunks: each
+    s_i^2 within the Gram's rounding, at most about (sum length + size) eps s_max^2 (weights.singular_values)."""
+    from stabkern.stability import weights
+
+    gen = torch.Generator().manual_seed(5)
+    for shape in ((30, 700), (700, 30)):
+        w = torch.randn(*shape, generator=gen)
+        exact = torch.linalg.svdvals(w.double())
+        gram = weights.singular_values(w, gram=True)
+        length, size = max(shape), min(shape)
+        eps = torch.finfo(torch.float64).eps
+        assert gram.shape == exact.shape and torch.all(gram[:-1] >= gram[1:])
+        assert float((gram ** 2 - exact ** 2).abs().max()) <= 2 * (length + size) * eps * float(exact[0]) ** 2
+    # chunks of 100 entries (several rows or columns each, and a ragged last one) give the same numbers
+    monkeypatch.setattr(weights, "CHUNK", 100)
+    monkeypatch.setattr(weights, "SVD_LIMIT", 100)
+    layer = torch.nn.Linear(37, 11)
+    got = weights.layer_weights("fc", layer)
+    w = layer.weight.detach().double()
+    assert got["l1"] == pytest.approx(float(w.abs().sum()), rel=1e-13)
+    assert got["l21"] == pytest.approx(float(w.norm(dim=1).sum()), rel=1e-13)
+    assert got["l1inf"] == pytest.approx(float(w.abs().sum(1).max()), rel=1e-13)
+    assert got["spectral"] == pytest.approx(float(torch.linalg.matrix_norm(w, 2)), rel=1e-12)
