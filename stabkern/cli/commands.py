@@ -117,6 +117,7 @@ def cmd_bench(args) -> None:
 def cmd_meter(args) -> None:
     from .. import measure
     from ..card.build import summarized_warnings
+    from ..stability.plots import BOUND_LABELS
 
     dev, out, m, d = _inputs(args)
     progress = _progress(args)
@@ -133,7 +134,8 @@ def cmd_meter(args) -> None:
     logs = doc["bound"]["log10"]
     _emit(args, doc, "\n".join([f"{m.name} on {d.name} ({len(d.x)} samples): noise attenuation (rows: injection)",
                                 report.attenuation.table(),
-                                "log10 capacity: " + ", ".join(f"{k} {v:.2f}" for k, v in logs.items() if v is not None)]))
+                                "log10 capacity: " + ", ".join(f"{BOUND_LABELS.get(k, k)} {v:.2f}" for k, v in logs.items()
+                                                               if v is not None)]))
 
 
 def cmd_compress(args) -> None:

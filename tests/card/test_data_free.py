@@ -134,3 +134,14 @@ def test_large_layers_take_the_spectrum_from_the_gram_matrix(monkeypatch):
     assert got["l21"] == pytest.approx(float(w.norm(dim=1).sum()), rel=1e-13)
     assert got["l1inf"] == pytest.approx(float(w.abs().sum(1).max()), rel=1e-13)
     assert got["spectral"] == pytest.approx(float(torch.linalg.matrix_norm(w, 2)), rel=1e-12)
+
+
+def test_meter_text_names_the_bounds_in_words(net_file, tmp_path, capsys):
+    net, path = net_file
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    np.savez(tmp_path / "d.npz", x=x.numpy(), y=y.numpy())
+    assert main(["meter", f"digits:{path}", "--data", str(tmp_path / "d.npz"), "--trials", "2", "--quiet"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("log10 capacity"))
+    assert "Arora et al. 2018 bound (chain)" in line and "ours" not in line
