@@ -1,6 +1,8 @@
-"""Computing a stability card: the meters, choose_k, the per-layer compressibility and accuracy vs k.
+"""Computing a stability card: the weights alone, the meters, choose_k, the per-layer compressibility and
+accuracy vs k.
 
-What it is: `build_card` runs, in timed stages reported through `stabkern.progress`, `stabkern.measure`
+What it is: `build_card` runs, in timed stages reported through `stabkern.progress`, the weights-only
+section (stability/weights.py; all there is without data), `stabkern.measure`
 (attenuation, cushions, contraction, the capacity terms), `choose_k`, one `compress_model` per layer
 (the measured output error beside the cushions' prediction) and, with labels, the accuracy of the model
 compressed at a ladder of k. It returns a `Card` whose `doc` is the JSON of format stabkern-card-v1
@@ -57,7 +59,7 @@ def summarize_warnings(caught) -> list:
     groups: dict = {}
     for w in caught:
         groups.setdefault((w.category.__name__, w.filename, w.lineno), []).append(str(w.message))
-    return [f"{category}: {messages[0]}" if len(set(messages)) == 1 and len(messages) == 1 else
+    return [f"{category}: {messages[0]}" if len(messages) == 1 else
             f"{category} x{len(messages)}: {messages[0]}" if len(set(messages)) == 1 else
             f"{category} x{len(messages)}, e.g.: {messages[0]}"
             for (category, _, _), messages in groups.items()]
@@ -171,28 +173,31 @@ def build_card(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None 
     from ..spec import SPEC
     from ..stability.weights import weight_report
 
+    if x is None and y is not None:
+        raise ValueError("labels y were given without inputs x: pass x (N, C, H, W) with them, or neither for the "
+                         "data-free card")
     param = next(model.parameters())
     times: dict = {}
     caught: list = []  # every stage's warnings, summarized once at the end (card_notes)
+
+    def provenance(data_size: int) -> dict:
+        return {"stabkern_version": __version__, "specs": {"sign": SPEC, "noise": "stabkern-noise-v1"},
+                "seed": seed, "device": str(param.device), "dtype": str(param.dtype).replace("torch.", ""),
+                "torch": torch.__version__, "python": platform.python_version(), "data_size": data_size,
+                "wall_time_s": times}
+
     start = time.perf_counter()
     progress("weights", 0, 1)
     weights = weight_report(model).to_dict()
     progress("weights", 1, 1)
     times["weights"] = time.perf_counter() - start
     if x is None:  # no data: what the weights alone say (stability/weights.py), and what needs data
-        if y is not None:
-            raise ValueError("labels y were given without inputs x: pass x (N, C, H, W) with them, or neither for "
-                             "the data-free card")
         doc = {
             "format": FORMAT, "schema_version": SCHEMA_VERSION, "title": title,
             "model": {"name": model_name or type(model).__name__, "class": type(model).__name__,
                       "parameters": weights["parameters"], "layers": len(weights["layers"])},
             "data": None, "weights": weights, "measure": None, "choose_k": None, "compressibility": None,
-            "accuracy_vs_k": None, "figures": {}, "notes": [],
-            "provenance": {"stabkern_version": __version__, "specs": {"sign": SPEC, "noise": "stabkern-noise-v1"},
-                           "seed": seed, "device": str(param.device),
-                           "dtype": str(param.dtype).replace("torch.", ""), "torch": torch.__version__,
-                           "python": platform.python_version(), "data_size": 0, "wall_time_s": times},
+            "accuracy_vs_k": None, "figures": {}, "notes": [], "provenance": provenance(0),
         }
         return Card(doc=doc, report=None, notes=[])
 
@@ -264,9 +269,6 @@ def build_card(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None 
         "accuracy_vs_k": curve,
         "figures": {},
         "notes": card_notes(caught, report.settings.get("notes", [])),
-        "provenance": {"stabkern_version": __version__, "specs": {"sign": SPEC, "noise": "stabkern-noise-v1"},
-                       "seed": seed, "device": str(param.device), "dtype": str(param.dtype).replace("torch.", ""),
-                       "torch": torch.__version__, "python": platform.python_version(),
-                       "data_size": int(x.shape[0]), "wall_time_s": times},
+        "provenance": provenance(int(x.shape[0])),
     }
     return Card(doc=doc, report=report, notes=list(doc["notes"]))
