@@ -145,3 +145,16 @@ def test_meter_text_names_the_bounds_in_words(net_file, tmp_path, capsys):
     assert main(["meter", f"digits:{path}", "--data", str(tmp_path / "d.npz"), "--trials", "2", "--quiet"]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("log10 capacity"))
     assert "Arora et al. 2018 bound (chain)" in line and "ours" not in line
+
+
+def test_weight_report_to_dataframe(net_file):
+    pytest.importorskip("pandas")
+    from stabkern.stability import weight_report
+
+    report = weight_report(net_file[0])
+    df = report.to_dataframe()
+    rows = report.layer_rows()
+    assert list(df.index) == [r["layer"] for r in rows] and "singular_values" not in df.columns
+    for r in rows:
+        for key in ("spectral", "frobenius", "l1", "stable_rank", "noise_ratio", "n"):
+            assert df.loc[r["layer"], key] == r[key]
