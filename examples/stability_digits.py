@@ -75,8 +75,9 @@ def markdown(d: dict, seconds: float, acc: float) -> str:
               f"interval mu (1 - t rse), t = {b['mu_rse']['t_quantile']:.3g} (Student-t at {s['probes']} probes); "
               f"the relative standard error rse of a sample's mu_(i,j) in this run has median "
               f"{100 * b['mu_rse']['median']:.2g}% (q95 {100 * b['mu_rse']['q95']:.2g}%). Every bound without its "
-              "log factors (column 3: log10 of the dropped factor); \"ours, chain\" is Theorem 4.1 on the unrolled "
-              "operators and the headline, \"ours, conv\" the section-5 form with beta and ceil(kappa/s)^2, "
+              "log factors (column 3: log10 of the dropped factor); the Arora et al. 2018 bound (chain) is Theorem 4.1 "
+              "on the unrolled operators and the headline, its conv form the section-5 one with beta and "
+              "ceil(kappa/s)^2, "
               "UNVERIFIED (recalled, not checked against the paper's text). Column 4: whether each bound's "
               "hypotheses hold on this net (`bound[\"hypotheses\"]`).", "",
               "| bound | log10 | dropped log factor (log10) | hypotheses on this net |", "|---|---|---|---|"]

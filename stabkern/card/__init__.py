@@ -1,8 +1,8 @@
 """The stability card: one model's noise stability, bounds and compressibility on one data set.
 
 - `build_card(model, x, y, ...)` -> `Card` (computation, build.py; `Card.doc` is the JSON of
-  format stabkern-card-v1, documented in docs/card.md)
-- `write_card(card, folder)` writes folder/card.md, card.json and the PNG figures, all or nothing
+  format stabkern-card-v1, documented in docs/card.md); x None: the data-free card (the weights alone)
+- `write_card(card, folder)` writes folder/card.md, card.json, layers.csv and the PNG figures, all or nothing
 - `summary_table([(name, doc), ...])`: the fixed-width table `stabkern demo` prints
 
 Not a command line: `stabkern card` (stabkern/cli) loads the model and data and calls these.

@@ -1,6 +1,8 @@
-"""Computing a stability card: the meters, choose_k, the per-layer compressibility and accuracy vs k.
+"""Computing a stability card: the weights alone, the meters, choose_k, the per-layer compressibility and
+accuracy vs k.
 
-What it is: `build_card` runs, in timed stages reported through `stabkern.progress`, `stabkern.measure`
+What it is: `build_card` runs, in timed stages reported through `stabkern.progress`, the weights-only
+section (stability/weights.py; all there is without data), `stabkern.measure`
 (attenuation, cushions, contraction, the capacity terms), `choose_k`, one `compress_model` per layer
 (the measured output error beside the cushions' prediction) and, with labels, the accuracy of the model
 compressed at a ladder of k. It returns a `Card` whose `doc` is the JSON of format stabkern-card-v1
@@ -22,6 +24,7 @@ from torch import nn
 
 from ..progress import Progress, silent, steps
 from ..schemas import SCHEMA_VERSION, tagged
+from ..stability.report import json_value
 
 FORMAT = "stabkern-card-v1"
 # k / cap per layer for the accuracy-vs-k curve; it stops at the dense size (f = 1): k = 2 cap stores twice the
@@ -40,23 +43,47 @@ class Card:
 
 
 @contextlib.contextmanager
-def summarized_warnings(notes: list):
-    """Collect the warnings of a block; append one line per distinct category to `notes`.
-
-    A warning repeated per layer (k >= n, a skipped BatchNorm) becomes one summary line with its count.
-    """
-    with warnings.catch_warnings(record=True) as caught:
+def recorded_warnings(caught: list):
+    """Append the warnings of a block to `caught` (warnings.WarningMessage), DeprecationWarnings left out
+    (torch internals' notices to developers, not the user's)."""
+    with warnings.catch_warnings(record=True) as got:
         warnings.simplefilter("always")
         yield
+    caught.extend(w for w in got if not issubclass(w.category, DeprecationWarning))
+
+
+def summarize_warnings(caught) -> list:
+    """One line per kind of warning: a kind is one warn() call site (file and line), so a warning repeated
+    per layer or per stage (k >= n, a skipped BatchNorm) is one line with its count, and two different
+    warnings of the same category stay two lines."""
     groups: dict = {}
     for w in caught:
-        if issubclass(w.category, DeprecationWarning):  # torch internals' notices to developers, not the user's
-            continue
-        groups.setdefault(w.category.__name__, []).append(str(w.message))
-    for category, messages in groups.items():
-        first = messages[0]
-        notes.append(f"{category}: {first}" if len(messages) == 1 else
-                     f"{category} x{len(messages)}, e.g.: {first}")
+        groups.setdefault((w.category.__name__, w.filename, w.lineno), []).append(str(w.message))
+    return [f"{category}: {messages[0]}" if len(messages) == 1 else
+            f"{category} x{len(messages)}: {messages[0]}" if len(set(messages)) == 1 else
+            f"{category} x{len(messages)}, e.g.: {messages[0]}"
+            for (category, _, _), messages in groups.items()]
+
+
+@contextlib.contextmanager
+def summarized_warnings(notes: list):
+    """Collect the warnings of a block; append one line per kind (summarize_warnings) to `notes`."""
+    caught: list = []
+    with recorded_warnings(caught):
+        yield
+    notes.extend(summarize_warnings(caught))
+
+
+def card_notes(caught, extra) -> list:
+    """The card's notes: the summarized warnings, then each of `extra` (a report's own notes) that is not
+    already one of the warnings' messages, each once: a warning the meters both warn and note appears once."""
+    notes = summarize_warnings(caught)
+    seen = {str(w.message) for w in caught}
+    for note in extra:
+        if note not in seen and note not in notes:
+            seen.add(note)
+            notes.append(note)
+    return notes
 
 
 def merge_reports(reports):
@@ -111,12 +138,28 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / len(x)
 
 
-def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, title: str = "model",
+def output_count(model: nn.Module, x: torch.Tensor) -> int:
+    """Outputs per sample of the model (its logits, bound.logits_of): the class count whose inverse is chance."""
+    from ..stability.bound import logits_of
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return int(logits_of(model(x[:1].to(next(model.parameters()).device))).flatten(1).shape[1])
+    finally:
+        model.train(was_training)
+
+
+def build_card(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None = None, *, title: str = "model",
                model_name: str | None = None, data_name: str = "data", seed: int = 0, eps: float = 0.5,
                mode: str = "filter", alpha: float = 0.1, trials: int = 8, probes: int = 8, margin_quantile: float = 0.1,
                fractions=FRACTIONS, batch_size: int = 256, backend: str = "auto",
                progress: Progress = silent) -> Card:
     """The stability card of `model` on inputs x (N, C, H, W) float, labels y (N,) int64 or None.
+
+    x None: the data-free card, what the weights alone say (stability/weights.py; measure, choose_k,
+    compressibility and accuracy_vs_k null). With data the same weights section sits beside the meters.
 
     The model is read, never changed (measure and compress_model restore or copy it); it runs where
     its parameters are. seed: the noise seed of the meters and the sign seed of the compressions;
@@ -128,16 +171,41 @@ def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
     from .. import __version__, choose_k, measure
     from ..compress import layer_cushions
     from ..spec import SPEC
+    from ..stability.weights import weight_report
 
+    if x is None and y is not None:
+        raise ValueError("labels y were given without inputs x: pass x (N, C, H, W) with them, or neither for the "
+                         "data-free card")
     param = next(model.parameters())
     times: dict = {}
-    notes: list = []
+    caught: list = []  # every stage's warnings, summarized once at the end (card_notes)
+
+    def provenance(data_size: int) -> dict:
+        return {"stabkern_version": __version__, "specs": {"sign": SPEC, "noise": "stabkern-noise-v1"},
+                "seed": seed, "device": str(param.device), "dtype": str(param.dtype).replace("torch.", ""),
+                "torch": torch.__version__, "python": platform.python_version(), "data_size": data_size,
+                "wall_time_s": times}
+
+    start = time.perf_counter()
+    progress("weights", 0, 1)
+    weights = weight_report(model).to_dict()
+    progress("weights", 1, 1)
+    times["weights"] = time.perf_counter() - start
+    if x is None:  # no data: what the weights alone say (stability/weights.py), and what needs data
+        doc = {
+            "format": FORMAT, "schema_version": SCHEMA_VERSION, "title": title,
+            "model": {"name": model_name or type(model).__name__, "class": type(model).__name__,
+                      "parameters": weights["parameters"], "layers": len(weights["layers"])},
+            "data": None, "weights": weights, "measure": None, "choose_k": None, "compressibility": None,
+            "accuracy_vs_k": None, "figures": {}, "notes": [], "provenance": provenance(0),
+        }
+        return Card(doc=doc, report=None, notes=[])
 
     @contextlib.contextmanager
     def stage(name):
         start = time.perf_counter()
         progress(name, 0, 1)
-        with summarized_warnings(notes):
+        with recorded_warnings(caught):
             yield
         times[name] = time.perf_counter() - start
         progress(name, 1, 1)
@@ -151,7 +219,7 @@ def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
         cushions = layer_cushions(model, x, mode=mode, batch_size=batch_size)
     probe = {r.name: r.k if r.k is not None else max(1, round(PROBE_FRACTION * r.cap)) for r in kc.layers}
     start = time.perf_counter()
-    with summarized_warnings(notes):
+    with recorded_warnings(caught):
         _, probe_report = compress_layer_by_layer(model, probe, mode=mode, seed=seed, data=x, eps=eps,
                                                   backend=backend, batch_size=batch_size, progress=progress)
     times["compress"] = time.perf_counter() - start
@@ -174,7 +242,7 @@ def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
         dense_accuracy = accuracy(model, x, y, batch_size)
         from ..compress import compress_model
         curve = []
-        with summarized_warnings(notes):
+        with recorded_warnings(caught):
             for f in steps(progress, "accuracy vs k", fractions):
                 ks = {r.name: max(1, round(f * r.cap)) for r in kc.layers}
                 # f = 1 (k = m) is sketched too: the point where Algorithm 1 stops saving space
@@ -182,25 +250,25 @@ def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
                                             allow_no_compression=True)
                 t = rep.totals()
                 curve.append({"fraction": f, "k": ks, "stored": t["stored"], "ratio": t["ratio"],
+                              "rel_fro_error": json_value({r.name: r.rel_fro_error for r in rep.layers}),
                               "accuracy": accuracy(small, x, y, batch_size)})
         times["accuracy vs k"] = time.perf_counter() - start
 
     doc = {
         "format": FORMAT, "schema_version": SCHEMA_VERSION, "title": title,
         "model": {"name": model_name or type(model).__name__, "class": type(model).__name__,
-                  "parameters": sum(p.numel() for p in model.parameters()), "layers": len(report.layers)},
+                  "parameters": sum(p.numel() for p in model.parameters()), "layers": len(report.layers),
+                  "outputs": output_count(model, x)},
         "data": {"name": data_name, "n_samples": int(x.shape[0]), "shape": list(x.shape[1:]),
                  "labels": y is not None, "accuracy": dense_accuracy},
+        "weights": weights,
         "measure": report.to_dict(),
         "choose_k": tagged(kc.to_dict(), "stabkern-choose-k-v1"),
         "compressibility": {"mode": mode, "eps": eps, "fraction": PROBE_FRACTION, "layers": rows,
                             "report": probe_report.to_dict()},
         "accuracy_vs_k": curve,
         "figures": {},
-        "notes": notes + list(report.settings.get("notes", [])),
-        "provenance": {"stabkern_version": __version__, "specs": {"sign": SPEC, "noise": "stabkern-noise-v1"},
-                       "seed": seed, "device": str(param.device), "dtype": str(param.dtype).replace("torch.", ""),
-                       "torch": torch.__version__, "python": platform.python_version(),
-                       "data_size": int(x.shape[0]), "wall_time_s": times},
+        "notes": card_notes(caught, report.settings.get("notes", [])),
+        "provenance": provenance(int(x.shape[0])),
     }
-    return Card(doc=doc, report=report, notes=notes)
+    return Card(doc=doc, report=report, notes=list(doc["notes"]))

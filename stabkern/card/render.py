@@ -14,6 +14,8 @@ import pathlib
 import shutil
 import tempfile
 
+from ..stability.report import measure_rows
+from ..tables import csv_text
 from . import figures
 
 
@@ -33,6 +35,14 @@ def _holds(h) -> str:
     return f"{verdict}: {h['text']}"
 
 
+def margin_words(gamma) -> str:
+    """The margin gamma in words: its value, or why it is undefined (no positive margin quantile)."""
+    if gamma is None or (isinstance(gamma, float) and not math.isfinite(gamma)):
+        return ("undefined: the chosen quantile of the margins is not positive (too many samples are misclassified "
+                "or tied), so every margin-based capacity is undefined; the meters are unaffected")
+    return f"{gamma:.3g}"
+
+
 def headline(doc: dict) -> dict:
     """The few numbers the summary table shows: accuracy, attenuation from the first layer to the
     output, the smallest median layer cushion, and log10 of the capacity terms."""
@@ -47,7 +57,9 @@ def headline(doc: dict) -> dict:
 
 def markdown(doc: dict) -> str:
     """The card as one Markdown page (figures referenced by their file names)."""
-    m, prov, h = doc["measure"], doc["provenance"], headline(doc)
+    if doc["measure"] is None:  # the data-free card
+        return "\n".join(data_free_head(doc) + weights_section(doc) + tail(doc)) + "\n"
+    m, h = doc["measure"], headline(doc)
     names = m["layers"]
     att = m["attenuation"]
     acc = "" if h["accuracy"] is None else f", accuracy {h['accuracy']:.1%} on these labels"
@@ -72,6 +84,7 @@ def markdown(doc: dict) -> str:
             "activation contraction ||x|| / ||phi(x)||; the bound uses their extremes over the data.", "",
             f"![cushions]({doc['figures'].get('cushions', 'cushions.png')})",
             f"![contraction]({doc['figures'].get('contraction', 'contraction.png')})", "",
+            *identity_words(doc),
             "| layer | mu_i min | mu_i median | mu_{i->} min | mu_{i->} median | contraction max |",
             "|---|---|---|---|---|---|"]
     for n in names:
@@ -89,16 +102,19 @@ def markdown(doc: dict) -> str:
                 "lower ends."]
     hyp = b.get("hypotheses", {})
     out += ["", "## Capacity terms (log10 effective number of parameters)", "",
-            f"Margin gamma = {_g(b['gamma'])} (fraction of samples within it: {_g(b.get('margin_loss'))}). "
-            "The chain bound \"ours\" (Theorem 4.1) is the headline; every term drops its log factors. Beside each "
+            f"Margin gamma = {margin_words(b['gamma'])} (fraction of samples within it: "
+            f"{_g(b.get('margin_loss')) if b.get('margin_loss') is not None else 'undefined'}). "
+            "The chain bound of Arora et al. 2018 (Theorem 4.1) is the headline; every term drops its log factors. "
+            "Beside each "
             "number: whether its hypotheses hold on this net (Theorem 4.1 asks interlayer smoothness rho >= 3d and "
             "compresses each layer at the k its capacity sum assumes; a term above the parameter count is "
             "vacuous).", "",
             f"![bounds]({doc['figures'].get('bounds', 'bounds.png')})", "",
             "| term | log10 | hypotheses on this net |", "|---|---|---|"]
     out += [f"| {label} | {_g(v)} | {_holds(hyp.get(key))} |" for key, label, v in figures.bound_items(doc)]
+    labels = {key: label for key, label, _ in figures.bound_items(doc)}
     for key, why in b.get("unverified", {}).items():
-        out.append(f"\n{key}: {why}.")
+        out.append(f"\n{labels.get(key, key)}: {why}.")
     c = doc["compressibility"]
     ck = doc["choose_k"]
     out += ["", f"## Compressibility (Algorithm 1, {c['mode']} mode)", "",
@@ -119,7 +135,61 @@ def markdown(doc: dict) -> str:
                 "| k / cap | stored numbers | ratio | accuracy |", "|---|---|---|---|"]
         out += [f"| {p['fraction']:g} | {p['stored']:,} | {p['ratio']:.2f} | {p['accuracy']:.1%} |"
                 for p in doc["accuracy_vs_k"]]
-    out += ["", "## Provenance", "",
+        out += ["", *accuracy_words(doc)]
+    out += ["", *weights_section(doc)]
+    return "\n".join(out + tail(doc)) + "\n"
+
+
+def data_free_head(doc: dict) -> list:
+    """The data-free card's title, what it is, and what needs data."""
+    from ..stability.weights import NEEDS_DATA
+
+    needs = (doc.get("weights") or {}).get("needs_data") or list(NEEDS_DATA)
+    return [f"# Stability card: {doc['title']}", "",
+            f"Model `{doc['model']['name']}` ({doc['model']['parameters']:,} parameters, {doc['model']['layers']} "
+            f"Conv2d/Linear layers), no data: this card shows what the weights alone say. Format `{doc['format']}`, "
+            f"schema version {doc['schema_version']} (stabkern docs/card.md).", "",
+            "## What needs data", "",
+            "Pass `--data DATA` (and labels for the accuracy) for: " + "; ".join(needs) + ".", ""]
+
+
+def weights_section(doc: dict) -> list:
+    """The weights-only section (stability/weights.py): spectra, stable rank, noise ratio, norms, capacities."""
+    w = doc.get("weights")
+    if not w:
+        return []
+    ops = ((doc.get("measure") or {}).get("bound") or {}).get("operator_norms") or {}
+    out = ["## What the weights alone say", "",
+           "Per layer, the weight as a matrix W: a Linear layer's (out, in) weight, a Conv2d's reshaped to (C_out, "
+           "C_in/groups kh kw), one row per filter. For a conv layer these are norms of that matrix, not of the "
+           "convolution's operator on the whole feature map" + (" (its spectral norm ||A||_2, which needs the input "
+           "size, is the measured column beside it)" if ops else " (that needs the input size: pass --data)") +
+           ". Stable rank = ||W||_F^2 / ||W||_2^2; noise ratio = ||W||_F / (sqrt(n) ||W||_2), n = the matrix's "
+           "input dimension (its columns): Gaussian noise in R^n gains ||W||_F / sqrt(n) on average, the best "
+           "input ||W||_2, so a small ratio is a layer that passes signal and damps noise (Arora et al. 2018's "
+           "noise stability of one layer).", "",
+           f"![weight spectra]({doc['figures'].get('spectra', 'spectra.png')})", "",
+           "| layer | matrix | n | spectral | Frobenius | l1 | stable rank | noise ratio |"
+           + (" spectral of the conv operator (measured) |" if ops else ""),
+           "|---" * (8 + bool(ops)) + "|"]
+    for r in w["layers"]:
+        op = f" {_g((ops.get(r['name']) or {}).get('spectral'))} |" if ops else ""
+        out.append(f"| {r['name']} | {r['matrix'][0]} x {r['matrix'][1]} | {r['n']} | {_g(r['spectral'])} | "
+                   f"{_g(r['frobenius'])} | {_g(r['l1'])} | {_g(r['stable_rank'])} | {_g(r['noise_ratio'])} |{op}")
+    labels = dict(figures.BOUND_LABELS)
+    out += ["", "Capacities that need no data: each norm bound is (the weights' factor) x (data scale / margin)^2; "
+            "the weights' factor, log10, on the matrices above (the parameter count: "
+            f"10^{math.log10(w['parameters']):.2f}):", "", "| bound | log10 weights' factor |", "|---|---|"]
+    out += [f"| {labels.get(k, k)}, weights' factor | {_g(v)} |" for k, v in w["capacities_log10"].items()]
+    return out + [""]
+
+
+def tail(doc: dict) -> list:
+    """The per-layer table's pointer, provenance and notes."""
+    prov = doc["provenance"]
+    out = ["## Provenance", "",
+            f"Every per-layer number of this card, one row per layer: [{(doc.get('tables') or {}).get('layers', 'layers.csv')}]"
+            f"({(doc.get('tables') or {}).get('layers', 'layers.csv')}) (docs/card.md lists its columns).", "",
             f"stabkern {prov['stabkern_version']} (specs {prov['specs']['sign']}, {prov['specs']['noise']}), "
             f"torch {prov['torch']}, python {prov['python']}; seed {prov['seed']}, device {prov['device']}, "
             f"dtype {prov['dtype']}, {prov['data_size']} samples.", "",
@@ -127,7 +197,56 @@ def markdown(doc: dict) -> str:
     out += [f"| {k} | {v:.2f} |" for k, v in prov["wall_time_s"].items()]
     if doc.get("notes"):
         out += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
-    return "\n".join(out) + "\n"
+    return out
+
+
+def identity_words(doc: dict) -> list:
+    """Lines saying where mu_{i->} is the identity term 1/sqrt(h_i) (figures.identity_terms)."""
+    ident = figures.identity_terms(doc)
+    every = [n for n, t in ident.items() if t["where"] == "all"]
+    some = [n for n, t in ident.items() if t["where"] == "some"]
+    text = ("mu_{i->} = min over j >= i of mu_{i,j}, and its j = i term is the identity's (J = I): 1/sqrt(h_i), "
+            "h_i the size of layer i's output, so mu_{i->} <= 1/sqrt(h_i) and it equals the identity term where "
+            "no later layer has a smaller cushion (always at the last layer). ")
+    if every:
+        text += (f"Here it is the identity term on every sample at {len(every)} of {len(ident)} layers ("
+                 + ", ".join(every) + ")")
+        text += f" and on some samples at {', '.join(some)}." if some else "."
+    elif some:
+        text += f"Here it is the identity term on some samples at {', '.join(some)}."
+    else:
+        text += "Here a later layer is smaller everywhere: no layer's mu_{i->} is the identity term."
+    return [text, ""]
+
+
+def accuracy_words(doc: dict) -> list:
+    """What the k = cap point of the accuracy-vs-k curve is, with this card's numbers."""
+    full = next((p for p in doc["accuracy_vs_k"] if p["fraction"] == 1.0), None)
+    if full is None:
+        return []
+    dense = doc["data"]["accuracy"]
+    outputs = doc["model"].get("outputs")
+    chance = f"; chance is {1 / outputs:.1%} (1/{outputs} classes)" if outputs else ""
+    return [f"At k / cap = 1 every sketch has as many coefficients as the entries m it covers (cap: a filter's "
+            f"entries in filter mode, the layer's in tensor mode), so nothing is saved, but the layer is still a "
+            f"random sketch, not the dense weight: A_hat = (1/k) sum_t <A, M_t> M_t with random sign matrices M_t "
+            f"is unbiased with E||A_hat - A||_F^2 = (m - 1) ||A||_F^2 / k (Arora et al. 2018, Algorithm 1; the "
+            f"compression report's expected_rel_fro_error), so at k = m the expected relative weight error is "
+            f"sqrt((m - 1) / m), about 1 (the k sign vectors are not orthogonal: (1/k) S^T S is not the identity)"
+            f"{_measured_error(full)}. Its accuracy ({full['accuracy']:.1%} against {_pct1(dense)} dense{chance}) is how "
+            "well the net absorbs noise of the weight's own size in every layer at once; choose_k's k per layer "
+            "is what keeps the output error within eps.", ""]
+
+
+def _measured_error(point: dict) -> str:
+    errors = [v for v in (point.get("rel_fro_error") or {}).values() if v is not None]
+    if not errors:
+        return ""
+    return f"; measured here: ||A_hat - A||_F / ||A||_F from {min(errors):.2f} to {max(errors):.2f} over the layers"
+
+
+def _pct1(v) -> str:
+    return "undefined" if v is None else f"{v:.1%}"
 
 
 def check_writable(folder) -> pathlib.Path:
@@ -151,7 +270,26 @@ def publish_mode(path) -> None:
     os.chmod(path, 0o666 & ~_umask())
 
 
-CARD_FILES = ("card.md", "card.json")  # and the figures, *.png
+CARD_FILES = ("card.md", "card.json", "layers.csv")  # and the figures, *.png
+COMPRESSIBILITY_COLUMNS = ("n", "cap", "nu_min", "k_rule", "k_chosen", "k", "predicted_rms_error",
+                           "measured_mean_error", "measured_q90_error")
+
+
+def layer_rows(doc: dict) -> list:
+    """One dict per layer of every per-layer number on the card (layers.csv): the meters (stability.report.
+    measure_rows), the compressibility row (k_* and the errors, prefixed "compress_"; n and cap as they are)
+    and, when present, the weights-only section (prefixed "weight_"). None where undefined."""
+    rows: dict = {}
+    if doc.get("measure"):
+        rows = {r["layer"]: r for r in measure_rows(doc["measure"])}
+    for c in (doc.get("compressibility") or {}).get("layers", []):
+        row = rows.setdefault(c["name"], {"layer": c["name"], "type": c["type"]})
+        for key in COMPRESSIBILITY_COLUMNS:
+            row[key if key in ("n", "cap") else f"compress_{key}"] = c.get(key)
+    for w in (doc.get("weights") or {}).get("layers", []):
+        row = rows.setdefault(w["name"], {"layer": w["name"], "type": w["type"]})
+        row.update({f"weight_{k}": v for k, v in w.items() if k not in ("name", "type", "singular_values")})
+    return list(rows.values())
 
 
 def check_card_folder(folder) -> pathlib.Path:
@@ -185,6 +323,8 @@ def write_card(card, folder) -> pathlib.Path:
     old = None
     try:
         card.doc["figures"] = figures.draw_all(card.doc, tmp)
+        (tmp / "layers.csv").write_text(csv_text(layer_rows(card.doc)))
+        card.doc["tables"] = {"layers": "layers.csv"}
         (tmp / "card.json").write_text(json.dumps(card.doc, indent=1, allow_nan=False))
         (tmp / "card.md").write_text(markdown(card.doc))
         # mkdtemp makes the folder private (0700): give it the mode a plain mkdir would have
@@ -204,9 +344,22 @@ def write_card(card, folder) -> pathlib.Path:
     return folder
 
 
+SUMMARY_COLUMNS = (
+    ("card", "the card's name"),
+    ("accuracy", "accuracy of the dense model on the card's labels"),
+    ("noise at output", "r(first -> out): relative change at the output from noise of norm alpha ||x|| injected "
+                        "at the first layer"),
+    ("min median mu_i", "the smallest over layers of the median (over samples) layer cushion mu_i"),
+    ("c", "activation contraction: the largest ||x|| / ||phi(x)||"),
+    ("log10 chain bound", "log10 of the Arora et al. 2018 bound (chain, Theorem 4.1), in effective parameters"),
+    ("log10 spectral", "log10 of the spectral bound (Bartlett et al. 2017)"),
+    ("log10 params", "log10 of the parameter count"),
+)
+
+
 def summary_table(rows) -> str:
-    """Fixed-width terminal table, one row per (name, card doc)."""
-    head = ["card", "accuracy", "r(first->out)", "min med mu", "c", "log10 ours", "log10 spectral", "log10 params"]
+    """Fixed-width terminal table, one row per (name, card doc), with a key saying what each column is."""
+    head = [name for name, _ in SUMMARY_COLUMNS]
     lines = []
     for name, doc in rows:
         h = headline(doc)
@@ -217,4 +370,5 @@ def summary_table(rows) -> str:
     widths = [max(len(head[i]), *(len(r[i]) for r in lines)) for i in range(len(head))]
     fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
                                   for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines)])
+    key = [f"  {name}: {what}" for name, what in SUMMARY_COLUMNS[1:]]
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines), "columns (- = undefined):", *key])

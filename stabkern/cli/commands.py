@@ -117,6 +117,7 @@ def cmd_bench(args) -> None:
 def cmd_meter(args) -> None:
     from .. import measure
     from ..card.build import summarized_warnings
+    from ..stability.plots import BOUND_LABELS
 
     dev, out, m, d = _inputs(args)
     progress = _progress(args)
@@ -133,7 +134,8 @@ def cmd_meter(args) -> None:
     logs = doc["bound"]["log10"]
     _emit(args, doc, "\n".join([f"{m.name} on {d.name} ({len(d.x)} samples): noise attenuation (rows: injection)",
                                 report.attenuation.table(),
-                                "log10 capacity: " + ", ".join(f"{k} {v:.2f}" for k, v in logs.items() if v is not None)]))
+                                "log10 capacity: " + ", ".join(f"{BOUND_LABELS.get(k, k)} {v:.2f}" for k, v in logs.items()
+                                                               if v is not None)]))
 
 
 def cmd_compress(args) -> None:
@@ -178,12 +180,19 @@ def _print_notes(args, notes) -> None:
 def cmd_card(args) -> None:
     from ..card import build_card, write_card
 
-    dev, out, m, d = _inputs(args)
+    if args.data is None:  # the data-free card: what the weights alone say
+        dev = device(args.device)
+        out = out_folder(args.out) if args.out else None
+        m = load_model(args.model, num_classes=args.num_classes, trust_pickle=args.trust_pickle, dev=dev)
+        d = None
+    else:
+        dev, out, m, d = _inputs(args)
     out = out or out_folder(".")
     name = args.name or "".join(c if c.isalnum() or c in "-_." else "-" for c in m.name.rsplit("/", 1)[-1])
     folder = card_folder(out, name)
-    card = _library_errors(build_card, m.model, d.x, d.y, title=f"{m.name} on {d.name}", model_name=m.name,
-                           data_name=d.name, seed=args.seed, eps=args.eps, mode=args.mode, trials=args.trials,
+    card = _library_errors(build_card, m.model, None if d is None else d.x, None if d is None else d.y,
+                           title=f"{m.name} on {d.name}" if d else f"{m.name} (weights only, no data)",
+                           model_name=m.name, data_name=d.name if d else "none", seed=args.seed, eps=args.eps, mode=args.mode, trials=args.trials,
                            margin_quantile=args.margin_quantile, batch_size=args.batch_size,
                            progress=_progress(args))
     _print_notes(args, card.notes)

@@ -27,10 +27,12 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
-def _model_data(p: argparse.ArgumentParser) -> None:
+def _model_data(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     p.add_argument("model", metavar="MODEL",
                    help="'digits', ARCH:WEIGHTS.pt, a TorchScript file, or a torch.export file (with --trust-pickle)")
-    p.add_argument("--data", required=True, metavar="DATA", help="'digits', a dataset folder or an .npz/.npy file")
+    p.add_argument("--data", required=data_required, metavar="DATA",
+                   help="'digits', a dataset folder or an .npz/.npy file" +
+                   ("" if data_required else " (without it: what the weights alone say)"))
     p.add_argument("--limit", type=int, metavar="N", help="use the first N samples")
     p.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default: 256)")
     p.add_argument("--num-classes", type=int, help="outputs of an ARCH:WEIGHTS model")
@@ -55,9 +57,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller nets and data (CI: under a minute)")
 
     p = sub.add_parser("card", parents=[common], help="the stability card of MODEL on DATA",
-                       description="Write OUT/NAME/card.md, card.json and PNG figures: attenuation, cushions, "
-                       "contraction, capacity terms, compressibility, accuracy vs k (docs/card.md).")
-    _model_data(p)
+                       description="Write OUT/NAME/card.md, card.json, layers.csv and PNG figures: attenuation, "
+                       "cushions, contraction, capacity terms, compressibility, accuracy vs k, and what the weights "
+                       "alone say (without --data, only that; docs/card.md).")
+    _model_data(p, data_required=False)
     p.add_argument("--name", help="card folder name (default: from MODEL)")
     p.add_argument("--eps", type=float, default=0.5, help="choose_k's relative output error (default: 0.5)")
     p.add_argument("--mode", choices=("filter", "tensor"), default="filter")

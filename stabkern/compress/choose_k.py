@@ -52,6 +52,7 @@ from .._checks import check_float, check_names, check_positive, check_positive_i
 from ..distributed import agree_on_failure, group_rank_size, owner, resolve_group
 from ..progress import Tally
 from ..sketched import check_mode, conv_padding, row_length
+from ..tables import dataframe, flat
 from .data import linear_part, run_with_hooks
 from .model import compress_model, fold_batchnorm, sketchable_layers
 from .report import CompressionReport
@@ -134,6 +135,14 @@ class KChoice:
         return {"eps": self.eps, "eta": self.eta, "C": self.C, "mode": self.mode, "seed": self.seed, "k": self.k,
                 "layers": [asdict(r) for r in self.layers],
                 "check": None if self.check is None else self.check.to_dict()}
+
+    def layer_rows(self) -> list:
+        """One flat dict per layer (LayerChoice's fields, mu's summary as mu_min, mu_q50, ...)."""
+        return [flat({"layer": d.pop("name"), **d}) for d in map(asdict, self.layers)]
+
+    def to_dataframe(self):
+        """layer_rows() as a pandas DataFrame indexed by layer name (needs pandas; ImportError otherwise)."""
+        return dataframe(self.layer_rows(), "KChoice")
 
     def __str__(self) -> str:
         lines = [f"choose_k: eps={self.eps:g}, eta={self.eta:g}, C={self.C:g}, mode={self.mode}",

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..tables import dataframe, flat
+
 REPORT_FORMAT = "stabkern-compression-report-v1"
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -126,6 +128,14 @@ class CompressionReport:
         return {"format": REPORT_FORMAT, "schema_version": 1, "spec": SPEC, "seed": self.seed, "mode": self.mode,
                 "backend": self.backend, "eps": self.eps, "layers": [r.to_dict() for r in self.layers],
                 "skipped": list(self.skipped), "folded": list(self.folded), "totals": self.totals()}
+
+    def layer_rows(self) -> list:
+        """One flat dict per compressed layer (to_dict()'s layers, output_error's fields as output_error_*)."""
+        return [flat({"layer": d.pop("name"), **d}) for d in self.to_dict()["layers"]]
+
+    def to_dataframe(self):
+        """layer_rows() as a pandas DataFrame indexed by layer name (needs pandas; ImportError otherwise)."""
+        return dataframe(self.layer_rows(), "CompressionReport")
 
     def __str__(self) -> str:
         head = ["layer", "type", "stream", "n", "k", "stored", "ratio", "|dA|/|A|", "expect"]

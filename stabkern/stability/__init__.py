@@ -4,6 +4,7 @@
 - `measure(model, data, labels)` -> `StabilityReport` (every meter and the bounds; measure.py)
 - one function per meter (meters.py): `layer_cushion`, `interlayer_cushion`, `activation_contraction`,
   `interlayer_smoothness`, `noise_sensitivity`
+- `weight_report(model)` -> `WeightReport`: what the weights alone say, no data (weights.py)
 """
 
 from .measure import measure
@@ -11,7 +12,8 @@ from .meters import (activation_contraction, interlayer_cushion, interlayer_smoo
                      noise_sensitivity)
 from .attenuation import noise_attenuation
 from .report import AttenuationReport, StabilityReport, summarize
+from .weights import WeightReport, weight_report
 
 __all__ = ["AttenuationReport", "StabilityReport", "activation_contraction", "interlayer_cushion",
            "interlayer_smoothness", "layer_cushion", "measure", "noise_attenuation", "noise_sensitivity",
-           "summarize"]
+           "summarize", "WeightReport", "weight_report"]

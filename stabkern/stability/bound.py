@@ -80,7 +80,7 @@ from .._checks import check_float, check_positive_int
 
 GAMMA_WARN_FRACTION = 1e-3  # warn when gamma < this fraction of max_x ||f(x)||
 UNVERIFIED = {"ours_conv": "unverified: the section-5 form is recalled from the design notes, not checked against "
-                           "the paper's text; the chain bound \"ours\" is the headline"}
+                           "the paper's text; the chain bound (Theorem 4.1) is the headline"}
 
 
 def logits_of(output) -> torch.Tensor:

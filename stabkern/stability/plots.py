@@ -82,8 +82,9 @@ def plot_attenuation(report, ax=None, path=None):
 
 
 BOUND_LABELS = {
-    "ours": "ours, chain (Arora et al. 2018, Thm 4.1)",
-    "ours_conv": "ours, conv (sec. 5; UNVERIFIED form)",
+    # what a reader sees; the JSON keys stay "ours" / "ours_conv"
+    "ours": "Arora et al. 2018 bound (chain)",
+    "ours_conv": "Arora et al. 2018 bound (conv, sec. 5; UNVERIFIED form)",
     "parameters": "# parameters",
     "spectral_bartlett2017": "spectral (Bartlett et al. 2017)",
     "pac_bayes_neyshabur2018": "PAC-Bayes (Neyshabur et al. 2018)",

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
+from ..tables import dataframe, pandas
+
 QUANTILES = {"q05": 0.05, "q25": 0.25, "median": 0.5, "q75": 0.75, "q95": 0.95}
 
 
@@ -68,6 +70,43 @@ def json_value(x):
     if isinstance(x, np.integer):
         return int(x)
     return x
+
+
+# The per-layer columns of a measure report (measure_rows): (column, meter key in to_dict(), statistic)
+DISTRIBUTION_COLUMNS = (
+    ("layer_cushion_min", "layer_cushion", "min"), ("layer_cushion_median", "layer_cushion", "median"),
+    ("interlayer_cushion_min", "interlayer_cushion", "min"),
+    ("interlayer_cushion_median", "interlayer_cushion", "median"),
+    ("activation_contraction_max", "activation_contraction", "max"),
+    ("interlayer_smoothness_min", "interlayer_smoothness", "min"),
+    ("interlayer_smoothness_literal_min", "interlayer_smoothness_literal", "min"),
+    ("jacobian_spread_max", "jacobian_spread", "max"),
+    ("noise_sensitivity_median", "noise_sensitivity", "median"), ("noise_sensitivity_max", "noise_sensitivity", "max"),
+)
+
+
+def measure_rows(d: dict) -> list:
+    """One dict per metered layer from a measure report's to_dict() `d` (forward order): layer, type, the
+    extremes the bound uses and the median of each per-sample meter (DISTRIBUTION_COLUMNS), identity_term
+    (1/sqrt(h_i), mu_{i,i}), attenuation_to_output (mean r[i, last]), the operator norms (spectral, frobenius,
+    l21, l1inf), weights (entries) and log10_k_chain (the chain bound's k for the layer). None where undefined
+    (a meter without the layer, e.g. the last layer's smoothness)."""
+    att, b = d["attenuation"], d["bound"]
+    norms = b.get("operator_norms", {})
+    k_chain = b.get("layer_k_log10", {}).get("ours") or [None] * len(d["layers"])
+    rows = []
+    for i, name in enumerate(d["layers"]):
+        row = {"layer": name, "type": att["layer_types"][i]}
+        for column, meter, stat in DISTRIBUTION_COLUMNS:
+            row[column] = (d.get(meter, {}).get(name) or {}).get(stat)
+        row["identity_term"] = ((d["interlayer_cushion"].get(name) or {}).get("to", {}).get(name) or {}).get("min")
+        row["attenuation_to_output"] = att["mean"][i][-1]
+        for key in ("spectral", "frobenius", "l21", "l1inf"):
+            row[f"{key}_norm"] = (norms.get(name) or {}).get(key)
+        row["weights"] = b.get("layer_weights", {}).get(name)
+        row["log10_k_chain"] = json_value(k_chain[i])
+        rows.append(row)
+    return rows
 
 
 @dataclass
@@ -122,6 +161,13 @@ class AttenuationReport:
         from .plots import plot_attenuation
         return plot_attenuation(self, ax=ax, path=path)
 
+    def to_dataframe(self):
+        """The mean matrix as a pandas DataFrame: rows the injection layers i, columns the observation layers j,
+        NaN for j < i (needs pandas; ImportError otherwise)."""
+        pd = pandas("AttenuationReport")
+        return pd.DataFrame(self.mean, index=pd.Index(self.layers, name="injected at"),
+                            columns=pd.Index(self.layers, name="observed at"))
+
     def table(self, digits: int = 3) -> str:
         """The mean matrix as a markdown table (rows: injection layer, columns: observation layer)."""
         head = "| inject \\ observe | " + " | ".join(self.layers) + " |"
@@ -173,6 +219,14 @@ class StabilityReport:
             "bound": self.bound,
             "settings": self.settings,
         })
+
+    def layer_rows(self) -> list:
+        """One dict per layer of every per-layer meter (measure_rows): the rows of the card's layers.csv."""
+        return measure_rows(self.to_dict())
+
+    def to_dataframe(self):
+        """layer_rows() as a pandas DataFrame indexed by layer name (needs pandas; ImportError otherwise)."""
+        return dataframe(self.layer_rows(), "StabilityReport")
 
     def plot(self, folder=None) -> dict:
         """Every figure: attenuation (Figure 3), cushions and the bound chart (Figure 4), readable with 100+

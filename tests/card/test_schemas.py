@@ -68,7 +68,7 @@ def test_card_without_labels(net_and_data):
     validate(card.doc)
     assert card.doc["accuracy_vs_k"] is None and card.doc["data"]["accuracy"] is None
     assert "## Accuracy vs k" not in markdown(card.doc)
-    assert set(card.doc["provenance"]["wall_time_s"]) == {"measure", "choose_k", "compress"}
+    assert set(card.doc["provenance"]["wall_time_s"]) == {"weights", "measure", "choose_k", "compress"}
 
 
 def test_repeated_warnings_become_one_line():
@@ -107,6 +107,6 @@ def test_card_says_beside_each_bound_whether_its_hypotheses_hold(net_and_data):
     assert b["hypotheses"]["ours"]["checks"]["rho_at_least_3d"]["holds"] is False
     assert "rho = " in rows[bound_items(card.doc)[0][1]] and "(vacuous)" in rows[bound_items(card.doc)[0][1]]
     conv = next(label for key, label, _ in bound_items(card.doc) if key == "ours_conv")
-    assert "UNVERIFIED" in conv and "unverified" in rows[conv] and "ours_conv: unverified" in page
+    assert "UNVERIFIED" in conv and "unverified" in rows[conv] and f"{conv}: unverified" in page
     assert b["mu_rse"]["probes"] == 8 and b["mu_rse"]["t_quantile"] == pytest.approx(2.3646242510102993)  # t_{.975, 7}
     assert f"median {100 * b['mu_rse']['median']:.2g}%" in page and "t = 2.36" in page

@@ -32,7 +32,7 @@ def test_replaces_a_card_whole_and_leaves_nothing_else(tmp_path):
     render.write_card(FakeCard("first"), tmp_path / "c")
     render.write_card(FakeCard("second"), tmp_path / "c")
     assert json.loads((tmp_path / "c" / "card.json").read_text())["label"] == "second"
-    assert listing(tmp_path) == ["c", "c/attenuation.png", "c/card.json", "c/card.md"]
+    assert listing(tmp_path) == ["c", "c/attenuation.png", "c/card.json", "c/card.md", "c/layers.csv"]
 
 
 def test_failed_write_keeps_the_previous_card(tmp_path, monkeypatch):
@@ -46,7 +46,7 @@ def test_failed_write_keeps_the_previous_card(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         render.write_card(FakeCard("second"), tmp_path / "c")
     assert {p: p.read_bytes() for p in (tmp_path / "c").iterdir()} == before
-    assert listing(tmp_path) == ["c", "c/attenuation.png", "c/card.json", "c/card.md"]
+    assert listing(tmp_path) == ["c", "c/attenuation.png", "c/card.json", "c/card.md", "c/layers.csv"]
 
 
 def test_refuses_what_is_not_a_card_folder(tmp_path):

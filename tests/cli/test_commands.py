@@ -111,7 +111,7 @@ def test_card_writes_folder(capsys, small, tmp_path):
     assert doc["data"]["accuracy"] == 1.0  # the labels are the net's own predictions
     for name in doc["figures"].values():
         assert (folder / name).read_bytes()[:4] == b"\x89PNG"
-    assert set(doc["figures"]) == {"attenuation", "cushions", "contraction", "bounds", "accuracy_vs_k"}
+    assert set(doc["figures"]) == {"attenuation", "cushions", "contraction", "bounds", "accuracy_vs_k", "spectra"}
     md = (folder / "card.md").read_text()
     assert "## Compressibility" in md and "![attenuation](attenuation.png)" in md
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # no temporary folder left
