@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
 
 from ..tables import dataframe, pandas
 
@@ -40,6 +39,8 @@ def t_quantile95(probes: int) -> float:
     (12.71 at 2 probes, 3.18 at 4, 2.13 at 16; the normal 1.96 only as probes -> infinity)."""
     if probes < 2:
         raise ValueError(f"probes must be at least 2 for an interval (the standard error needs 2 draws), got {probes}")
+    from scipy import stats  # here, not at import: scipy.stats costs seconds on every `import stabkern`
+
     return float(stats.t.ppf(0.975, probes - 1))
 
 
