@@ -117,3 +117,15 @@ def test_meter_json_says_normalization_and_the_limit_note(capsys, small, pixels)
 def test_digits_training_sets_refuse_normalization_flags(capsys):
     code, _, err = run(capsys, "meter", "digits", "--data", "digits-train", "--normalize", "none")
     assert code == 2 and "already standardized" in err
+
+
+def test_meter_progress_moves_per_layer(capsys, small, monkeypatch):
+    """stabkern meter hands its progress to measure: one step per chunk and layer of each meter, not 0/1, 1/1."""
+    from stabkern.cli import commands
+
+    calls = []
+    monkeypatch.setattr(commands, "_progress", lambda args: lambda *a: calls.append(a))
+    code, _, _ = run(capsys, "meter", small["model"], "--data", small["data"], "--trials", "1", "--json")
+    assert code == 0
+    measure = [c for c in calls if c[0] == "measure"]
+    assert len(measure) > 5 and measure[-1][1] == measure[-1][2] > 5  # the digits net has 5 metered layers
