@@ -25,12 +25,27 @@ from torch import nn
 from ..progress import Progress, silent, steps
 from ..schemas import SCHEMA_VERSION, tagged
 from ..stability.report import json_value
+from . import cost
+from .sweep import fast_path_ok, sweep
 
 FORMAT = "stabkern-card-v1"
 # k / cap per layer for the accuracy-vs-k curve; it stops at the dense size (f = 1): k = 2 cap stores twice the
 # weights and showed nothing, while its sweep step was the card's slowest (issue 17)
 FRACTIONS = (0.05, 0.1, 0.2, 0.5, 1.0)
 PROBE_FRACTION = 0.5  # k / cap measured for a layer that choose_k keeps dense
+
+
+def check_fractions(fractions) -> tuple:
+    """The accuracy-vs-k fractions k / cap as a tuple of floats, each in (0, 1], increasing, no repeats;
+    () skips the sweep. ValueError / TypeError naming `fractions` otherwise."""
+    from .._checks import check_float
+
+    if isinstance(fractions, (str, bytes)) or not hasattr(fractions, "__iter__"):
+        raise TypeError(f"fractions must be a sequence of numbers in (0, 1], got {fractions!r}")
+    values = tuple(check_float("fractions", f, 0.0, 1.0, low_open=True) for f in fractions)
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError(f"fractions must be increasing with no repeats, got {list(values)}")
+    return values
 
 
 @dataclass
@@ -151,11 +166,24 @@ def output_count(model: nn.Module, x: torch.Tensor) -> int:
         model.train(was_training)
 
 
+def _sketched_point(model, x, y, f, caps, *, mode, seed, backend, batch_size) -> dict:
+    """One point of the accuracy-vs-k curve by compress_model: every layer at k = max(1, round(f cap))."""
+    from ..compress import compress_model
+
+    ks = {name: max(1, round(f * cap)) for name, cap in caps.items()}
+    # f = 1 (k = m) is sketched too: the point where Algorithm 1 stops saving space
+    small, rep = compress_model(model, ks, mode=mode, seed=seed, backend=backend, allow_no_compression=True)
+    t = rep.totals()
+    return {"fraction": f, "k": ks, "stored": t["stored"], "ratio": t["ratio"],
+            "rel_fro_error": json_value({r.name: r.rel_fro_error for r in rep.layers}),
+            "accuracy": accuracy(small, x, y, batch_size)}
+
+
 def build_card(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None = None, *, title: str = "model",
                model_name: str | None = None, data_name: str = "data", seed: int = 0, eps: float = 0.5,
                mode: str = "filter", alpha: float = 0.1, trials: int = 8, probes: int = 8, margin_quantile: float = 0.1,
                fractions=FRACTIONS, batch_size: int = 256, backend: str = "auto",
-               progress: Progress = silent) -> Card:
+               progress: Progress = silent, on_estimate=None) -> Card:
     """The stability card of `model` on inputs x (N, C, H, W) float, labels y (N,) int64 or None.
 
     x None: the data-free card, what the weights alone say (stability/weights.py; measure, choose_k,
@@ -167,6 +195,8 @@ def build_card(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None 
     fractions: k / cap per layer of the accuracy-vs-k curve (only with labels); probes: measure's Hutchinson
     probes per sample (8, not measure's 4: at 4 the Student-t quantile 3.18 puts some sample's lower end of
     mu_(i,j) at 0 on a few hundred digits, an infinite bound; at 8 it is 2.36 and the standard error ~1/sqrt 2).
+    on_estimate: None or a callable given {stage: estimated seconds} (cost.py) before the work starts; the
+    estimate is in provenance["estimated_time_s"] beside the measured wall_time_s.
     """
     from .. import __version__, choose_k, measure
     from ..compress import layer_cushions
@@ -186,6 +216,13 @@ def build_card(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None 
                 "torch": torch.__version__, "python": platform.python_version(), "data_size": data_size,
                 "wall_time_s": times}
 
+    if x is not None:  # the estimate comes before any work (the weights' spectra included)
+        fractions = check_fractions(fractions)
+        calibration = cost.calibrate(model, x, batch_size, backend)
+        estimated = cost.estimate(model, calibration, mode=mode, trials=trials, probes=probes, fractions=fractions,
+                                  labels=y is not None, probe_fraction=PROBE_FRACTION)
+        if on_estimate is not None:
+            on_estimate(estimated)
     start = time.perf_counter()
     progress("weights", 0, 1)
     weights = weight_report(model).to_dict()
@@ -201,19 +238,21 @@ def build_card(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None 
         }
         return Card(doc=doc, report=None, notes=[])
 
+
     @contextlib.contextmanager
-    def stage(name):
+    def stage(name, units=True):
         start = time.perf_counter()
-        progress(name, 0, 1)
+        if units:
+            progress(name, 0, 1)
         with recorded_warnings(caught):
             yield
         times[name] = time.perf_counter() - start
-        progress(name, 1, 1)
+        if units:
+            progress(name, 1, 1)
 
-    with stage("measure"):
+    with stage("measure", units=False):  # measure reports its own units: one per chunk and layer of each meter
         report = measure(model, x, y, alpha=alpha, trials=trials, probes=probes, seed=seed,
-                         margin_quantile=margin_quantile,
-                         backend=backend)
+                         margin_quantile=margin_quantile, backend=backend, progress=progress)
     with stage("choose_k"):
         kc = choose_k(model, x, eps, mode=mode, seed=seed, check=False, backend=backend, batch_size=batch_size)
         cushions = layer_cushions(model, x, mode=mode, batch_size=batch_size)
@@ -240,19 +279,16 @@ def build_card(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None 
     if y is not None:
         start = time.perf_counter()
         dense_accuracy = accuracy(model, x, y, batch_size)
-        from ..compress import compress_model
-        curve = []
+        caps = {r.name: r.cap for r in kc.layers}
         with recorded_warnings(caught):
-            for f in steps(progress, "accuracy vs k", fractions):
-                ks = {r.name: max(1, round(f * r.cap)) for r in kc.layers}
-                # f = 1 (k = m) is sketched too: the point where Algorithm 1 stops saving space
-                small, rep = compress_model(model, ks, mode=mode, seed=seed, backend=backend,
-                                            allow_no_compression=True)
-                t = rep.totals()
-                curve.append({"fraction": f, "k": ks, "stored": t["stored"], "ratio": t["ratio"],
-                              "rel_fro_error": json_value({r.name: r.rel_fro_error for r in rep.layers}),
-                              "accuracy": accuracy(small, x, y, batch_size)})
-        times["accuracy vs k"] = time.perf_counter() - start
+            if fractions and fast_path_ok(model, caps):  # one projection per layer for every k (sweep.py)
+                curve = sweep(model, x, y, caps, fractions, mode=mode, seed=seed, backend=backend,
+                              batch_size=batch_size, progress=progress)
+            elif fractions:  # layers sweep.py cannot mirror: compress_model per fraction
+                curve = [_sketched_point(model, x, y, f, caps, mode=mode, seed=seed, backend=backend,
+                                         batch_size=batch_size) for f in steps(progress, "accuracy vs k", fractions)]
+        if fractions:  # else (fractions ()): no curve, null in the card
+            times["accuracy vs k"] = time.perf_counter() - start
 
     doc = {
         "format": FORMAT, "schema_version": SCHEMA_VERSION, "title": title,
@@ -269,6 +305,9 @@ def build_card(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None 
         "accuracy_vs_k": curve,
         "figures": {},
         "notes": card_notes(caught, report.settings.get("notes", [])),
-        "provenance": provenance(int(x.shape[0])),
+        "provenance": {**provenance(int(x.shape[0])), "estimated_time_s": estimated,
+                       "calibration": {"pass_s": calibration["pass_s"],
+                                       "sign_mac_per_s": calibration["sign_mac_per_s"],
+                                       "float64_flop_per_s": calibration["float64_flop_per_s"]}},
     }
     return Card(doc=doc, report=report, notes=list(doc["notes"]))

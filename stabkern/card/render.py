@@ -55,6 +55,25 @@ def headline(doc: dict) -> dict:
             "log10": {k: v for k, _, v in figures.bound_items(doc)}}
 
 
+def _inputs_line(data: dict) -> list:
+    """The inputs' size and normalization (written by the command line), as one line and a blank; [] if unknown."""
+    norm = data.get("normalization")
+    if norm is None:
+        return []
+    how = "not normalized" if norm["name"] == "none" else (
+        f"normalized with {norm['name']} statistics (mean {_floats(norm['mean'])}, std {_floats(norm['std'])})")
+    size = data.get("size")
+    size = "" if size is None else f"{size[0]}x{size[1]} pixels{' (resized)' if data.get('resized') else ''}, "
+    why = {"flags": "as the command line asked", "model": "the statistics the model's loader knows",
+           "data": "the data format's published statistics", "data as given": "the data are off the [0, 1] pixel "
+           "scale, taken as already normalized", "none": "no statistics known for the model or the data"}
+    return [f"Inputs: {size}{how} ({why.get(norm['source'], norm['source'])}).", ""]
+
+
+def _floats(values) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
 def markdown(doc: dict) -> str:
     """The card as one Markdown page (figures referenced by their file names)."""
     if doc["measure"] is None:  # the data-free card
@@ -67,7 +86,7 @@ def markdown(doc: dict) -> str:
            f"Model `{doc['model']['name']}` ({doc['model']['parameters']:,} parameters, {len(names)} metered "
            f"layers) on `{doc['data']['name']}` ({doc['data']['n_samples']} samples of shape "
            f"{tuple(doc['data']['shape'])}{acc}). Format `{doc['format']}`, schema version "
-           f"{doc['schema_version']} (stabkern docs/card.md).", ""]
+           f"{doc['schema_version']} (stabkern docs/card.md).", ""] + _inputs_line(doc["data"])
     out += ["## Noise attenuation", "",
             f"Gaussian noise with ||eta|| = {att['alpha']:g} ||x|| injected at the input of each layer i, "
             "relative change observed at each later layer j (Arora et al. 2018, Figure 3). Noise injected at "

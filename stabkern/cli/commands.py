@@ -14,7 +14,8 @@ import time
 
 import torch
 
-from .inputs import CLIError, card_folder, check_fit, device, load_data, load_model, out_folder
+from .inputs import (CLIError, card_folder, check_fit, device, load_data, load_model, normalization_flags,
+                     out_folder, size_flag, sweep_flag)
 from .outputs import json_writer, write_set
 from .study import cmd_study  # noqa: F401 - run() dispatches to cmd_<command>
 
@@ -46,8 +47,11 @@ def _inputs(args):
     """(device, out folder or None, Model, Data): everything checked before the work starts."""
     dev = device(args.device)
     out = out_folder(args.out) if args.out else None
+    normalization = normalization_flags(args.normalize, args.mean, args.std)
+    size = size_flag(args.size)
     m = load_model(args.model, num_classes=args.num_classes, trust_pickle=args.trust_pickle, dev=dev)
-    d = load_data(args.data, limit=args.limit, trust_pickle=args.trust_pickle, seed=args.seed)
+    d = load_data(args.data, limit=args.limit, trust_pickle=args.trust_pickle, seed=args.seed,
+                  normalization=normalization, size=size, model=m, flag=args.normalize)
     check_fit(m, d, dev)
     return dev, out, m, d
 
@@ -121,13 +125,11 @@ def cmd_meter(args) -> None:
 
     dev, out, m, d = _inputs(args)
     progress = _progress(args)
-    notes: list = []
-    progress("measure", 0, 1)
+    notes: list = list(d.notes)
     with summarized_warnings(notes):
         report = _library_errors(measure, m.model, d.x, d.y, alpha=args.alpha, trials=args.trials, seed=args.seed,
-                                 margin_quantile=args.margin_quantile)
-    progress("measure", 1, 1)
-    doc = report.to_dict()
+                                 margin_quantile=args.margin_quantile, progress=progress)
+    doc = {**report.to_dict(), "data": {"name": d.name, **d.info, "notes": notes}}
     _print_notes(args, notes)
     if out is not None:
         write_set(out, {"measure.json": json_writer(doc)})
@@ -145,7 +147,7 @@ def cmd_compress(args) -> None:
 
     dev, out, m, d = _inputs(args)
     progress = _progress(args)
-    notes: list = []
+    notes: list = list(d.notes)
     chosen = None
     with summarized_warnings(notes):
         if args.eps is not None:
@@ -160,8 +162,9 @@ def cmd_compress(args) -> None:
         small, report = _library_errors(compress_layer_by_layer, m.model, ks, mode=args.mode, seed=args.seed,
                                         data=d.x, eps=args.eps, batch_size=args.batch_size, progress=progress)
     _print_notes(args, notes)
-    doc = {"compression": report.to_dict(),
-           "choose_k": None if chosen is None else tagged(chosen.to_dict(), "stabkern-choose-k-v1")}
+    data = {"name": d.name, **d.info, "notes": notes}
+    doc = {"compression": {**report.to_dict(), "data": data},
+           "choose_k": None if chosen is None else tagged(chosen.to_dict(), "stabkern-choose-k-v1"), "data": data}
     if out is not None:  # one set: choose_k.json of an earlier --eps run does not stay beside a --k run's files
         files = {"compression.json": json_writer(doc["compression"]),
                  "compressed.pt": lambda path: save_compressed(small, path, architecture=m.architecture)}
@@ -169,6 +172,18 @@ def cmd_compress(args) -> None:
             files["choose_k.json"] = json_writer(doc["choose_k"])
         write_set(out, files, remove=[] if chosen is not None else ["choose_k.json"])
     _emit(args, doc, ("" if chosen is None else f"{chosen}\n\n") + str(report))
+
+
+def _print_estimate(args, estimate: dict) -> None:
+    """The card's estimated seconds per stage, on stderr before the work starts (not with --quiet)."""
+    if args.quiet:
+        return
+    parts = ", ".join(f"{stage} {_duration(s)}" for stage, s in estimate.items())
+    print(f"estimated cost: {parts}; about {_duration(sum(estimate.values()))} in all", file=sys.stderr)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def _print_notes(args, notes) -> None:
@@ -179,8 +194,16 @@ def _print_notes(args, notes) -> None:
 
 def cmd_card(args) -> None:
     from ..card import build_card, write_card
+    from ..card.build import FRACTIONS
 
+    fractions = sweep_flag(args.sweep)
     if args.data is None:  # the data-free card: what the weights alone say
+        given = [flag for flag, value in (("--limit", args.limit), ("--normalize", args.normalize),
+                                          ("--mean", args.mean), ("--std", args.std), ("--size", args.size),
+                                          ("--sweep", args.sweep)) if value is not None]
+        if given:
+            raise CLIError(f"{', '.join(given)} describe the data, and no --data was given: pass --data DATA, or "
+                           "leave them out for the weights-only card")
         dev = device(args.device)
         out = out_folder(args.out) if args.out else None
         m = load_model(args.model, num_classes=args.num_classes, trust_pickle=args.trust_pickle, dev=dev)
@@ -192,16 +215,23 @@ def cmd_card(args) -> None:
     folder = card_folder(out, name)
     card = _library_errors(build_card, m.model, None if d is None else d.x, None if d is None else d.y,
                            title=f"{m.name} on {d.name}" if d else f"{m.name} (weights only, no data)",
-                           model_name=m.name, data_name=d.name if d else "none", seed=args.seed, eps=args.eps, mode=args.mode, trials=args.trials,
+                           model_name=m.name, data_name=d.name if d else "none", seed=args.seed, eps=args.eps,
+                           mode=args.mode, trials=args.trials,
                            margin_quantile=args.margin_quantile, batch_size=args.batch_size,
-                           progress=_progress(args))
-    _print_notes(args, card.notes)
+                           fractions=FRACTIONS if fractions is None else fractions, progress=_progress(args),
+                           on_estimate=lambda estimate: _print_estimate(args, estimate))
+    data_notes = [] if d is None else d.notes
+    if d is not None:
+        card.doc["data"].update(d.info)
+        card.doc["notes"] = data_notes + card.doc["notes"]
+    _print_notes(args, data_notes + card.notes)
     folder = _library_errors(write_card, card, folder)  # ValueError: OUT/NAME changed while the card was built
     _emit(args, card.doc, f"wrote {folder}/card.md, card.json and {len(card.doc['figures'])} figures")
 
 
 def cmd_demo(args) -> None:
     from ..card import build_card, summary_table, write_card
+    from ..card.build import FRACTIONS
     from ..zoo.digits import trained_digits_net, training_set
 
     dev = device(args.device)
@@ -211,7 +241,7 @@ def cmd_demo(args) -> None:
     progress = _progress(args)
     limit = 128 if args.quick else 512
     kw = {"seed": args.seed, "trials": 2 if args.quick else 8,
-          "fractions": (0.1, 1.0) if args.quick else (0.05, 0.1, 0.2, 0.5, 1.0, 2.0), "progress": progress}
+          "fractions": (0.1, 1.0) if args.quick else FRACTIONS, "progress": progress}
     docs, folders = [], []
     start = time.perf_counter()
     nets = (("true", "digits", "digits net, true labels"),

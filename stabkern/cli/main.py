@@ -38,6 +38,13 @@ def _model_data(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     p.add_argument("--num-classes", type=int, help="outputs of an ARCH:WEIGHTS model")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow files that can run code when loaded: pickles and torch.export (.pt2) programs")
+    g = p.add_argument_group("inputs", "DATA's normalization, by default: MODEL's own for [0, 1] pixels (ImageNet's "
+                             "for 1000-class torchvision architectures), else the data format's published one")
+    g.add_argument("--normalize", choices=("imagenet", "cifar", "none"),
+                   help="normalize DATA's [0, 1] pixels with ImageNet's or CIFAR-10's statistics, or not at all")
+    g.add_argument("--mean", type=float, nargs="+", metavar="M", help="per-channel mean of [0, 1] pixels (with --std)")
+    g.add_argument("--std", type=float, nargs="+", metavar="S", help="per-channel std of [0, 1] pixels (with --mean)")
+    g.add_argument("--size", type=int, nargs="+", metavar="N", help="resize DATA to H W (or N x N) pixels")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -66,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("filter", "tensor"), default="filter")
     p.add_argument("--trials", type=int, default=8, help="noise draws per sample and layer (default: 8)")
     p.add_argument("--margin-quantile", type=float, default=0.1, help="margin gamma's quantile (default: 0.1)")
+    p.add_argument("--sweep", metavar="F1,F2,...",
+                   help="k / cap fractions of the accuracy-vs-k curve, in (0, 1] and increasing (default: "
+                   "0.05,0.1,0.2,0.5,1), or 'none' to skip it")
 
     p = sub.add_parser("meter", parents=[common], help="every noise-stability meter and the capacity terms",
                        description="stabkern.measure on MODEL and DATA: attenuation, cushions, contraction, "

@@ -29,7 +29,10 @@ from .._checks import check_int, check_positive_int, check_seed
 from .errors import InputError, first_line as _first_line
 
 FORMATS = ("cifar10", "cifar100", "mnist", "imagefolder", "npz", "npy", "digits")
-# Per-channel (mean, std) of the training sets on the [0, 1] scale, as commonly published.
+# Per-channel (mean, std) of the training sets on the [0, 1] scale, as commonly published. CIFAR-10's are the
+# mean and std over every pixel of the 50,000 training images (numpy's data.mean/std over axes (0, 1, 2) / 255;
+# kuangliu/pytorch-cifar issue #19, MadryLab/robustness issue #70: the often-copied std (0.2023, 0.1994, 0.2010)
+# is the mean of the per-image stds, not the data set's std).
 DEFAULT_NORMALIZATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -42,13 +45,18 @@ NPZ_KEYS = (("x", "y"), ("images", "labels"), ("data", "labels"))
 
 @dataclass
 class LoadedData:
-    """x: (N, C, H, W) float32, normalized; y: (N,) int64 labels in [0, classes) or None."""
+    """x: (N, C, H, W) float32, normalized; y: (N,) int64 labels in [0, classes) or None.
+
+    normalization: the (mean, std) applied to x (C floats each), None when x is left unnormalized;
+    published: the format's published statistics (CIFAR, MNIST, Fashion-MNIST, digits), else None."""
 
     x: torch.Tensor
     y: torch.Tensor | None
     name: str
     format: str
     classes: int | None
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    published: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 def load_data(spec: str, *, limit: int | None = None, trust_pickle: bool = False, normalization=None,
@@ -60,9 +68,10 @@ def load_data(spec: str, *, limit: int | None = None, trust_pickle: bool = False
       random subset of that many files drawn with `seed` (in file order), to keep the classes mixed.
     size: (H, W) to resize to (bilinear, antialiased). channels: 1 or 3 to convert to (1 -> 3 repeats
       the gray channel; 3 -> 1 takes the luma 0.299 R + 0.587 G + 0.114 B).
-    normalization: (mean, std), each a sequence of 1 or C floats on the [0, 1] pixel scale; None takes
-      the format's published statistics (CIFAR, MNIST, Fashion-MNIST, digits) and leaves ImageFolder,
-      npz and npy data on the [0, 1] scale (uint8 arrays are divided by 255; float arrays taken as is).
+    normalization: (mean, std), each a sequence of 1 or C floats on the [0, 1] pixel scale; "none"
+      leaves the data unnormalized; None takes the format's published statistics (CIFAR, MNIST,
+      Fashion-MNIST, digits) and leaves ImageFolder, npz and npy data on the [0, 1] scale (uint8 arrays
+      are divided by 255; float arrays taken as is).
     """
     if not isinstance(spec, (str, Path)):
         raise TypeError(f"spec must be a path or 'digits', got {type(spec).__name__}")
@@ -99,10 +108,22 @@ def load_data(spec: str, *, limit: int | None = None, trust_pickle: bool = False
     if normalization is None and default is not None and len(default[0]) not in (1, x.shape[1]):
         raise InputError(f"{name} was converted to {x.shape[1]} channel(s), so its {len(default[0])}-channel "
                          f"statistics do not apply: give the normalization the model expects")
-    mean, std = _check_normalization(normalization if normalization is not None else default, x.shape[1])
-    if mean is not None:
-        x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-    return LoadedData(x.contiguous(), y, name, fmt, classes)
+    if isinstance(normalization, str) and normalization != "none":
+        raise InputError(f"normalization must be (mean, std), two sequences of numbers, 'none' (no normalization) "
+                         f"or None (the format's published statistics), got {normalization!r}")
+    chosen = None if normalization == "none" else normalization if normalization is not None else default
+    x, applied = normalize(x, chosen)
+    return LoadedData(x.contiguous(), y, name, fmt, classes, applied, default)
+
+
+def normalize(x: torch.Tensor, normalization):
+    """(x - mean) / std per channel of x (N, C, H, W), a new tensor, and the (mean, std) applied as C floats
+    each; normalization None: (x, None), x itself."""
+    mean, std = _check_normalization(normalization, x.shape[1])
+    if mean is None:
+        return x, None
+    applied = (tuple(float(v) for v in mean), tuple(float(v) for v in std))
+    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1), applied
 
 
 # --------------------------------------------------------------------------- argument checks

@@ -42,7 +42,8 @@ def _length(labels) -> int | None:
 
 def _measure_units(prep, n: int, outer: int, trials: int, probes: int, draws: int, budget) -> int:
     """Progress units of `measure` on n samples read in chunks of `outer`: per chunk of each meter, one
-    (clean pass) or one per layer (attenuation, forward-mode meters, reverse sweeps)."""
+    (clean pass) or one per layer (attenuation, forward-mode meters, reverse sweeps); then one per layer
+    for the operator norms of the bounds."""
     element = torch.finfo(prep.dtype).bits // 8
     att = plan_chunks(prep.layers, n, trials, element, budget, prep.device)[0]
     batches = [clean_batch(prep, n, budget)]
@@ -52,7 +53,7 @@ def _measure_units(prep, n: int, outer: int, trials: int, probes: int, draws: in
         b = min(outer, n - s0)
         total += sum(count_chunks(b, size) for size in batches) + num * count_chunks(b, att)
         total += jacobian_units(prep, b, probes, draws, budget)
-    return total
+    return total + num
 
 
 def conservative_mu_to(mu: np.ndarray, mu_rse: np.ndarray, probes: int) -> np.ndarray:
@@ -165,7 +166,6 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
             max_abs = max(max_abs, float(flat.abs().max()))
             input_dim = flat.shape[1]
         parameters = sum(p.numel() for p in model.parameters())
-    tally.finish()
     clean = {key: (torch.cat if key == "logits" else np.concatenate)([p[0][key] for p in parts])
              for key in ("cushion", "contraction", "logits")}
     clean["frobenius"] = parts[0][0]["frobenius"]
@@ -211,7 +211,8 @@ def measure(model, data, labels=None, *, alpha: float = 0.1, trials: int = 8, pr
     beta = 1.0 if math.isnan(beta) else beta  # one metered layer: no pair i < j, beta = 1
     bound = bounds(layers=prep.layers, c=c, mu=mu, mu_to=mu_to, logits=clean["logits"], data_stats=stats,
                    gamma=gamma, parameters=parameters, spectral_iters=spectral_iters, spectral_tol=spectral_tol,
-                   beta=beta)
+                   beta=beta, tally=tally)
+    tally.finish()
     bound["mu_to_convention"] = ("min_ci95 lower end (data minimum of each sample's 95% interval lower end, "
                                  f"Student-t quantile {t_quantile95(probes):.3g} at {probes} probes)")
     bound["mu_rse"] = rse_summary(jac["mu_rse"], probes)

@@ -35,8 +35,8 @@ def _harness(module: str, monkeypatch):
 
 
 def test_every_suite_is_found():
-    assert SUITES == ["bench_compress.py", "bench_sign_cpu.py", "bench_sign_gpu.py", "bench_stability.py",
-                      "bench_study.py"]
+    assert SUITES == ["bench_card.py", "bench_compress.py", "bench_sign_cpu.py", "bench_sign_gpu.py",
+                      "bench_stability.py", "bench_study.py"]
 
 
 @pytest.mark.parametrize("name", SUITES)

@@ -75,7 +75,12 @@ def test_accuracy_vs_k_has_chance_and_the_k_equals_cap_point(card):
     # the measured weight error at k = m is the one the compression report gives, close to sqrt((m-1)/m)
     errors = full["rel_fro_error"]
     _, rep = stabkern.compress_model(net, full["k"], mode="filter", seed=0, allow_no_compression=True)
-    assert errors == {r.name: r.rel_fro_error for r in rep.layers}
+    # the card's sweep sums A_hat in another order (card/sweep.py): equal up to the float32 reassociation of
+    # k terms, each entry within 2.1 k u of the sum of |terms| (bounded exactly in test_cost_and_sweep)
+    k_max = max(full["k"].values())
+    assert errors.keys() == {r.name for r in rep.layers}
+    for r in rep.layers:
+        assert errors[r.name] == pytest.approx(r.rel_fro_error, rel=2.1 * k_max * 2.0**-24, abs=1e-12)
     assert f"from {min(errors.values()):.2f} to {max(errors.values()):.2f}" in page
 
 

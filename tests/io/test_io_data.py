@@ -373,3 +373,16 @@ def test_rgb_to_gray_is_luma(tmp_path):
     data = load_data(tmp_path / "x.npy", channels=1)
     ref = np.tensordot(np.array([0.299, 0.587, 0.114]), x / 255.0, axes=([0], [1]))[:, None]
     torch.testing.assert_close(data.x.double(), torch.from_numpy(ref), rtol=8 * EPS, atol=8 * EPS)
+
+
+def test_normalization_none_and_what_was_applied():
+    """normalization="none" leaves [0, 1] pixels; the result says what was applied and what the format publishes."""
+    from stabkern.io.data import digits_normalization
+
+    raw = load_data("digits", limit=5, normalization="none")
+    assert raw.normalization is None and raw.published == digits_normalization()
+    assert float(raw.x.min()) >= 0 and float(raw.x.max()) <= 1
+    default = load_data("digits", limit=5)
+    assert default.normalization == digits_normalization()
+    (mean,), (std,) = digits_normalization()
+    assert torch.allclose(default.x, (raw.x - mean) / std)
