@@ -114,7 +114,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, title: str = "model",
                model_name: str | None = None, data_name: str = "data", seed: int = 0, eps: float = 0.5,
                mode: str = "filter", alpha: float = 0.1, trials: int = 8, probes: int = 8, margin_quantile: float = 0.1,
-               fractions=FRACTIONS, batch_size: int = 256, backend: str = "auto",
+               fractions=FRACTIONS, batch_size: int = 256, backend: str = "auto", layers=None,
                progress: Progress = silent) -> Card:
     """The stability card of `model` on inputs x (N, C, H, W) float, labels y (N,) int64 or None.
 
@@ -124,6 +124,7 @@ def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
     fractions: k / cap per layer of the accuracy-vs-k curve (only with labels); probes: measure's Hutchinson
     probes per sample (8, not measure's 4: at 4 the Student-t quantile 3.18 puts some sample's lower end of
     mu_(i,j) at 0 on a few hundred digits, an infinite bound; at 8 it is 2.36 and the standard error ~1/sqrt 2).
+    layers: names of the Conv2d / Linear layers to meter and compress (default all of them).
     """
     from .. import __version__, choose_k, measure
     from ..compress import layer_cushions
@@ -144,11 +145,12 @@ def build_card(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None,
 
     with stage("measure"):
         report = measure(model, x, y, alpha=alpha, trials=trials, probes=probes, seed=seed,
-                         margin_quantile=margin_quantile,
+                         margin_quantile=margin_quantile, layers=layers,
                          backend=backend)
     with stage("choose_k"):
-        kc = choose_k(model, x, eps, mode=mode, seed=seed, check=False, backend=backend, batch_size=batch_size)
-        cushions = layer_cushions(model, x, mode=mode, batch_size=batch_size)
+        kc = choose_k(model, x, eps, mode=mode, seed=seed, layers=layers, check=False, backend=backend,
+                      batch_size=batch_size)
+        cushions = layer_cushions(model, x, mode=mode, layers=layers, batch_size=batch_size)
     probe = {r.name: r.k if r.k is not None else max(1, round(PROBE_FRACTION * r.cap)) for r in kc.layers}
     start = time.perf_counter()
     with summarized_warnings(notes):

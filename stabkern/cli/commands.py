@@ -52,6 +52,18 @@ def _inputs(args):
     return dev, out, m, d
 
 
+def _layers(args, m) -> list[str] | None:
+    """--layers NAMES: the Conv2d / Linear names it matches (exact or glob), None without it."""
+    from ..stability.layers import match_layers
+
+    if args.layers is None:
+        return None
+    try:
+        return match_layers(m.model, args.layers.split(","))
+    except ValueError as err:
+        raise CLIError(f"--layers {args.layers}: {err}") from err
+
+
 def _library_errors(fn, *a, **kw):
     """Run a library call; its argument errors (ValueError) and non-finite values the model computes on
     the data (FloatingPointError: finite weights and inputs that overflow) become CLIError: one line, exit 2."""
@@ -119,12 +131,13 @@ def cmd_meter(args) -> None:
     from ..card.build import summarized_warnings
 
     dev, out, m, d = _inputs(args)
+    layers = _layers(args, m)
     progress = _progress(args)
     notes: list = []
     progress("measure", 0, 1)
     with summarized_warnings(notes):
         report = _library_errors(measure, m.model, d.x, d.y, alpha=args.alpha, trials=args.trials, seed=args.seed,
-                                 margin_quantile=args.margin_quantile)
+                                 margin_quantile=args.margin_quantile, layers=layers)
     progress("measure", 1, 1)
     doc = report.to_dict()
     _print_notes(args, notes)
@@ -142,6 +155,7 @@ def cmd_compress(args) -> None:
     from ..schemas import tagged
 
     dev, out, m, d = _inputs(args)
+    layers = _layers(args, m)
     progress = _progress(args)
     notes: list = []
     chosen = None
@@ -149,12 +163,12 @@ def cmd_compress(args) -> None:
         if args.eps is not None:
             progress("choose_k", 0, 1)
             chosen = _library_errors(choose_k, m.model, d.x, args.eps, mode=args.mode, seed=args.seed, check=False,
-                                     batch_size=args.batch_size)
+                                     batch_size=args.batch_size, layers=layers)
             progress("choose_k", 1, 1)
             ks = chosen.k
         else:
             from ..compress import sketchable_layers
-            ks = {name: args.k for _, name, _ in sketchable_layers(m.model)}
+            ks = {name: args.k for _, name, _ in sketchable_layers(m.model) if layers is None or name in layers}
         small, report = _library_errors(compress_layer_by_layer, m.model, ks, mode=args.mode, seed=args.seed,
                                         data=d.x, eps=args.eps, batch_size=args.batch_size, progress=progress)
     _print_notes(args, notes)
@@ -185,7 +199,7 @@ def cmd_card(args) -> None:
     card = _library_errors(build_card, m.model, d.x, d.y, title=f"{m.name} on {d.name}", model_name=m.name,
                            data_name=d.name, seed=args.seed, eps=args.eps, mode=args.mode, trials=args.trials,
                            margin_quantile=args.margin_quantile, batch_size=args.batch_size,
-                           progress=_progress(args))
+                           layers=_layers(args, m), progress=_progress(args))
     _print_notes(args, card.notes)
     folder = _library_errors(write_card, card, folder)  # ValueError: OUT/NAME changed while the card was built
     _emit(args, card.doc, f"wrote {folder}/card.md, card.json and {len(card.doc['figures'])} figures")

@@ -36,6 +36,8 @@ def _model_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, help="outputs of an ARCH:WEIGHTS model")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow files that can run code when loaded: pickles and torch.export (.pt2) programs")
+    p.add_argument("--layers", metavar="NAMES", help="only these Conv2d/Linear layers: comma-separated names or "
+                   "glob patterns, e.g. 'features.*,classifier.1' (default: all; names as the model names them)")
 
 
 def parser() -> argparse.ArgumentParser:
