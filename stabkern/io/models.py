@@ -210,7 +210,8 @@ def _file(path: Path, trust_pickle: bool) -> LoadedModel:
     kind = _archive_kind(path)
     if kind == "torchscript":
         try:
-            script = torch.jit.load(str(path), map_location="cpu")
+            with _torch_quiet():  # torch 2.9+ warns that TorchScript is deprecated: not the user's to act on here
+                script = torch.jit.load(str(path), map_location="cpu")
         except Exception as err:  # noqa: BLE001
             raise InputError(f"{path} is not a loadable TorchScript file ({_first_line(err)})") from None
         return LoadedModel(eager_torchscript(script, path.name).eval(), path.name, "torchscript", None, None)
