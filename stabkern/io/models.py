@@ -268,8 +268,7 @@ def _exported(path: Path) -> LoadedModel:
     if batch is not None:
         raise InputError(f"{path} was exported for batches of exactly {batch} samples, and its graph may hold that "
                          f"size; the meters run other batch sizes. Export with a dynamic batch: torch.export.export("
-                         f"model, (x,), dynamic_shapes={{'x': {{0: torch.export.Dim('batch')}}}}) (x: the forward's "
-                         f"input name), or save TorchScript")
+                         f"model, (x,), dynamic_shapes=({{0: torch.export.Dim('batch')}},)), or save TorchScript")
     model = eager_program(model, path.name)
     # An exported graph is fixed in the mode it was exported in (normally eval); torch makes its
     # train()/eval() raise. Give back nn.Module's, which only set the flags, so callers that put a

@@ -60,7 +60,7 @@ def save(model, kind, path):
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.export(model, (sample,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+            program = torch.export.export(model, (sample,), dynamic_shapes=({0: torch.export.Dim("batch")},))
         torch.export.save(program, str(path))
     return path
 
