@@ -68,7 +68,7 @@ def bind(target, args, kwargs) -> dict:
     return bound
 
 
-def _owner(gm: fx.GraphModule, node, leaf: str) -> str | None:
+def _owner(node, leaf: str) -> str | None:
     """P when `node` is get_attr("P.<leaf>") of a tensor, P not the root, else None."""
     if not isinstance(node, fx.Node) or node.op != "get_attr" or not node.target.endswith("." + leaf):
         return None
@@ -106,8 +106,8 @@ def _layer_of(gm: fx.GraphModule, node: fx.Node):
             x, bias_node = a["self"], None
     else:
         return None
-    path = _owner(gm, weight_node, "weight")
-    if path is None or (bias_node is not None and _owner(gm, bias_node, "bias") != path):
+    path = _owner(weight_node, "weight")
+    if path is None or (bias_node is not None and _owner(bias_node, "bias") != path):
         return None
     owner = gm.get_submodule(path)
     held = {name for name, _ in owner.named_parameters(recurse=False)} | {
