@@ -147,9 +147,24 @@ def eager_program(gm: fx.GraphModule, name: str) -> fx.GraphModule:
     if not layers:
         raise InputError(f"{name}: the exported program has no 2-D convolution or linear node whose weight is a "
                          "parameter, so there is nothing to meter")
+    _plain_calling_convention(gm)
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+def _plain_calling_convention(gm: fx.GraphModule) -> None:
+    """forward(x) -> tensor without the pytree flatten / unflatten around the graph, when the program takes one
+    tensor and returns one: torch's pytree code warns (FutureWarning) on every call, which the meters'
+    thousands of calls would turn into notes. Other signatures keep torch's code."""
+    info = getattr(gm.graph._codegen, "pytree_info", None)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    if info is None or len(placeholders) != 1 or info.in_spec.num_leaves != 1 or not info.out_spec.is_leaf() \
+            or not isinstance(output.args[0], (tuple, list)) or len(output.args[0]) != 1:
+        return
+    gm.graph._codegen = fx.graph.CodeGen()
+    output.args = (output.args[0][0],)
 
 
 __all__ = ["bind", "conv_layer", "eager_program", "linear_layer"]

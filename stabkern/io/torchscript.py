@@ -74,28 +74,27 @@ class _Block:
 class _Program:
     """The compiled forward graph. Immutable: copies of the model share it."""
 
-    def __init__(self, block: _Block, n_inputs: int):
-        self.block, self.n_inputs = block, n_inputs
+    def __init__(self, block: _Block):
+        self.block = block
 
     def __deepcopy__(self, memo):
         return self
 
 
 class TorchScriptModel(nn.Module):
-    """The eager form of a TorchScript module (module docstring): forward(*inputs) runs its graph."""
+    """The eager form of a TorchScript module (module docstring): forward(x) runs its graph."""
 
     def __init__(self, name: str):
         super().__init__()
         self.source_name = name
         self._program: _Program | None = None
 
-    def forward(self, *inputs):
-        program = self._program
-        if len(inputs) != program.n_inputs:
-            raise TypeError(f"{self.source_name} takes {program.n_inputs} input(s), got {len(inputs)}")
-        env = {program.block.ins[0]: self}
-        env.update(zip(program.block.ins[1:], inputs))
-        outs = _run(self, program.block, env)
+    def forward(self, x):
+        if isinstance(x, torch.fx.Proxy):  # said plainly, not as the first op fx trips on
+            raise RuntimeError("a TorchScript file runs op by op in Python, with branches on each call's values, "
+                               "which torch.fx cannot trace")
+        block = self._program.block
+        outs = _run(self, block, {block.ins[0]: self, block.ins[1]: x})
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
@@ -155,15 +154,18 @@ def eager_torchscript(script: torch.jit.ScriptModule, name: str) -> TorchScriptM
         graph = script.inlined_graph
     except Exception as err:  # noqa: BLE001 - a module without forward, an interface type...
         raise InputError(f"{name}: the TorchScript module has no forward graph to run ({err})") from None
+    inputs = list(graph.inputs())
+    if len(inputs) != 2:  # self and one input: the meters call model(x)
+        raise InputError(f"{name}: the TorchScript module's forward takes {len(inputs) - 1} inputs; stabkern meters "
+                         "models of one input tensor (wrap it in a module whose forward(x) calls it)")
     model = TorchScriptModel(name)
     _mirror(script, model)
-    inputs = list(graph.inputs())
     compiler = _Compiler(script, model, inputs[0].unique(), name)
     block = compiler.block(inputs, graph.nodes(), graph.outputs())
     if not compiler.layers:
         raise InputError(f"{name}: the TorchScript graph has no 2-D convolution or linear call on a submodule's "
                          "weight, so there is nothing to meter")
-    model._program = _Program(block, len(inputs) - 1)
+    model._program = _Program(block)
     return model.train(script.training)
 
 
