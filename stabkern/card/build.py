@@ -182,7 +182,7 @@ def _sketched_point(model, x, y, f, caps, *, mode, seed, backend, batch_size) ->
 def build_card(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None = None, *, title: str = "model",
                model_name: str | None = None, data_name: str = "data", seed: int = 0, eps: float = 0.5,
                mode: str = "filter", alpha: float = 0.1, trials: int = 8, probes: int = 8, margin_quantile: float = 0.1,
-               fractions=FRACTIONS, batch_size: int = 256, backend: str = "auto",
+               fractions=FRACTIONS, batch_size: int = 256, backend: str = "auto", layers=None,
                progress: Progress = silent, on_estimate=None) -> Card:
     """The stability card of `model` on inputs x (N, C, H, W) float, labels y (N,) int64 or None.
 
@@ -197,6 +197,7 @@ def build_card(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None 
     mu_(i,j) at 0 on a few hundred digits, an infinite bound; at 8 it is 2.36 and the standard error ~1/sqrt 2).
     on_estimate: None or a callable given {stage: estimated seconds} (cost.py) before the work starts; the
     estimate is in provenance["estimated_time_s"] beside the measured wall_time_s.
+    layers: names of the Conv2d / Linear layers to meter and compress (default all of them).
     """
     from .. import __version__, choose_k, measure
     from ..compress import layer_cushions
@@ -252,10 +253,11 @@ def build_card(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None 
 
     with stage("measure", units=False):  # measure reports its own units: one per chunk and layer of each meter
         report = measure(model, x, y, alpha=alpha, trials=trials, probes=probes, seed=seed,
-                         margin_quantile=margin_quantile, backend=backend, progress=progress)
+                         margin_quantile=margin_quantile, layers=layers, backend=backend, progress=progress)
     with stage("choose_k"):
-        kc = choose_k(model, x, eps, mode=mode, seed=seed, check=False, backend=backend, batch_size=batch_size)
-        cushions = layer_cushions(model, x, mode=mode, batch_size=batch_size)
+        kc = choose_k(model, x, eps, mode=mode, seed=seed, layers=layers, check=False, backend=backend,
+                      batch_size=batch_size)
+        cushions = layer_cushions(model, x, mode=mode, layers=layers, batch_size=batch_size)
     probe = {r.name: r.k if r.k is not None else max(1, round(PROBE_FRACTION * r.cap)) for r in kc.layers}
     start = time.perf_counter()
     with recorded_warnings(caught):

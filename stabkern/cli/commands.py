@@ -56,6 +56,18 @@ def _inputs(args):
     return dev, out, m, d
 
 
+def _layers(args, m) -> list[str] | None:
+    """--layers NAMES: the Conv2d / Linear names it matches (exact or glob), None without it."""
+    from ..stability.layers import match_layers
+
+    if args.layers is None:
+        return None
+    try:
+        return match_layers(m.model, args.layers.split(","))
+    except ValueError as err:
+        raise CLIError(f"--layers {args.layers}: {err}") from err
+
+
 def _library_errors(fn, *a, **kw):
     """Run a library call; its argument errors (ValueError) and non-finite values the model computes on
     the data (FloatingPointError: finite weights and inputs that overflow) become CLIError: one line, exit 2."""
@@ -124,11 +136,12 @@ def cmd_meter(args) -> None:
     from ..stability.plots import BOUND_LABELS
 
     dev, out, m, d = _inputs(args)
+    layers = _layers(args, m)
     progress = _progress(args)
     notes: list = list(d.notes)
     with summarized_warnings(notes):
         report = _library_errors(measure, m.model, d.x, d.y, alpha=args.alpha, trials=args.trials, seed=args.seed,
-                                 margin_quantile=args.margin_quantile, progress=progress)
+                                 margin_quantile=args.margin_quantile, layers=layers, progress=progress)
     doc = {**report.to_dict(), "data": {"name": d.name, **d.info, "notes": notes}}
     _print_notes(args, notes)
     if out is not None:
@@ -146,6 +159,7 @@ def cmd_compress(args) -> None:
     from ..schemas import tagged
 
     dev, out, m, d = _inputs(args)
+    layers = _layers(args, m)
     progress = _progress(args)
     notes: list = list(d.notes)
     chosen = None
@@ -153,12 +167,12 @@ def cmd_compress(args) -> None:
         if args.eps is not None:
             progress("choose_k", 0, 1)
             chosen = _library_errors(choose_k, m.model, d.x, args.eps, mode=args.mode, seed=args.seed, check=False,
-                                     batch_size=args.batch_size)
+                                     batch_size=args.batch_size, layers=layers)
             progress("choose_k", 1, 1)
             ks = chosen.k
         else:
             from ..compress import sketchable_layers
-            ks = {name: args.k for _, name, _ in sketchable_layers(m.model)}
+            ks = {name: args.k for _, name, _ in sketchable_layers(m.model) if layers is None or name in layers}
         small, report = _library_errors(compress_layer_by_layer, m.model, ks, mode=args.mode, seed=args.seed,
                                         data=d.x, eps=args.eps, batch_size=args.batch_size, progress=progress)
     _print_notes(args, notes)
@@ -218,8 +232,8 @@ def cmd_card(args) -> None:
                            model_name=m.name, data_name=d.name if d else "none", seed=args.seed, eps=args.eps,
                            mode=args.mode, trials=args.trials,
                            margin_quantile=args.margin_quantile, batch_size=args.batch_size,
-                           fractions=FRACTIONS if fractions is None else fractions, progress=_progress(args),
-                           on_estimate=lambda estimate: _print_estimate(args, estimate))
+                           fractions=FRACTIONS if fractions is None else fractions, layers=_layers(args, m),
+                           progress=_progress(args), on_estimate=lambda estimate: _print_estimate(args, estimate))
     data_notes = [] if d is None else d.notes
     if d is not None:
         card.doc["data"].update(d.info)

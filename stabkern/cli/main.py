@@ -38,6 +38,8 @@ def _model_data(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     p.add_argument("--num-classes", type=int, help="outputs of an ARCH:WEIGHTS model")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow files that can run code when loaded: pickles and torch.export (.pt2) programs")
+    p.add_argument("--layers", metavar="NAMES", help="only these Conv2d/Linear layers: comma-separated names or "
+                   "glob patterns, e.g. 'features.*,classifier.1' (default: all; names as the model names them)")
     g = p.add_argument_group("inputs", "DATA's normalization, by default: MODEL's own for [0, 1] pixels (ImageNet's "
                              "for 1000-class torchvision architectures), else the data format's published one")
     g.add_argument("--normalize", choices=("imagenet", "cifar", "none"),

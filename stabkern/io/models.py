@@ -4,10 +4,14 @@ Specs (`load_model(spec)`):
 - "ARCH:WEIGHTS" - an architecture of `stabkern.zoo.ARCHITECTURES` and a state_dict file, read with
   torch.load(weights_only=True) and loaded strictly; num_classes is read from the last Linear of the
   weights unless given. "ARCH" alone: random weights (said in the name).
-- a TorchScript file (torch.jit.save), recognized by its contents, not its suffix.
+- a TorchScript file (torch.jit.save; scripted or traced), recognized by its contents, not its suffix: run op by
+  op as an eager module whose convolutions and linear maps are nn.Conv2d / nn.Linear named as the file
+  names them (torchscript.py), so the meters can hook and swap them.
 - a torch.export program (torch.export.save, usually .pt2) only with trust_pickle=True: torch.export.load
   unpickles parts of the file without weights_only (when the safe load fails) and evaluates the graph's
-  symbolic shape expressions with sympy (Python eval), so a crafted file runs code when loaded.
+  symbolic shape expressions with sympy (Python eval), so a crafted file runs code when loaded. Its graph's
+  convolution and linear nodes become nn.Conv2d / nn.Linear modules (exported.py); it must have been exported
+  with a dynamic batch size, as the meters run batches of every size.
 - a pickled whole nn.Module (torch.save(model)) only with trust_pickle=True: unpickling runs code.
 - "digits": `stabkern.zoo.digits.trained_digits_net()`.
 
@@ -30,6 +34,8 @@ from torch import nn
 from .. import zoo
 from .._checks import check_positive_int
 from .errors import InputError, first_line as _first_line
+from .exported import eager_program
+from .torchscript import eager_torchscript
 
 SOURCES = ("architecture", "torchscript", "export", "pickle", "digits")
 # torchvision's ImageNet weights expect this normalization of [0, 1] RGB pixels and 224x224 inputs.
@@ -204,10 +210,11 @@ def _file(path: Path, trust_pickle: bool) -> LoadedModel:
     kind = _archive_kind(path)
     if kind == "torchscript":
         try:
-            model = torch.jit.load(str(path), map_location="cpu")
+            with _torch_quiet():  # torch 2.9+ warns that TorchScript is deprecated: not the user's to act on here
+                script = torch.jit.load(str(path), map_location="cpu")
         except Exception as err:  # noqa: BLE001
             raise InputError(f"{path} is not a loadable TorchScript file ({_first_line(err)})") from None
-        return LoadedModel(model.eval(), path.name, "torchscript", None, None)
+        return LoadedModel(eager_torchscript(script, path.name).eval(), path.name, "torchscript", None, None)
     if kind == "export":
         if not trust_pickle:
             raise InputError(f"{path} is a torch.export program; loading one can run code from the file (torch "
@@ -257,6 +264,12 @@ def _exported(path: Path) -> LoadedModel:
             model = program.module()
     except Exception as err:  # noqa: BLE001
         raise InputError(f"{path} is not a loadable torch.export program ({_first_line(err)})") from None
+    batch = _exported_batch(program)
+    if batch is not None:
+        raise InputError(f"{path} was exported for batches of exactly {batch} samples, and its graph may hold that "
+                         f"size; the meters run other batch sizes. Export with a dynamic batch: torch.export.export("
+                         f"model, (x,), dynamic_shapes=({{0: torch.export.Dim('batch')}},)), or save TorchScript")
+    model = eager_program(model, path.name)
     # An exported graph is fixed in the mode it was exported in (normally eval); torch makes its
     # train()/eval() raise. Give back nn.Module's, which only set the flags, so callers that put a
     # model in eval mode (the meters do) work; the computation is unchanged.
@@ -265,17 +278,27 @@ def _exported(path: Path) -> LoadedModel:
     return LoadedModel(model.eval(), path.name, "export", None, _exported_input_size(program))
 
 
-def _exported_input_size(program) -> tuple[int, int] | None:
-    """(H, W) of the first user input when it is a 4-D tensor with static sizes, else None."""
+def _first_input_shape(program) -> tuple | None:
+    """The shape of the program's first user input (ints for static sizes, SymInts for dynamic ones)."""
     user_inputs = set(program.graph_signature.user_inputs)
     for node in program.graph.nodes:
         if node.op == "placeholder" and node.name in user_inputs:
-            val = node.meta.get("val")
-            shape = getattr(val, "shape", None)
-            if shape is not None and len(shape) == 4 and all(isinstance(s, int) for s in shape[2:]):
-                return int(shape[2]), int(shape[3])
-            return None
+            return getattr(node.meta.get("val"), "shape", None)
     return None
+
+
+def _exported_input_size(program) -> tuple[int, int] | None:
+    """(H, W) of the first user input when it is a 4-D tensor with static sizes, else None."""
+    shape = _first_input_shape(program)
+    if shape is not None and len(shape) == 4 and all(isinstance(s, int) for s in shape[2:]):
+        return int(shape[2]), int(shape[3])
+    return None
+
+
+def _exported_batch(program) -> int | None:
+    """The first input's batch size when the program was exported with it fixed, else None (dynamic)."""
+    shape = _first_input_shape(program)
+    return int(shape[0]) if shape is not None and len(shape) > 0 and isinstance(shape[0], int) else None
 
 
 def _pickled(path: Path, trust_pickle: bool) -> LoadedModel:

@@ -1,7 +1,7 @@
 """What a meter injects into and observes: the metered layers, in the order the forward calls them.
 
 `resolve_layers` turns the user's `layers=` into (name, module) pairs (every Conv2d and Linear by
-default); `trace_layers` runs the model once on a sample to order them and record per-sample shapes.
+default); `match_layers` picks layer names by glob pattern (the command line's --layers); `trace_layers` runs the model once on a sample to order them and record per-sample shapes.
 It is not the propagation of noise (that is `propagate.py`).
 """
 
@@ -57,6 +57,26 @@ def resolve_layers(model: nn.Module, layers=None) -> list[tuple[str, nn.Module]]
     return chosen
 
 
+def match_layers(model: nn.Module, patterns) -> list[str]:
+    """Names of the model's Conv2d and Linear modules that match any of `patterns` (exact names or fnmatch
+    globs: "features.*", "layer?.0.conv1"), in the model's order: what `--layers` selects on the command line.
+
+    ValueError for a pattern that matches none of them, listing some of the names the model has."""
+    import fnmatch
+
+    patterns = check_names("patterns", patterns)
+    patterns = [p.strip() for p in patterns or () if p.strip()]
+    if not patterns:
+        raise ValueError("layers: no name or pattern given; pass e.g. --layers 'features.*' or --layers fc")
+    names = [name for name, m in model.named_modules() if isinstance(m, INJECTABLE)]
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(name, p) for name in names)]
+    if unmatched:
+        shown = ", ".join(names[:8]) + (f" ... ({len(names)} in all)" if len(names) > 8 else "")
+        raise ValueError(f"layers: {', '.join(repr(p) for p in unmatched)} matches no Conv2d or Linear layer; "
+                         f"the model's are {shown or 'none'}")
+    return [name for name in names if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+
+
 def first_tensor(args):
     for a in args:
         if isinstance(a, torch.Tensor):
@@ -103,4 +123,4 @@ def trace_layers(model: nn.Module, sample: torch.Tensor, chosen) -> list[Layer]:
             enumerate(calls)]
 
 
-__all__ = ["INJECTABLE", "Layer", "first_tensor", "resolve_layers", "trace_layers"]
+__all__ = ["INJECTABLE", "Layer", "first_tensor", "match_layers", "resolve_layers", "trace_layers"]
