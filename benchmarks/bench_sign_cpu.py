@@ -54,7 +54,8 @@ The TRAK-shaped case (test_traker_resnet18): per-sample gradients of a ResNet-18
 parameters; eval mode, CIFAR-sized 3x32x32 inputs, torch.func) projected to 2048 dimensions in
 batches of 16, rows per second for stabkern's `StabkernProjector` against traker's `BasicProjector`
 (Rademacher, its default block_size 100: the 11.2M x 2048 matrix does not fit in memory, so it is
-regenerated in 21 blocks per call, as TRAKer does on a CPU), interleaved, median of 3.
+regenerated in 21 blocks per call, as TRAKer does on a CPU), one call each (minutes per call for
+BasicProjector on a 2-core machine).
 
     PYTHONPATH=. python -m pytest benchmarks/bench_sign_cpu.py -q
 """
@@ -394,7 +395,9 @@ def _add(bench_report, cpu, case, backend, median, shape, n_threads, isa, key=No
                       **({} if kernel is None else {"kernel": kernel}), **extra)
 
 
-TRAK_BATCH, TRAK_PROJ_DIM, TRAK_ROUNDS = 16, 2048, 3
+# One round: BasicProjector draws 21 x 11.2M x 100 signs per batch, 23 minutes a call on the loaded 2-core
+# AMD EPYC of the 2026-12-07 run (StabkernProjector: 23 s).
+TRAK_BATCH, TRAK_PROJ_DIM, TRAK_ROUNDS = 16, 2048, 1
 
 
 def resnet18_per_sample_grads(batch: int) -> torch.Tensor:
