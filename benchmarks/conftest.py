@@ -3,8 +3,10 @@
 Fixtures (session-wide):
 - `bench_report(prefix)`: the session's `harness.BenchReport` for one results file,
   <out>/<prefix>-<date>.json and .txt, <out> = $STABKERN_BENCH_OUT, else benchmarks/results/;
-- `bench_time`: `harness.median_seconds`, the one timer;
+- `bench_time`: `harness.median_seconds`, the timer of one contender;
+- `bench_interleaved`: `harness.interleaved_medians`, the timer of contenders timed in turn;
 - `cpu_clock`: `harness.cpu_clock_ghz()`, the measured core clock {"ghz", "how", ...};
+- `cpu_identity`: `harness.cpu_identity()`, {"vendor", "family", "model", "stepping", caches};
 - `gpu`: `harness.gpu_info()`, None without CUDA.
 Hooks: bench_*.py files are collected when the folder is given (`pytest benchmarks`), as well as by
 name; at the end of the session every report is written once more (pytest_sessionfinish) and its
@@ -23,7 +25,8 @@ import pytest
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BenchReport, cpu_clock_ghz, gpu_info, median_seconds  # noqa: E402
+from harness import BenchReport, cpu_clock_ghz, gpu_info, interleaved_medians, median_seconds  # noqa: E402
+from harness import cpu_identity as _cpu_identity  # noqa: E402
 
 _REPORTS: dict[str, BenchReport] = {}
 
@@ -42,6 +45,18 @@ def bench_report():
 def bench_time():
     """median_seconds(fn, rounds=..., inner=1, warmup=1, cuda=False, benchmark=None)."""
     return median_seconds
+
+
+@pytest.fixture(scope="session")
+def bench_interleaved():
+    """interleaved_medians(contenders, rounds=..., warmup=1, self_timed=())."""
+    return interleaved_medians
+
+
+@pytest.fixture(scope="session")
+def cpu_identity() -> dict:
+    """cpu_identity(): {"vendor", "family", "model", "stepping", "l1d_kib", "l2_kib", "l3_kib"}."""
+    return _cpu_identity()
 
 
 @pytest.fixture(scope="session")

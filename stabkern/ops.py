@@ -10,11 +10,17 @@ Noise ops (spec stabkern-noise-v1) of the stability meters: `stabkern::sphere_no
 The public functions check their arguments (`stabkern._checks`: one policy for every public
 function) and call `torch.ops.stabkern.*`; the ops pick a backend with `stabkern.backends.select`
 and reshape. No kernel lives here, and nothing here knows about models or meters.
+
+The ops are registered with torch.library's define/impl (`_custom_op`), not `torch.library.custom_op`:
+that one wraps each implementation in `torch._disable_dynamo`, which imports torch._dynamo (2-9 s) at
+the first call in every process, also in eager mode, where nothing compiles (issue 19).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 
 import torch
 
@@ -158,10 +164,50 @@ def _run(a: torch.Tensor, out_size: int, backend: str, call, what: str) -> torch
     return out.to(a.dtype).reshape(*lead, out_size)
 
 
+# --------------------------------------------------------------------------- registration
+
+_LIBRARY = torch.library.Library("stabkern", "FRAGMENT")
+
+
+def _custom_op(fn):
+    """Define the op stabkern::<fn's name without its leading underscore> with the schema of fn's annotations
+    (no argument mutated; tagged pt2_compliant as torch.library.custom_op tags it) and fn as its
+    implementation on every device; returns the op's name "stabkern::<name>" for the register_* calls.
+
+    The implementation runs with Dynamo disabled, as custom_op's does (Dynamo never traces into it: under
+    torch.compile the op is opaque and its fake implementation is traced), but torch._dynamo is looked up
+    only once something has imported it: before that, no frame can be under Dynamo, so the eager path
+    never imports it."""
+    name = fn.__name__.lstrip("_")
+    _LIBRARY.define(name + torch.library.infer_schema(fn, mutates_args=()), tags=(torch.Tag.pt2_compliant_tag,))
+
+    @functools.wraps(fn)
+    def implementation(*args):
+        dynamo = sys.modules.get("torch._dynamo")
+        if dynamo is None or not hasattr(dynamo, "disable"):
+            return fn(*args)
+        if implementation.without_dynamo is None:
+            implementation.without_dynamo = dynamo.disable(fn, recursive=True)
+        return implementation.without_dynamo(*args)
+
+    implementation.without_dynamo = None
+    _LIBRARY.impl(name, implementation, "CompositeExplicitAutograd")
+    return f"stabkern::{name}"
+
+
+def _register_fake(op: str):
+    """Decorator: fn becomes op's fake (meta) implementation."""
+    return lambda fn: torch.library.register_fake(op, fn, lib=_LIBRARY)
+
+
+def _register_vmap(op: str):
+    """Decorator: fn becomes op's vmap rule."""
+    return lambda fn: torch.library.register_vmap(op, fn, lib=_LIBRARY)
+
+
 # --------------------------------------------------------------------------- sign custom ops
 
 
-@torch.library.custom_op("stabkern::sign_project", mutates_args=())
 def _sign_project(x: torch.Tensor, k: int, seed: int, stream: int, row_offset: int, col_offset: int,
                   backend: str, precision: str) -> torch.Tensor:
     _check_op_args(k, x.shape[-1], stream, row_offset, col_offset, backend, precision)
@@ -170,13 +216,15 @@ def _sign_project(x: torch.Tensor, k: int, seed: int, stream: int, row_offset: i
                 "sign_project: the result")
 
 
-@_sign_project.register_fake
+SIGN_PROJECT = _custom_op(_sign_project)
+
+
+@_register_fake(SIGN_PROJECT)
 def _(x, k, seed, stream, row_offset, col_offset, backend, precision):
     _check_op_args(k, x.shape[-1], stream, row_offset, col_offset, backend, precision)
     return x.new_empty(*x.shape[:-1], k)
 
 
-@torch.library.custom_op("stabkern::sign_reconstruct", mutates_args=())
 def _sign_reconstruct(y: torch.Tensor, n: int, seed: int, stream: int, scale: float, row_offset: int,
                       col_offset: int, backend: str, precision: str) -> torch.Tensor:
     _check_op_args(y.shape[-1], n, stream, row_offset, col_offset, backend, precision)
@@ -186,7 +234,10 @@ def _sign_reconstruct(y: torch.Tensor, n: int, seed: int, stream: int, scale: fl
                 "sign_reconstruct: the result")
 
 
-@_sign_reconstruct.register_fake
+SIGN_RECONSTRUCT = _custom_op(_sign_reconstruct)
+
+
+@_register_fake(SIGN_RECONSTRUCT)
 def _(y, n, seed, stream, scale, row_offset, col_offset, backend, precision):
     _check_op_args(y.shape[-1], n, stream, row_offset, col_offset, backend, precision)
     return y.new_empty(*y.shape[:-1], n)
@@ -239,8 +290,9 @@ def _reconstruct_backward(ctx, grad):
     return grad_y, None, None, None, None, None, None, None, None
 
 
-_sign_project.register_autograd(_project_backward, setup_context=_project_setup)
-_sign_reconstruct.register_autograd(_reconstruct_backward, setup_context=_reconstruct_setup)
+torch.library.register_autograd(SIGN_PROJECT, _project_backward, setup_context=_project_setup, lib=_LIBRARY)
+torch.library.register_autograd(SIGN_RECONSTRUCT, _reconstruct_backward, setup_context=_reconstruct_setup,
+                                lib=_LIBRARY)
 
 
 # vmap: every leading row of the input meets the same S, so a vmapped dimension is one more leading row:
@@ -252,13 +304,13 @@ def _batched_first(x: torch.Tensor, in_dim: int | None, batch_size: int) -> torc
     return x.movedim(in_dim, 0) if in_dim is not None else x.expand(batch_size, *x.shape)
 
 
-@_sign_project.register_vmap
+@_register_vmap(SIGN_PROJECT)
 def _(info, in_dims, x, k, seed, stream, row_offset, col_offset, backend, precision):
     x = _batched_first(x, in_dims[0], info.batch_size)
     return torch.ops.stabkern.sign_project(x, k, seed, stream, row_offset, col_offset, backend, precision), 0
 
 
-@_sign_reconstruct.register_vmap
+@_register_vmap(SIGN_RECONSTRUCT)
 def _(info, in_dims, y, n, seed, stream, scale, row_offset, col_offset, backend, precision):
     y = _batched_first(y, in_dims[0], info.batch_size)
     return torch.ops.stabkern.sign_reconstruct(y, n, seed, stream, scale, row_offset, col_offset, backend,
@@ -429,7 +481,6 @@ def _noise_out(x: torch.Tensor, trials: int, dtype: torch.dtype) -> torch.Tensor
     return torch.empty(shape, dtype=dtype, device=x.device)
 
 
-@torch.library.custom_op("stabkern::sphere_noise", mutates_args=())
 def _sphere_noise(x: torch.Tensor, radius: torch.Tensor, trials: int, seed: int, stream: int, sample0: int,
                   trial0: int, out_dtype: torch.dtype, backend: str) -> torch.Tensor:
     seed = _seed_from_int64(seed)
@@ -439,23 +490,37 @@ def _sphere_noise(x: torch.Tensor, radius: torch.Tensor, trials: int, seed: int,
     return unflat_rows(flat, x, trials * x.shape[0])
 
 
-@_sphere_noise.register_fake
+SPHERE_NOISE = _custom_op(_sphere_noise)
+
+
+@_register_fake(SPHERE_NOISE)
 def _(x, radius, trials, seed, stream, sample0, trial0, out_dtype, backend):
     _check_noise_args(x, radius, trials, _seed_from_int64(seed), stream, sample0, trial0, backend, types=False)
     return _noise_out(x, trials, out_dtype)
 
 
-@torch.library.custom_op("stabkern::sq_error", mutates_args=())
 def _sq_error(y_hat: torch.Tensor, y: torch.Tensor, backend: str) -> torch.Tensor:
     _check_error_args(y_hat, y, backend)
     chosen = select("noise", backend, y.device, y.dtype)
     return chosen.sq_error(*_paired_rows(y_hat, y))
 
 
-@_sq_error.register_fake
+SQ_ERROR = _custom_op(_sq_error)
+
+
+@_register_fake(SQ_ERROR)
 def _(y_hat, y, backend):
     _check_error_args(y_hat, y, backend)
     return y_hat.new_empty(y_hat.shape[0], dtype=torch.float64)
+
+
+def _no_derivative(ctx, *grads):
+    raise RuntimeError("stabkern's noise ops (sphere_noise, sq_error) have no derivative: call them on detached "
+                       "tensors, as the stability meters do")
+
+
+torch.library.register_autograd(SPHERE_NOISE, _no_derivative, lib=_LIBRARY)
+torch.library.register_autograd(SQ_ERROR, _no_derivative, lib=_LIBRARY)
 
 
 def _check_error_args(y_hat, y, backend) -> None:

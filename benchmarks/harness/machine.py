@@ -1,6 +1,7 @@
 """What a benchmark ran on: CPU, measured core clock, GPU, library versions, git revision.
 
-`machine_info()` goes into every results file (harness/report.py). `cpu_clock_ghz()` measures the core
+`machine_info()` goes into every results file (harness/report.py): CPU name, vendor, family, model and
+caches (`cpu_identity()`), the measured clock, load averages (report.py). `cpu_clock_ghz()` measures the core
 clock for the ALU ceilings of bench_sign_cpu.py; `gpu_info()` names the GPU and its maximum SM clock
 for bench_sign_gpu.py. Not a profiler: nothing here times a kernel.
 
@@ -51,6 +52,41 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+_CPUINFO_FIELDS = {"vendor_id": "vendor", "cpu family": "family", "model": "model", "stepping": "stepping"}
+
+
+def cpu_identity(cpuinfo: str | None = None) -> dict:
+    """The first CPU of /proc/cpuinfo (or the text `cpuinfo`): {"vendor" (AuthenticAMD, GenuineIntel),
+    "family", "model", "stepping"} (model and family as integers: the model name of a VM can be bare,
+    "AMD EPYC", while family 25 model 1 says Zen 3 Milan), plus cpu0's caches in KiB from sysfs
+    (l1d_kib, l2_kib, l3_kib; None where the OS does not say)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    ident: dict = {name: None for name in _CPUINFO_FIELDS.values()}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor's block only
+        key, _, value = line.partition(":")
+        name = _CPUINFO_FIELDS.get(key.strip())
+        if name is not None:
+            value = value.strip()
+            ident[name] = int(value) if value.isdigit() else value
+    caches = Path("/sys/devices/system/cpu/cpu0/cache")
+    for level, kind, name in (("1", "Data", "l1d_kib"), ("2", "Unified", "l2_kib"), ("3", "Unified", "l3_kib")):
+        ident[name] = None
+        for index in sorted(caches.glob("index*")):
+            try:
+                if (index / "level").read_text().strip() == level and (index / "type").read_text().strip() == kind:
+                    size = (index / "size").read_text().strip()
+                    ident[name] = int(size[:-1]) if size.endswith("K") else int(size) // 1024
+            except (OSError, ValueError):
+                continue
+    return ident
+
+
 def _run(cmd: list[str], cwd=None) -> str | None:
     """stdout of cmd, stripped; None when it cannot run or fails."""
     try:
@@ -89,7 +125,7 @@ def gpu_info() -> dict | None:
 
 @functools.lru_cache(maxsize=None)
 def _static_machine_info() -> dict:
-    info = dict(cpu=_cpu_name(), machine=platform.machine(), logical_cpus=os.cpu_count(),
+    info = dict(cpu=_cpu_name(), cpu_identity=cpu_identity(), machine=platform.machine(), logical_cpus=os.cpu_count(),
                 clock_ghz=cpu_clock_ghz(), python=platform.python_version(), torch=torch.__version__,
                 torch_threads=torch.get_num_threads(), gpu=gpu_info(), git_revision=_git_revision())
     try:

@@ -122,12 +122,18 @@ class BenchReport:
         path.write_text(json.dumps({"machine": machine, "notes": self.notes, "rows": self.rows}, indent=1,
                                    default=str))
         notes = [f"{k}: {v}" for k, v in self.notes.items()]
-        path.with_suffix(".txt").write_text("\n".join([self.table(), *notes]) + "\n")
+        load = (f"load average (1, 5, 15 min) at start {_loads(machine['load_average_at_start'])}, at the last "
+                f"write {_loads(machine['load_average_at_end'])} on {os.cpu_count()} CPUs")
+        path.with_suffix(".txt").write_text("\n".join([self.table(), *notes, load]) + "\n")
         return path
 
 
 _STANDARD = {"case", "shape", "dtype", "device", "backend", "median_s", "rate", "unit", "key", "baseline",
              "baseline_rate", "speedup", "ceiling", "ceiling_rate", "pct_ceiling", "ceiling_measured"}
+
+
+def _loads(loads) -> str:
+    return "unknown" if loads is None else " ".join(f"{v:.2f}" for v in loads)
 
 
 def _si(v: float | None) -> str:

@@ -1,8 +1,10 @@
-"""The benchmark suites' one timer: the median over rounds of seconds per call.
+"""The benchmark suites' timers: the median over rounds of seconds per call.
 
 Not a profiler and not a statistics package: one number per case, CUDA-synchronized, through
 pytest-benchmark when the test passes its `benchmark` fixture (so its table and --benchmark-*
 options apply). The `bench_time` fixture of benchmarks/conftest.py is `median_seconds`.
+`interleaved_medians` times several contenders in turn, round by round, for ratios that a change of
+the machine's load during the run reaches alike (a shared machine's load moves within seconds).
 """
 
 from __future__ import annotations
@@ -41,3 +43,28 @@ def median_seconds(fn, *, rounds: int, inner: int = 1, warmup: int = 1, cuda: bo
         one_round()
         times.append(time.perf_counter() - start)
     return statistics.median(times) / inner
+
+
+
+def interleaved_medians(contenders: dict, *, rounds: int, warmup: int = 1, self_timed=()) -> dict:
+    """{name: median seconds per call} of contenders {name: callable}: `warmup` untimed calls of each, then
+    `rounds` rounds in which every contender runs once, in an order that rotates by one each round, so that
+    none always runs first (after a pause) or last. A contender named in `self_timed` returns the seconds of
+    its call itself (a worker process timing its own call); the others are timed here."""
+    names = list(contenders)
+
+    def seconds(name: str) -> float:
+        if name in self_timed:
+            return contenders[name]()
+        start = time.perf_counter()
+        contenders[name]()
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        for name in names:
+            seconds(name)
+    times: dict = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(seconds(name))
+    return {name: statistics.median(t) for name, t in times.items()}

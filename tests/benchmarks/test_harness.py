@@ -95,7 +95,8 @@ def test_bench_report_writes_json_and_table_to_bench_out(tmp_path, monkeypatch):
     doc = json.loads(path.read_text())
     assert doc["machine"]["cpu"] == "test" and doc["notes"] == {"n": "a note"}
     assert [(r["rate"], r["speedup"]) for r in doc["rows"]] == [(4.0, 1.0)]
-    assert "a note" in path.with_suffix(".txt").read_text()
+    text = path.with_suffix(".txt").read_text()
+    assert "a note" in text and "load average (1, 5, 15 min) at start" in text  # a loaded machine is noisy
 
 
 def test_median_seconds_is_the_median_per_call(monkeypatch):
@@ -105,6 +106,35 @@ def test_median_seconds_is_the_median_per_call(monkeypatch):
     calls = []
     assert timer.median_seconds(lambda: calls.append(1), rounds=3, inner=2, warmup=1) == 1.0
     assert len(calls) == 8  # one warm-up round and three timed rounds of two calls
+
+
+def test_interleaved_medians_rotate_the_order_and_skip_the_warm_up(monkeypatch):
+    """Every contender runs once a round, the first of each round rotating; warm-up calls are not timed; a
+    self-timed contender's own figure is taken as it is."""
+    timer = _harness("timer", monkeypatch)
+    clock = iter(range(100))  # perf_counter: each timed call of a and b takes 1 s
+    monkeypatch.setattr(timer.time, "perf_counter", lambda: float(next(clock)))
+    order = []
+    own = iter([9.0, 5.0, 7.0, 6.0])  # c's warm-up figure (9.0) is not kept
+
+    def c():
+        order.append("c")
+        return next(own)
+
+    medians = timer.interleaved_medians({"a": lambda: order.append("a"), "b": lambda: order.append("b"), "c": c},
+                                        rounds=3, warmup=1, self_timed=("c",))
+    assert order == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert medians == {"a": 1.0, "b": 1.0, "c": 6.0}
+
+
+def test_cpu_identity_reads_the_first_processor(monkeypatch):
+    """Vendor, family and model as integers from /proc/cpuinfo's first block (a VM's model name can be bare)."""
+    machine = _harness("machine", monkeypatch)
+    cpuinfo = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\n"
+               "model name\t: AMD EPYC\nstepping\t: 1\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\n")
+    ident = machine.cpu_identity(cpuinfo)
+    assert (ident["vendor"], ident["family"], ident["model"], ident["stepping"]) == ("AuthenticAMD", 25, 1, 1)
+    assert {"l1d_kib", "l2_kib", "l3_kib"} <= set(ident)
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")

@@ -8,6 +8,9 @@ others breaks it, and the golden-table tests check every sign exactly.
 """
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,6 +233,44 @@ def test_torch_compile_fullgraph_cpu():
     w.grad = None
     f(w).sum().backward()
     torch.testing.assert_close(g, w.grad)
+
+
+EAGER_OPS_SCRIPT = """
+import sys
+import torch
+import stabkern
+from stabkern.ops import sphere_noise, sq_error
+
+x = torch.randn(3, 300, requires_grad=True)
+y = stabkern.sign_project(x, 16, seed=1)
+stabkern.sign_reconstruct(y, 300, seed=1).sum().backward()
+noisy = sphere_noise(x.detach(), torch.ones(3, dtype=torch.float64), trials=2, seed=1, stream=0)
+sq_error(noisy, x.detach())
+print("torch._dynamo" in sys.modules)
+"""
+
+
+def test_eager_ops_do_not_import_dynamo():
+    """Regression (issue 19): the first call to a sign op imported torch._dynamo (seconds at every command-line
+    run): torch.library.custom_op wraps its implementations in torch._disable_dynamo, which imports it."""
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", EAGER_OPS_SCRIPT], cwd=root, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "False", "the eager ops imported torch._dynamo"
+
+
+def test_torch_compile_after_a_graph_break_cpu():
+    """With torch._dynamo imported, an op called eagerly between two compiled graphs runs with Dynamo disabled
+    (as torch.library.custom_op's implementations do) and gives the eager result."""
+
+    def f(w):
+        y = stabkern.sign_project(w, 32, seed=5)
+        torch._dynamo.graph_break()
+        return stabkern.sign_reconstruct(y * 2, w.shape[-1], seed=5)
+
+    w = torch.randn(4, 200)
+    torch.testing.assert_close(torch.compile(f)(w), f(w))
 
 
 def test_sign_compress_is_algorithm_1():
