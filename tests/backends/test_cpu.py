@@ -221,6 +221,46 @@ def test_bitwise_identical_across_waves_of_spans():
     assert torch.equal(cpu_project(x, k, 77, threads=1), cpu_project(x, k, 77, threads=3))
 
 
+# ----------------------------------------------------------------------------- quad-table reconstruction
+
+
+def quad_order_reconstruct(y, n, scale, seed, stream, t0=0, j0=0):
+    """The summation order of the SIMD table kernels' reconstruction (kernel_contract.h), evaluated in
+    float32 with torch: per chunk of 256 rows of S, one fp32 chain per output from 0 adding, quad by quad,
+    the entry ((s0 y0 + s1 y1) + s2 y2) + s3 y3 of its 4 rows (y = 0 past k); chunk partials summed in
+    double in order, times scale in double."""
+    rows, k = y.shape
+    s = reference.sign_block(seed, stream, t0, k, j0, n, dtype=torch.float32)
+    total = torch.zeros(rows, n, dtype=torch.float64)
+    for c0 in range(0, k, 256):
+        chain = torch.zeros(rows, n)
+        for a in range(c0, min(c0 + 256, k), 4):
+            entry = None
+            for t in range(a, a + 4):
+                term = s[t] * y[:, t:t + 1] if t < k else torch.zeros(rows, n)
+                entry = term if entry is None else entry + term
+            chain = chain + entry
+        total += chain.double()
+    return (scale * total).float()
+
+
+@pytest.mark.parametrize("rows", (1, 2, 3, 5, 7, 8))
+def test_table_reconstruction_sums_quads_in_order(isa, monkeypatch, rows):
+    """The SIMD table kernels (AVX2, AVX-512) reconstruct by 16-entry tables of 4 rows of S: the same
+    bits as the quad order evaluated in torch, for every row tile (8, 4, 2, 1 and their sums), k not a
+    multiple of 4 or 8, across chunks of 256 rows, with row and column offsets (rows past 2^32 - 1 wrap)."""
+    if isa == "generic":
+        pytest.skip("the generic kernel adds +-y[t] row by row (exact terms), not quads")
+    monkeypatch.setenv("STABKERN_CPU_KERNEL", "table")
+    gen = torch.Generator().manual_seed(rows)
+    for i, (n, k, t0, j0) in enumerate([(1, 1, 0, 0), (7, 3, 0, 0), (129, 5, 4, 128), (100, 37, 2**32 - 37, 2**37),
+                                        (300, 258, 1000, 0), (64, 515, 3, 256)]):
+        y = torch.randn(rows, k, generator=gen)
+        seed = int(torch.randint(0, 2**62, (), generator=gen))
+        got = cpu_reconstruct(y, n, 0.5, seed, i, t0, j0)
+        assert torch.equal(got, quad_order_reconstruct(y, n, 0.5, seed, i, t0, j0)), (n, k, t0, j0)
+
+
 # ----------------------------------------------------------------------------- GEMM-form FMA kernels
 
 

@@ -13,8 +13,10 @@
 //   partials in a row make a span, summed in double in chunk order; the span sums are added in
 //   double in span order: y = d_0 + d_1 + ..., d_s = p_64s + p_64s+1 + ... . fp32 error grows only
 //   over 512 columns, so the error stays ~1e-7 of sum |x| for any n. Reconstruction, out[r, j]:
-//   rows of S in chunks of 256, one fp32 chain over the rows of a chunk in order, chunk partials
-//   added in double in order, times scale in double. float64 input: the same with double chains.
+//   rows of S in chunks of 256, one fp32 chain over the rows of a chunk in order (the AVX2 and
+//   AVX-512 kernels add one table entry per quad of 4 rows, the generic one +-y[t] per row; see
+//   kernel_contract.h), chunk partials added in double in order, times scale in double. float64
+//   input: the same with double chains.
 // - Work split. Projection units are (panel of 32 rows of x, block of 512 rows of S). With enough
 //   units (the GEMM form) each thread takes whole units and writes y directly. Otherwise (a long
 //   vector) threads take (unit, span) tasks, a wave of spans at a time, and the span sums are added
