@@ -383,7 +383,7 @@ def test_gemm_kernels_same_bits_on_avx2_and_avx512(monkeypatch, family):
 def test_kernel_choice(monkeypatch):
     """Auto: the LUT kernel on the AVX2 path from 8 rows in both directions and for AVX-512
     reconstruction from 32 rows, the table kernels otherwise; STABKERN_CPU_KERNEL forces one except
-    on the generic path."""
+    on the generic path; the AVX2 LUT table height by rows and threads (lut16() in sign_kernels.cpp)."""
     monkeypatch.delenv("STABKERN_CPU_KERNEL", raising=False)
     monkeypatch.setenv("STABKERN_CPU_ISA", "generic")
     assert _cpu.kernel("project", 512) == _cpu.kernel("reconstruct", 512) == "table"
@@ -404,6 +404,12 @@ def test_kernel_choice(monkeypatch):
         assert _cpu.kernel("reconstruct", 32) == "lut"
     monkeypatch.setenv("STABKERN_CPU_ISA", "avx2")
     assert _cpu.lut_rows(8) == 8 and _cpu.lut_rows(32) in (8, 16)  # 16 where L1d >= 48 KiB
+    # 16-row tables from 32 rows on one thread (faster on 32 and 48 KiB L1s alike), on more threads only
+    # where L1d >= 48 KiB (on a 32 KiB L1 they lost at 2 threads)
+    assert _cpu.lut_rows(31, 1) == _cpu.lut_rows(8, 1) == 8 and _cpu.lut_rows(32, 1) == _cpu.lut_rows(512, 1) == 16
+    assert _cpu.lut_rows(512, 2) == _cpu.lut_rows(512, 3) in (8, 16)
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        _cpu.lut_rows(32, -1)
     monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", "16")
     assert _cpu.lut_rows(8) == 16
     monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", "12")
