@@ -174,12 +174,14 @@ struct Avx2Kernel {
   // same value the AVX-512 kernel adds: both give the same bits.
   //
   // Per quad and 32-column word: prepare() has put (b0 ^ b3, rotl(b1 ^ b3, 1), rotl(b2 ^ b3, 2),
-  // rotl(b3, 7)) in memory; four broadcasts, ands with lane masks and ors put bit i of column
-  // 8 m + d at bit (8 m + d + i) mod 32 of lane d, and one rotation right by d (two shifts) gives T:
-  // byte m of lane d = (d0, d1, d2 at bits 0..2, flip at bit 7) of column 8 m + d. Step m (columns
-  // 8 m .. 8 m + 7) copies byte m to bytes 0 and 3 of each lane (vpshufb): bits 0..2 index vpermps,
-  // bit 31 is the flip. Per 32 sign-MACs of one row of y: vpshufb, vpermps, and, xor, add, plus a
-  // quarter of T's 10 ops; every further row of y: vpermps, xor, add.
+  // rotr(b3, 1)) in memory; four broadcasts, ands with lane masks and ors put bit i of column
+  // 8 m + d at bit (8 m + d + i) mod 32 of lane d (the flip at 8 m + d - 1), and one rotation right
+  // by d (two shifts) gives T: in lane d, bits 0..2 of byte m are (d0, d1, d2) of column 8 m + d,
+  // and its flip is bit 7 of byte m - 1 (mod 4). Step 0 (columns 0..7) uses T as it is: bits 0..2
+  // index vpermps, bit 31 is the flip; step m > 0 first copies byte m to byte 0 and byte m - 1 to
+  // byte 3 (vpshufb). Per 32 sign-MACs of one row of y: vpermps, and, xor, add, 3/4 of a vpshufb
+  // (the shuffle costs about a cycle beside vpermps), a quarter of T's 10 ops; every further row of
+  // y: vpermps, xor, add.
   template <int R, int NB>  // R rows of y, NB steps (registers of 8 columns) of a word per pass
   STABKERN_AVX2 static void reconstruct_rows(const uint32_t* prep, int nq,
                                              const float* tab, float* part, int64_t ldp) {
@@ -187,17 +189,18 @@ struct Avx2Kernel {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256i rot_left = _mm256_sub_epi32(_mm256_set1_epi32(32), lane);
     const __m256i sign = _mm256_set1_epi32(int(0x80000000u));
-    __m256i mask[4];  // lane d keeps bits (8 m + d + i) mod 32 of row i's prepared word (i = 0, 1, 2, 7)
+    __m256i mask[4];  // lane d keeps bits (8 m + d + i) mod 32 of row i's prepared word (i = 0, 1, 2, -1)
     for (int i = 0; i < 4; ++i) {
-      const int rot = i < 3 ? i : 7;
+      const int rot = i < 3 ? i : 31;
       const __m256i m = _mm256_sllv_epi32(_mm256_set1_epi32(0x01010101), lane);
       mask[i] = _mm256_or_si256(_mm256_sllv_epi32(m, _mm256_set1_epi32(rot)),
                                 _mm256_srlv_epi32(m, _mm256_set1_epi32(32 - rot)));
     }
-    __m256i ctl[4];  // byte m of each lane to its bytes 0 and 3, bytes 1 and 2 zero (vpshufb: within 16 bytes)
+    __m256i ctl[4];  // step m > 0: byte m of each lane to byte 0, byte m - 1 to byte 3 (vpshufb: within 16 bytes)
     for (int m = 0; m < 4; ++m) {
       alignas(32) uint8_t c[32];
-      for (int k = 0; k < 32; ++k) c[k] = k % 4 == 0 || k % 4 == 3 ? uint8_t((k % 16) / 4 * 4 + m) : 0x80;
+      for (int k = 0; k < 32; ++k)
+        c[k] = k % 4 == 0 ? uint8_t((k % 16) / 4 * 4 + m) : k % 4 == 3 ? uint8_t((k % 16) / 4 * 4 + (m + 3) % 4) : 0x80;
       ctl[m] = _mm256_load_si256(reinterpret_cast<const __m256i*>(c));
     }
     for (int q = 0; q < 4; ++q)
@@ -211,7 +214,7 @@ struct Avx2Kernel {
           for (int i = 1; i < 4; ++i) x = _mm256_or_si256(x, _mm256_and_si256(_mm256_set1_epi32(p[i]), mask[i]));
           const __m256i t = _mm256_or_si256(_mm256_srlv_epi32(x, lane), _mm256_sllv_epi32(x, rot_left));
           for (int m = 0; m < NB; ++m) {
-            const __m256i sel = _mm256_shuffle_epi8(t, ctl[m0 + m]);
+            const __m256i sel = m0 + m == 0 ? t : _mm256_shuffle_epi8(t, ctl[m0 + m]);
             const __m256 flip = _mm256_castsi256_ps(_mm256_and_si256(sel, sign));
             for (int r = 0; r < R; ++r) {
               const __m256 e = _mm256_permutevar8x32_ps(_mm256_load_ps(tab + (r * kQuads + a) * 8), sel);
@@ -226,11 +229,11 @@ struct Avx2Kernel {
 
   // prep[(a * 4 + q) * 4 + i] for the quads a < nq of one group's words (kernel_contract.h layout:
   // quad a is rows 4 a .. 4 a + 3, lanes 4 (a % 2) .. of row group a / 2): with b_i word q of row
-  // 4 a + i, (b0 ^ b3, rotl(b1 ^ b3, 1), rotl(b2 ^ b3, 2), rotl(b3, 7)).
+  // 4 a + i, (b0 ^ b3, rotl(b1 ^ b3, 1), rotl(b2 ^ b3, 2), rotr(b3, 1)).
   STABKERN_AVX2 static void prepare(const uint32_t* words, int nq, uint32_t* prep) {
     const __m256i keep = _mm256_setr_epi32(-1, -1, -1, 0, -1, -1, -1, 0);
-    const __m256i left = _mm256_setr_epi32(0, 1, 2, 7, 0, 1, 2, 7);
-    const __m256i right = _mm256_setr_epi32(32, 31, 30, 25, 32, 31, 30, 25);
+    const __m256i left = _mm256_setr_epi32(0, 1, 2, 31, 0, 1, 2, 31);
+    const __m256i right = _mm256_setr_epi32(32, 31, 30, 1, 32, 31, 30, 1);
     for (int g = 0; g < (nq + 1) / 2; ++g)
       for (int q = 0; q < 4; ++q) {
         const __m256i x = _mm256_load_si256(reinterpret_cast<const __m256i*>(words + (g * 4 + q) * kLanes));
