@@ -221,6 +221,46 @@ def test_bitwise_identical_across_waves_of_spans():
     assert torch.equal(cpu_project(x, k, 77, threads=1), cpu_project(x, k, 77, threads=3))
 
 
+# ----------------------------------------------------------------------------- quad-table reconstruction
+
+
+def quad_order_reconstruct(y, n, scale, seed, stream, t0=0, j0=0):
+    """The summation order of the SIMD table kernels' reconstruction (kernel_contract.h), evaluated in
+    float32 with torch: per chunk of 256 rows of S, one fp32 chain per output from 0 adding, quad by quad,
+    the entry ((s0 y0 + s1 y1) + s2 y2) + s3 y3 of its 4 rows (y = 0 past k); chunk partials summed in
+    double in order, times scale in double."""
+    rows, k = y.shape
+    s = reference.sign_block(seed, stream, t0, k, j0, n, dtype=torch.float32)
+    total = torch.zeros(rows, n, dtype=torch.float64)
+    for c0 in range(0, k, 256):
+        chain = torch.zeros(rows, n)
+        for a in range(c0, min(c0 + 256, k), 4):
+            entry = None
+            for t in range(a, a + 4):
+                term = s[t] * y[:, t:t + 1] if t < k else torch.zeros(rows, n)
+                entry = term if entry is None else entry + term
+            chain = chain + entry
+        total += chain.double()
+    return (scale * total).float()
+
+
+@pytest.mark.parametrize("rows", (1, 2, 3, 5, 7, 8))
+def test_table_reconstruction_sums_quads_in_order(isa, monkeypatch, rows):
+    """The SIMD table kernels (AVX2, AVX-512) reconstruct by 16-entry tables of 4 rows of S: the same
+    bits as the quad order evaluated in torch, for every row tile (8, 4, 2, 1 and their sums), k not a
+    multiple of 4 or 8, across chunks of 256 rows, with row and column offsets (rows past 2^32 - 1 wrap)."""
+    if isa == "generic":
+        pytest.skip("the generic kernel adds +-y[t] row by row (exact terms), not quads")
+    monkeypatch.setenv("STABKERN_CPU_KERNEL", "table")
+    gen = torch.Generator().manual_seed(rows)
+    for i, (n, k, t0, j0) in enumerate([(1, 1, 0, 0), (7, 3, 0, 0), (129, 5, 4, 128), (100, 37, 2**32 - 37, 2**37),
+                                        (300, 258, 1000, 0), (64, 515, 3, 256)]):
+        y = torch.randn(rows, k, generator=gen)
+        seed = int(torch.randint(0, 2**62, (), generator=gen))
+        got = cpu_reconstruct(y, n, 0.5, seed, i, t0, j0)
+        assert torch.equal(got, quad_order_reconstruct(y, n, 0.5, seed, i, t0, j0)), (n, k, t0, j0)
+
+
 # ----------------------------------------------------------------------------- GEMM-form FMA kernels
 
 
@@ -343,7 +383,7 @@ def test_gemm_kernels_same_bits_on_avx2_and_avx512(monkeypatch, family):
 def test_kernel_choice(monkeypatch):
     """Auto: the LUT kernel on the AVX2 path from 8 rows in both directions and for AVX-512
     reconstruction from 32 rows, the table kernels otherwise; STABKERN_CPU_KERNEL forces one except
-    on the generic path."""
+    on the generic path; the AVX2 LUT table height by rows and threads (lut16() in sign_kernels.cpp)."""
     monkeypatch.delenv("STABKERN_CPU_KERNEL", raising=False)
     monkeypatch.setenv("STABKERN_CPU_ISA", "generic")
     assert _cpu.kernel("project", 512) == _cpu.kernel("reconstruct", 512) == "table"
@@ -364,6 +404,12 @@ def test_kernel_choice(monkeypatch):
         assert _cpu.kernel("reconstruct", 32) == "lut"
     monkeypatch.setenv("STABKERN_CPU_ISA", "avx2")
     assert _cpu.lut_rows(8) == 8 and _cpu.lut_rows(32) in (8, 16)  # 16 where L1d >= 48 KiB
+    # 16-row tables from 32 rows on one thread (faster on 32 and 48 KiB L1s alike), on more threads only
+    # where L1d >= 48 KiB (on a 32 KiB L1 they lost at 2 threads)
+    assert _cpu.lut_rows(31, 1) == _cpu.lut_rows(8, 1) == 8 and _cpu.lut_rows(32, 1) == _cpu.lut_rows(512, 1) == 16
+    assert _cpu.lut_rows(512, 2) == _cpu.lut_rows(512, 3) in (8, 16)
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        _cpu.lut_rows(32, -1)
     monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", "16")
     assert _cpu.lut_rows(8) == 16
     monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", "12")

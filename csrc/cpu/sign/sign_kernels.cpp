@@ -13,8 +13,10 @@
 //   partials in a row make a span, summed in double in chunk order; the span sums are added in
 //   double in span order: y = d_0 + d_1 + ..., d_s = p_64s + p_64s+1 + ... . fp32 error grows only
 //   over 512 columns, so the error stays ~1e-7 of sum |x| for any n. Reconstruction, out[r, j]:
-//   rows of S in chunks of 256, one fp32 chain over the rows of a chunk in order, chunk partials
-//   added in double in order, times scale in double. float64 input: the same with double chains.
+//   rows of S in chunks of 256, one fp32 chain over the rows of a chunk in order (the AVX2 and
+//   AVX-512 kernels add one table entry per quad of 4 rows, the generic one +-y[t] per row; see
+//   kernel_contract.h), chunk partials added in double in order, times scale in double. float64
+//   input: the same with double chains.
 // - Work split. Projection units are (panel of 32 rows of x, block of 512 rows of S). With enough
 //   units (the GEMM form) each thread takes whole units and writes y directly. Otherwise (a long
 //   vector) threads take (unit, span) tasks, a wave of spans at a time, and the span sums are added
@@ -331,14 +333,17 @@ Family family(Isa isa, bool project, int64_t rows) {
   return isa == Isa::kGeneric ? Family::kTable : f;
 }
 
-// Which AVX2 LUT kernel: Avx2Lut16 (16-row tables, 32 KiB per chunk) from kLut16MinRows rows where
-// the L1 data cache holds them with the selectors (>= 48 KiB, as the OS reports it), else Avx2Lut
-// (8 rows, 16 KiB). Measured here (48 KiB L1, n = 4608, k = 4096, 1 thread): Avx2Lut16 1.1-1.2x
-// from 32 rows, but half-empty 16-row blocks lose at 8 and 24 rows. STABKERN_CPU_LUT_ROWS=8|16
-// forces one (read at every call, for tests); both give the same bits.
+// Which AVX2 LUT kernel: Avx2Lut16 (16-row tables, 32 KiB per chunk + 16 KiB of selectors) from
+// kLut16MinRows rows, else Avx2Lut (8 rows, 16 + 8 KiB). Measured (GEMM form, n = 4608, k = 4096;
+// csrc/README.md has the sweep): from 32 rows Avx2Lut16 is 1.1-1.2x on Intel with a 48 KiB L1d at
+// 1 thread, and on AMD Zen 3 with a 32 KiB L1d 1.09-1.43x at 1 thread but 0.84-0.89x at 2 threads
+// running side by side (issue 19, a quiet machine; why is not established: a pointer chase showed
+// no L1 shared between the two cores). So: 16 rows on one thread, or on any number where the OS
+// reports an L1 data cache >= 48 KiB; 8 rows otherwise. Half-empty 16-row blocks lose at 8 and 24
+// rows. STABKERN_CPU_LUT_ROWS=8|16 forces one (read at every call, for tests); both give the same bits.
 constexpr int64_t kLut16MinRows = 32;
 
-bool lut16(int64_t rows) {
+bool lut16(int64_t rows, int threads) {
   const char* env = std::getenv("STABKERN_CPU_LUT_ROWS");
   if (env != nullptr && env[0] != '\0') {
     if (std::strcmp(env, "8") == 0) return false;
@@ -352,7 +357,7 @@ bool lut16(int64_t rows) {
     return false;
 #endif
   }();
-  return big_l1 && rows >= kLut16MinRows;
+  return rows >= kLut16MinRows && (big_l1 || threads == 1);
 }
 
 // A float32 call by the GEMM-form kernel family() picks (LUT or FMA): rows of `in` (P values each: n
@@ -372,7 +377,7 @@ bool run_gemm_form([[maybe_unused]] Isa isa, Family f, [[maybe_unused]] const fl
       return true;
     case Isa::kAvx2:
       if (f == Family::kFma) gemm_run<Avx2Gemm>(in, out, a.rows, P, C, scale, project, key, a, threads);
-      else if (lut16(a.rows)) lut_run<Avx2Lut16>(in, out, a.rows, P, C, scale, project, key, a, threads);
+      else if (lut16(a.rows, threads)) lut_run<Avx2Lut16>(in, out, a.rows, P, C, scale, project, key, a, threads);
       else lut_run<Avx2Lut>(in, out, a.rows, P, C, scale, project, key, a, threads);
       return true;
 #endif
@@ -424,10 +429,12 @@ const char* kernel(const std::string& op, int64_t rows) {
   return kFamilyNames[int(family(chosen_isa(), op == "project", rows))];
 }
 
-int lut_rows(int64_t rows) {
+int lut_rows(int64_t rows, int threads) {
+  SketchArgs a{};
+  a.num_threads = threads;
   switch (chosen_isa()) {
     case Isa::kAvx512: return 16;
-    case Isa::kAvx2: return lut16(rows) ? 16 : 8;
+    case Isa::kAvx2: return lut16(rows, thread_count(a)) ? 16 : 8;
     default: return 0;
   }
 }

@@ -5,8 +5,8 @@
 // 64-bit lanes. AVX2 has no 16-entry float permute, so projection looks up 3 columns at a time
 // (vpermps picks one of 8 entries by the low 3 bits of each lane's word): a 32-column word takes
 // 10 lookups of 3 columns and one of its last 2 (a table whose third column is zero).
-// Reconstruction turns each lane's sign bit into the float sign bit with one variable shift and
-// an andnot, then flips +y into -y with an xor.
+// Reconstruction looks up 4 rows of S at a time (the AVX-512 kernel's quad tables, folded to 8
+// entries by symmetry): one vpermps applies 8 columns x 4 rows (see reconstruct_rows).
 #pragma once
 
 #if defined(__x86_64__)
@@ -103,14 +103,19 @@ struct Avx2Kernel {
 
   STABKERN_AVX2 static void reconstruct(const float* y, int64_t ldy, int R, const uint32_t* words, int ng, int kt,
                                         float* part, int64_t ldp) {
+    constexpr int kQuads = kMaxChunkRows / 4;
+    alignas(32) float tab[kMaxTileRows * kQuads * 8];
+    alignas(32) uint32_t prep[kQuads * 4 * 4];
+    const int nq = (kt + 3) / 4;
+    quad_tables(y, ldy, R, kt, tab);
     for (int i = 0; i < ng; ++i) {
-      const uint32_t* w = words + i * kMaxChunkRows * 4;
+      prepare(words + i * kMaxChunkRows * 4, nq, prep);
       float* p = part + i * kGroupCols;
       int r = 0;
-      if (R & 8) reconstruct_rows<8, 1>(y, ldy, w, kt, p, ldp), r += 8;
-      if (R & 4) reconstruct_rows<4, 2>(y + r * ldy, ldy, w, kt, p + r * ldp, ldp), r += 4;
-      if (R & 2) reconstruct_rows<2, 4>(y + r * ldy, ldy, w, kt, p + r * ldp, ldp), r += 2;
-      if (R & 1) reconstruct_rows<1, 4>(y + r * ldy, ldy, w, kt, p + r * ldp, ldp);
+      if (R & 8) reconstruct_rows<8, 1>(prep, nq, tab, p, ldp), r += 8;
+      if (R & 4) reconstruct_rows<4, 2>(prep, nq, tab + r * kQuads * 8, p + r * ldp, ldp), r += 4;
+      if (R & 2) reconstruct_rows<2, 4>(prep, nq, tab + r * kQuads * 8, p + r * ldp, ldp), r += 2;
+      if (R & 1) reconstruct_rows<1, 4>(prep, nq, tab + r * kQuads * 8, p + r * ldp, ldp);
     }
   }
 
@@ -159,34 +164,101 @@ struct Avx2Kernel {
       for (int g = 0; g < TG; ++g) _mm256_storeu_ps(part + r * ldp + g * kLanes, acc[r][g]);
   }
 
-  // R rows of y, V registers of 8 columns at a time; the 16 registers of a group in steps of V.
-  template <int R, int V>
-  STABKERN_AVX2 static void reconstruct_rows(const float* y, int64_t ldy, const uint32_t* words, int kt,
-                                             float* part, int64_t ldp) {
-    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
-    for (int v0 = 0; v0 < 16; v0 += V) {
-      // Register v covers columns 8 v .. 8 v + 7 of word v / 4: shift bit 8 (v % 4) + l to bit 31.
-      const __m256i lane = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
-      __m256i shift[V];
-      for (int v = 0; v < V; ++v) shift[v] = _mm256_sub_epi32(_mm256_set1_epi32(31 - 8 * ((v0 + v) & 3)), lane);
-      __m256 acc[R][V];
-      for (int r = 0; r < R; ++r)
-        for (int v = 0; v < V; ++v) acc[r][v] = _mm256_loadu_ps(part + r * ldp + 8 * (v0 + v));
-      for (int t = 0; t < kt; ++t) {
-        const uint32_t* w = words + (t / kLanes) * 4 * kLanes + t % kLanes;
-        __m256 flip[V];  // sign bit set where S[t, j] = -1
-        for (int v = 0; v < V; ++v) {
-          const __m256i bits = _mm256_sllv_epi32(_mm256_set1_epi32(int(w[((v0 + v) >> 2) * kLanes])), shift[v]);
-          flip[v] = _mm256_andnot_ps(_mm256_castsi256_ps(bits), sign_bit);
-        }
-        for (int r = 0; r < R; ++r) {
-          const __m256 pos = _mm256_set1_ps(y[r * ldy + t]);
-          for (int v = 0; v < V; ++v) acc[r][v] = _mm256_add_ps(acc[r][v], _mm256_xor_ps(pos, flip[v]));
-        }
-      }
-      for (int r = 0; r < R; ++r)
-        for (int v = 0; v < V; ++v) _mm256_storeu_ps(part + r * ldp + 8 * (v0 + v), acc[r][v]);
+  // Reconstruction, the lookup turned around (as Avx512Kernel::reconstruct_rows, on 8 lanes): lanes
+  // are 8 columns, and for every quad of 4 rows of S the table holds signed sums of their 4 values
+  // of y. vpermps picks one of 8 entries, so the table keeps the 8 patterns whose row-3 sign is -1,
+  // U[d] = ((s0 y0 + s1 y1) + s2 y2) - y3 (s_i = +1 if bit i of d), and a column whose row-3 sign is
+  // +1 takes the negation of the complement's entry: index d_i = b_i ^ b_3, sign flipped iff b_3 (b_i
+  // the column's sign bit in row i). -U[~s] is exactly ((s0 y0 + s1 y1) + s2 y2) + y3 (rounding is
+  // symmetric), so every column adds the entry ((+-y0 +-y1) +-y2) +-y3 of kernel_contract.h, the
+  // same value the AVX-512 kernel adds: both give the same bits.
+  //
+  // Per quad and 32-column word: prepare() has put (b0 ^ b3, rotl(b1 ^ b3, 1), rotl(b2 ^ b3, 2),
+  // rotr(b3, 1)) in memory; four broadcasts, ands with lane masks and ors put bit i of column
+  // 8 m + d at bit (8 m + d + i) mod 32 of lane d (the flip at 8 m + d - 1), and one rotation right
+  // by d (two shifts) gives T: in lane d, bits 0..2 of byte m are (d0, d1, d2) of column 8 m + d,
+  // and its flip is bit 7 of byte m - 1 (mod 4). Step 0 (columns 0..7) uses T as it is: bits 0..2
+  // index vpermps, bit 31 is the flip; step m > 0 first copies byte m to byte 0 and byte m - 1 to
+  // byte 3 (vpshufb). Per 32 sign-MACs of one row of y: vpermps, and, xor, add, 3/4 of a vpshufb
+  // (the shuffle costs about a cycle beside vpermps), a quarter of T's 10 ops; every further row of
+  // y: vpermps, xor, add.
+  template <int R, int NB>  // R rows of y, NB steps (registers of 8 columns) of a word per pass
+  STABKERN_AVX2 static void reconstruct_rows(const uint32_t* prep, int nq,
+                                             const float* tab, float* part, int64_t ldp) {
+    constexpr int kQuads = kMaxChunkRows / 4;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i rot_left = _mm256_sub_epi32(_mm256_set1_epi32(32), lane);
+    const __m256i sign = _mm256_set1_epi32(int(0x80000000u));
+    __m256i mask[4];  // lane d keeps bits (8 m + d + i) mod 32 of row i's prepared word (i = 0, 1, 2, -1)
+    for (int i = 0; i < 4; ++i) {
+      const int rot = i < 3 ? i : 31;
+      const __m256i m = _mm256_sllv_epi32(_mm256_set1_epi32(0x01010101), lane);
+      mask[i] = _mm256_or_si256(_mm256_sllv_epi32(m, _mm256_set1_epi32(rot)),
+                                _mm256_srlv_epi32(m, _mm256_set1_epi32(32 - rot)));
     }
+    __m256i ctl[4];  // step m > 0: byte m of each lane to byte 0, byte m - 1 to byte 3 (vpshufb: within 16 bytes)
+    for (int m = 0; m < 4; ++m) {
+      alignas(32) uint8_t c[32];
+      for (int k = 0; k < 32; ++k)
+        c[k] = k % 4 == 0 ? uint8_t((k % 16) / 4 * 4 + m) : k % 4 == 3 ? uint8_t((k % 16) / 4 * 4 + (m + 3) % 4) : 0x80;
+      ctl[m] = _mm256_load_si256(reinterpret_cast<const __m256i*>(c));
+    }
+    for (int q = 0; q < 4; ++q)
+      for (int m0 = 0; m0 < 4; m0 += NB) {
+        __m256 acc[R][NB];
+        for (int r = 0; r < R; ++r)
+          for (int m = 0; m < NB; ++m) acc[r][m] = _mm256_loadu_ps(part + r * ldp + 32 * q + 8 * (m0 + m));
+        for (int a = 0; a < nq; ++a) {
+          const int* p = reinterpret_cast<const int*>(prep + (a * 4 + q) * 4);
+          __m256i x = _mm256_and_si256(_mm256_set1_epi32(p[0]), mask[0]);
+          for (int i = 1; i < 4; ++i) x = _mm256_or_si256(x, _mm256_and_si256(_mm256_set1_epi32(p[i]), mask[i]));
+          const __m256i t = _mm256_or_si256(_mm256_srlv_epi32(x, lane), _mm256_sllv_epi32(x, rot_left));
+          for (int m = 0; m < NB; ++m) {
+            const __m256i sel = m0 + m == 0 ? t : _mm256_shuffle_epi8(t, ctl[m0 + m]);
+            const __m256 flip = _mm256_castsi256_ps(_mm256_and_si256(sel, sign));
+            for (int r = 0; r < R; ++r) {
+              const __m256 e = _mm256_permutevar8x32_ps(_mm256_load_ps(tab + (r * kQuads + a) * 8), sel);
+              acc[r][m] = _mm256_add_ps(acc[r][m], _mm256_xor_ps(e, flip));
+            }
+          }
+        }
+        for (int r = 0; r < R; ++r)
+          for (int m = 0; m < NB; ++m) _mm256_storeu_ps(part + r * ldp + 32 * q + 8 * (m0 + m), acc[r][m]);
+      }
+  }
+
+  // prep[(a * 4 + q) * 4 + i] for the quads a < nq of one group's words (kernel_contract.h layout:
+  // quad a is rows 4 a .. 4 a + 3, lanes 4 (a % 2) .. of row group a / 2): with b_i word q of row
+  // 4 a + i, (b0 ^ b3, rotl(b1 ^ b3, 1), rotl(b2 ^ b3, 2), rotr(b3, 1)).
+  STABKERN_AVX2 static void prepare(const uint32_t* words, int nq, uint32_t* prep) {
+    const __m256i keep = _mm256_setr_epi32(-1, -1, -1, 0, -1, -1, -1, 0);
+    const __m256i left = _mm256_setr_epi32(0, 1, 2, 31, 0, 1, 2, 31);
+    const __m256i right = _mm256_setr_epi32(32, 31, 30, 1, 32, 31, 30, 1);
+    for (int g = 0; g < (nq + 1) / 2; ++g)
+      for (int q = 0; q < 4; ++q) {
+        const __m256i x = _mm256_load_si256(reinterpret_cast<const __m256i*>(words + (g * 4 + q) * kLanes));
+        const __m256i e = _mm256_xor_si256(x, _mm256_and_si256(_mm256_shuffle_epi32(x, 0xFF), keep));
+        const __m256i r = _mm256_or_si256(_mm256_sllv_epi32(e, left), _mm256_srlv_epi32(e, right));
+        _mm_store_si128(reinterpret_cast<__m128i*>(prep + ((2 * g) * 4 + q) * 4), _mm256_castsi256_si128(r));
+        _mm_store_si128(reinterpret_cast<__m128i*>(prep + ((2 * g + 1) * 4 + q) * 4), _mm256_extracti128_si256(r, 1));
+      }
+  }
+
+  // tab[(r * kQuads + a) * 8 + d] = ((s0 y0 + s1 y1) + s2 y2) - y3 for quad a (y_i = y[r, 4 a + i], 0
+  // past kt), s_i = +1 if bit i of d: the same roundings as the AVX-512 table (fma by +-1 = one add).
+  STABKERN_AVX2 static void quad_tables(const float* y, int64_t ldy, int R, int kt, float* tab) {
+    constexpr int kQuads = kMaxChunkRows / 4;
+    __m256 sgn[3];
+    for (int b = 0; b < 3; ++b) sgn[b] = sign_pattern(b);
+    for (int r = 0; r < R; ++r)
+      for (int a = 0; a < (kt + 3) / 4; ++a) {
+        float v[4];
+        for (int i = 0; i < 4; ++i) v[i] = 4 * a + i < kt ? y[r * ldy + 4 * a + i] : 0.0f;
+        __m256 e = _mm256_mul_ps(_mm256_set1_ps(v[0]), sgn[0]);
+        e = _mm256_fmadd_ps(_mm256_set1_ps(v[1]), sgn[1], e);
+        e = _mm256_fmadd_ps(_mm256_set1_ps(v[2]), sgn[2], e);
+        _mm256_store_ps(tab + (r * kQuads + a) * 8, _mm256_sub_ps(e, _mm256_set1_ps(v[3])));
+      }
   }
 };
 
