@@ -263,7 +263,7 @@ def test_baselines_and_peers(bench_report, bench_interleaved, cpu_clock, cpu_ide
         extra = ({"blas": (core if name == "numpy" else worker.core).get("architecture")} if numpy_row else {})
         if name.startswith("stabkern"):
             family = _cpu.kernel(op, rows)
-            extra = dict(kernel=family, **({"lut_rows": _cpu.lut_rows(rows)} if family == "lut" else {}))
+            extra = dict(kernel=family, **({"lut_rows": _cpu.lut_rows(rows, n_threads)} if family == "lut" else {}))
         elif "Sparse" in name:
             extra["ceiling"] = None  # fewer MACs than rows * n * k: the rate is per dense sign-MAC equivalent
         _add(bench_report, cpu, case, name, median, shapes.get(name, (rows, n, k)), n_threads,
@@ -300,8 +300,8 @@ def test_stabkern_cpu(benchmark, bench_report, bench_time, cpu_clock, cpu_identi
     monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", "")
     if rows > 1 and kernel == "auto":
         family = _cpu.kernel(op, rows)
-        bench_report("sign-cpu").notes[f"default kernel, {case}, {isa}"] = family + (
-            f" ({_cpu.lut_rows(rows)}-row tables)" if family == "lut" else "")
+        bench_report("sign-cpu").notes[f"default kernel, {case}, {isa}, {n_threads} thread(s)"] = family + (
+            f" ({_cpu.lut_rows(rows, n_threads)}-row tables at {n_threads} thread(s))" if family == "lut" else "")
         pytest.skip("the table, fma and lut rows cover the GEMM form; the notes say which one is the default")
     if kernel in ("lut8", "lut16") and isa != "avx2":
         pytest.skip("8- and 16-row LUT tables are an AVX2-path choice (AVX-512 takes 16 rows)")
@@ -320,7 +320,7 @@ def test_stabkern_cpu(benchmark, bench_report, bench_time, cpu_clock, cpu_identi
         fn = lambda: stabkern.sign_reconstruct(y, n, seed=SEED, backend="cpu")  # noqa: E731
     median = bench_time(fn, rounds=7 if rows == 1 else 5, warmup=1, benchmark=benchmark)
     family = _cpu.kernel(op, rows)
-    lut_rows = _cpu.lut_rows(rows) if family == "lut" else None
+    lut_rows = _cpu.lut_rows(rows, n_threads) if family == "lut" else None  # the height depends on the threads
     assert forced_rows in ("", str(lut_rows)), f"{kernel} ran {lut_rows}-row tables"
     row = _add(bench_report, dict(cpu_clock, vendor=cpu_identity["vendor"]), case, "stabkern cpu", median,
                (rows, n, k), n_threads, isa=isa, kernel=family, **({"lut_rows": lut_rows} if lut_rows else {}))
