@@ -73,8 +73,8 @@ from .context import (MAX_SAMPLES, DataSource, Prepared, check_finite, count_chu
 from .propagate import repeat_trials
 from .report import interval95, summarize
 
-ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.GELU, nn.SiLU, nn.PReLU, nn.Hardtanh, nn.Softplus,
-               nn.Tanh)
+ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.PReLU, nn.Hardtanh,
+               nn.Softplus, nn.Tanh)
 
 
 def check_meterable(prep: Prepared) -> None:

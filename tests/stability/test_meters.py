@@ -174,6 +174,20 @@ def test_activation_contraction_with_a_shared_relu():
     assert all(d[k]["min"] >= 1 for k in d if k != "c")  # ||relu(u)|| <= ||u||
 
 
+def test_activation_contraction_after_hardswish():
+    """MobileNetV3's Hardswish is an activation (phi(0) = 0, like SiLU): the layer before it gets its
+    contraction ||u|| / ||hardswish(u)|| (issue 17: it was left out, as if no activation followed)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardswish(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    x = data(5, (3, 8, 8))
+    d = activation_contraction(net, x)
+    with torch.no_grad():
+        u = net[0](x).flatten(1)
+    ratio = u.norm(dim=1) / nn.functional.hardswish(u).norm(dim=1)
+    assert d["0"]["max"] == pytest.approx(ratio.max().item(), rel=1e-6)
+    assert "3" not in d
+
+
 def test_noise_sensitivity_is_the_attenuation_at_the_output():
     net, x = chain_net(), data()
     psi = noise_sensitivity(net, x, alpha=0.05, trials=4, seed=3)
