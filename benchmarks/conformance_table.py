@@ -1,0 +1,135 @@
+"""The conformance table of issue 17: per zoo family, did the conformance checks pass, and what does the
+card cost at 32x32 with 16 images.
+
+Per family (tests/helpers/conformance_nets.py: one representative each, random weights, seed 0, 10 classes):
+- attenuation, measure, compress: the outcome of tests/conformance/test_conformance_{attenuation,measure,
+  compress}.py for that net (pass = every test of the file passed);
+- card: `stabkern card ARCH:weights.pt` (the net's state_dict saved to a file) on 16 random 32x32 images
+  without labels (random weights: labels would mean nothing, and without them the card skips the
+  accuracy-vs-k sweep), default settings, --quiet, in a fresh process; ok = exit 0 and card.json validates;
+  its wall time, with the card's own stage times.
+
+Not a test and not a timing benchmark of a kernel: one run, wall times of a whole command on whatever the
+machine is doing (the JSON records the load average at start and end).
+
+    PYTHONPATH=. python3 benchmarks/conformance_table.py [ARCH ...] [--no-tests]
+
+Writes benchmarks/results/conformance-<date>.json and .md after every family (a partial run keeps its rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers.conformance_nets import ARCHS, CLASSES, net_of  # noqa: E402
+
+CHECKS = {"attenuation": "test_conformance_attenuation.py", "measure": "test_conformance_measure.py",
+          "compress": "test_conformance_compress.py"}
+IMAGES, SIZE = 16, 32
+
+
+class Outcomes:
+    """pytest plugin: per (file, architecture), whether every test passed."""
+
+    def __init__(self):
+        self.passed: dict = {}
+
+    def pytest_runtest_logreport(self, report):
+        if report.when != "call" and not report.failed:
+            return
+        file = report.nodeid.split("::")[0].rsplit("/", 1)[-1]
+        params = report.nodeid.rsplit("[", 1)[-1].rstrip("]").split("-") if "[" in report.nodeid else []
+        arch = next((a for a in ARCHS if a in params), None)
+        if arch is not None:
+            key = (file, arch)
+            self.passed[key] = self.passed.get(key, True) and report.passed
+
+
+def run_checks(archs) -> dict:
+    import pytest
+    plugin = Outcomes()
+    files = [str(ROOT / "tests" / "conformance" / f) for f in CHECKS.values()]
+    pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT), *files, "-k", " or ".join(archs)],
+                plugins=[plugin])
+    return {arch: {check: plugin.passed.get((file, arch)) for check, file in CHECKS.items()} for arch in archs}
+
+
+def run_card(arch: str, folder: Path) -> dict:
+    weights, data = folder / f"{arch}.pt", folder / "data.npz"
+    torch.save(net_of(arch).state_dict(), weights)
+    x = torch.randn(IMAGES, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    np.savez(data, x=x.numpy())
+    cmd = [sys.executable, "-m", "stabkern", "card", f"{arch}:{weights}", "--data", str(data), "--num-classes",
+           str(CLASSES), "--quiet", "--json", "--out", str(folder / "cards"), "--name", arch]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wall = time.perf_counter() - start
+    row = {"card_ok": False, "card_wall_s": round(wall, 1), "card_stages_s": None, "error": None}
+    if proc.returncode != 0:
+        row["error"] = (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1][:300]
+        return row
+    from stabkern.schemas import validate
+    doc = json.loads(proc.stdout)
+    validate(doc)
+    row["card_ok"] = all((folder / "cards" / arch / name).is_file() for name in doc["figures"].values())
+    row["card_stages_s"] = {k: round(v, 1) for k, v in doc["provenance"]["wall_time_s"].items()}
+    return row
+
+
+def write(rows: dict, meta: dict) -> None:
+    out = ROOT / "benchmarks" / "results" / f"conformance-{meta['date']}"
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+
+    def mark(v):
+        return {True: "pass", False: "FAIL", None: "not run"}[v]
+
+    lines = [f"# Conformance table, {meta['date']}", "",
+             f"{meta['machine']}; torch {meta['torch']}; card at {SIZE}x{SIZE}, {IMAGES} images, no labels, "
+             f"defaults; load average {meta['load_start']} at start, {meta.get('load_end')} at end.", "",
+             "| family | arch | attenuation agrees | measure ok | compress ok | card ok | card wall (s) | card stages (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for arch, r in rows.items():
+        stages = ", ".join(f"{k} {v}" for k, v in (r.get("card_stages_s") or {}).items())
+        lines.append(f"| {r['family']} | {arch} | {mark(r.get('attenuation'))} | {mark(r.get('measure'))} | "
+                     f"{mark(r.get('compress'))} | {mark(r.get('card_ok'))} | {r.get('card_wall_s', '')} | "
+                     f"{stages or r.get('error') or ''} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> None:
+    from helpers.conformance_nets import REPRESENTATIVES
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("archs", nargs="*", default=ARCHS, choices=ARCHS, metavar="ARCH")
+    parser.add_argument("--no-tests", action="store_true", help="cards only (the check columns: not run)")
+    args = parser.parse_args(argv)
+    family = {arch: fam for fam, arch in REPRESENTATIVES.items()}
+    meta = {"date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} cores", "torch": torch.__version__, "load_start": os.getloadavg()[0]}
+    checks = {} if args.no_tests else run_checks(args.archs)
+    rows = {arch: {"family": family[arch], **checks.get(arch, {})} for arch in args.archs}
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in args.archs:
+            rows[arch].update(run_card(arch, Path(tmp)))
+            meta["load_end"] = os.getloadavg()[0]
+            write(rows, meta)
+            print(arch, rows[arch], flush=True)
+
+
+if __name__ == "__main__":
+    main()
