@@ -12,7 +12,7 @@ Per family (tests/helpers/conformance_nets.py: one representative each, random w
 Not a test and not a timing benchmark of a kernel: one run, wall times of a whole command on whatever the
 machine is doing (the JSON records the load average at start and end).
 
-    PYTHONPATH=. python3 benchmarks/conformance_table.py [ARCH ...] [--no-tests]
+    PYTHONPATH=. python3 benchmarks/conformance_table.py [ARCH ...] [--no-tests | --checks-from LOG ...]
 
 Writes benchmarks/results/conformance-<date>.json and .md after every family (a partial run keeps its rows).
 """
@@ -69,6 +69,19 @@ def run_checks(archs) -> dict:
     return {arch: {check: plugin.passed.get((file, arch)) for check, file in CHECKS.items()} for arch in archs}
 
 
+def checks_from_log(path: Path, archs) -> dict:
+    """The check columns read from the log of an earlier `pytest -v tests/conformance` (lines
+    "path::test[params] PASSED" / "FAILED" / "ERROR"), instead of running the tests again."""
+    plugin = Outcomes()
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and "::" in parts[0] and parts[1] in ("PASSED", "FAILED", "ERROR"):
+            report = argparse.Namespace(nodeid=parts[0], when="call", failed=parts[1] != "PASSED",
+                                        passed=parts[1] == "PASSED")
+            plugin.pytest_runtest_logreport(report)
+    return {arch: {check: plugin.passed.get((file, arch)) for check, file in CHECKS.items()} for arch in archs}
+
+
 def run_card(arch: str, folder: Path) -> dict:
     weights, data = folder / f"{arch}.pt", folder / "data.npz"
     torch.save(net_of(arch).state_dict(), weights)
@@ -114,14 +127,21 @@ def write(rows: dict, meta: dict) -> None:
 
 def main(argv=None) -> None:
     from helpers.conformance_nets import REPRESENTATIVES
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(description="The conformance table of issue 17 (see the module docstring).")
     parser.add_argument("archs", nargs="*", default=ARCHS, choices=ARCHS, metavar="ARCH")
     parser.add_argument("--no-tests", action="store_true", help="cards only (the check columns: not run)")
+    parser.add_argument("--checks-from", type=Path, action="append", default=[], metavar="LOG",
+                        help="read the check columns from `pytest -v tests/conformance` logs instead of running it")
     args = parser.parse_args(argv)
     family = {arch: fam for fam, arch in REPRESENTATIVES.items()}
     meta = {"date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores", "torch": torch.__version__, "load_start": os.getloadavg()[0]}
-    checks = {} if args.no_tests else run_checks(args.archs)
+    checks = {}
+    for log in args.checks_from:
+        for arch, cols in checks_from_log(log, args.archs).items():
+            checks.setdefault(arch, {}).update({k: v for k, v in cols.items() if v is not None})
+    if not args.no_tests and not args.checks_from:
+        checks = run_checks(args.archs)
     rows = {arch: {"family": family[arch], **checks.get(arch, {})} for arch in args.archs}
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs:
