@@ -40,6 +40,8 @@ from helpers.conformance_nets import ARCHS, CLASSES, net_of  # noqa: E402
 
 CHECKS = {"attenuation": "test_conformance_attenuation.py", "measure": "test_conformance_measure.py",
           "compress": "test_conformance_compress.py"}
+TESTS_PER_NET = {"test_conformance_attenuation.py": 3, "test_conformance_measure.py": 1,
+                 "test_conformance_compress.py": 3}  # a column passes when all of them ran and passed
 IMAGES, SIZE = 16, 32
 
 
@@ -48,6 +50,7 @@ class Outcomes:
 
     def __init__(self):
         self.passed: dict = {}
+        self.count: dict = {}
 
     def pytest_runtest_logreport(self, report):
         if report.when != "call" and not report.failed:
@@ -58,6 +61,14 @@ class Outcomes:
         if arch is not None:
             key = (file, arch)
             self.passed[key] = self.passed.get(key, True) and report.passed
+            self.count[key] = self.count.get(key, 0) + 1
+
+    def column(self, file: str, arch: str):
+        """True (every test of the file ran and passed for arch), False (one failed), None (some not run)."""
+        key = (file, arch)
+        if self.passed.get(key) is False:
+            return False
+        return True if self.count.get(key, 0) >= TESTS_PER_NET[file] else None
 
 
 def run_checks(archs) -> dict:
@@ -66,20 +77,24 @@ def run_checks(archs) -> dict:
     files = [str(ROOT / "tests" / "conformance" / f) for f in CHECKS.values()]
     pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT), *files, "-k", " or ".join(archs)],
                 plugins=[plugin])
-    return {arch: {check: plugin.passed.get((file, arch)) for check, file in CHECKS.items()} for arch in archs}
+    return {arch: {check: plugin.column(file, arch) for check, file in CHECKS.items()} for arch in archs}
 
 
-def checks_from_log(path: Path, archs) -> dict:
-    """The check columns read from the log of an earlier `pytest -v tests/conformance` (lines
-    "path::test[params] PASSED" / "FAILED" / "ERROR"), instead of running the tests again."""
+def checks_from_logs(paths, archs) -> dict:
+    """The check columns read from logs of earlier `pytest -v tests/conformance` runs (lines
+    "path::test[params] PASSED" / "FAILED" / "ERROR"), instead of running the tests again; a test in
+    several logs counts as its last outcome (a rerun after a fix)."""
+    last = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and "::" in parts[0] and parts[1] in ("PASSED", "FAILED", "ERROR"):
+                last[parts[0]] = parts[1] == "PASSED"
     plugin = Outcomes()
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and "::" in parts[0] and parts[1] in ("PASSED", "FAILED", "ERROR"):
-            report = argparse.Namespace(nodeid=parts[0], when="call", failed=parts[1] != "PASSED",
-                                        passed=parts[1] == "PASSED")
-            plugin.pytest_runtest_logreport(report)
-    return {arch: {check: plugin.passed.get((file, arch)) for check, file in CHECKS.items()} for arch in archs}
+    for nodeid, passed in last.items():
+        plugin.pytest_runtest_logreport(argparse.Namespace(nodeid=nodeid, when="call", failed=not passed,
+                                                           passed=passed))
+    return {arch: {check: plugin.column(file, arch) for check, file in CHECKS.items()} for arch in archs}
 
 
 def run_card(arch: str, folder: Path) -> dict:
@@ -113,7 +128,7 @@ def write(rows: dict, meta: dict) -> None:
         return {True: "pass", False: "FAIL", None: "not run"}[v]
 
     lines = [f"# Conformance table, {meta['date']}", "",
-             f"{meta['machine']}; torch {meta['torch']}; card at {SIZE}x{SIZE}, {IMAGES} images, no labels, "
+             f"{meta['machine']} (OMP_NUM_THREADS={meta.get('OMP_NUM_THREADS')}); torch {meta['torch']}; card at {SIZE}x{SIZE}, {IMAGES} images, no labels, "
              f"defaults; load average {meta['load_start']} at start, {meta.get('load_end')} at end.", "",
              "| family | arch | attenuation agrees | measure ok | compress ok | card ok | card wall (s) | card stages (s) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -132,20 +147,32 @@ def main(argv=None) -> None:
     parser.add_argument("--no-tests", action="store_true", help="cards only (the check columns: not run)")
     parser.add_argument("--checks-from", type=Path, action="append", default=[], metavar="LOG",
                         help="read the check columns from `pytest -v tests/conformance` logs instead of running it")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the cards of today's results file and run only the missing ones")
+    parser.add_argument("--no-cards", action="store_true", help="run no card (card columns: resumed or not run)")
     args = parser.parse_args(argv)
     family = {arch: fam for fam, arch in REPRESENTATIVES.items()}
     meta = {"date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} cores", "torch": torch.__version__, "load_start": os.getloadavg()[0]}
+            f"{os.cpu_count()} cores", "torch": torch.__version__, "load_start": os.getloadavg()[0],
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
     checks = {}
-    for log in args.checks_from:
-        for arch, cols in checks_from_log(log, args.archs).items():
-            checks.setdefault(arch, {}).update({k: v for k, v in cols.items() if v is not None})
-    if not args.no_tests and not args.checks_from:
+    if args.checks_from:
+        checks = checks_from_logs(args.checks_from, args.archs)
+    elif not args.no_tests:
         checks = run_checks(args.archs)
     rows = {arch: {"family": family[arch], **checks.get(arch, {})} for arch in args.archs}
+    done = {}
+    previous = ROOT / "benchmarks" / "results" / f"conformance-{meta['date']}.json"
+    if args.resume and previous.is_file():
+        old = json.loads(previous.read_text())
+        meta["load_start"] = old["meta"]["load_start"]
+        done = {arch: {k: v for k, v in row.items() if k.startswith("card") or k == "error"}
+                for arch, row in old["rows"].items() if "card_ok" in row}
+        rows = {**{arch: {"family": family[arch], **checks.get(arch, {})} for arch in done}, **rows}
     with tempfile.TemporaryDirectory() as tmp:
-        for arch in args.archs:
-            rows[arch].update(run_card(arch, Path(tmp)))
+        for arch in rows:
+            if arch in done or not args.no_cards:
+                rows[arch].update(done[arch] if arch in done else run_card(arch, Path(tmp)))
             meta["load_end"] = os.getloadavg()[0]
             write(rows, meta)
             print(arch, rows[arch], flush=True)
