@@ -129,7 +129,7 @@ def write(rows: dict, meta: dict) -> None:
 
     lines = [f"# Conformance table, {meta['date']}", "",
              f"{meta['machine']} (OMP_NUM_THREADS={meta.get('OMP_NUM_THREADS')}); torch {meta['torch']}; card at {SIZE}x{SIZE}, {IMAGES} images, no labels, "
-             f"defaults; load average {meta['load_start']} at start, {meta.get('load_end')} at end.", "",
+             f"defaults; load average {meta['load_start']:.1f} at start, {meta.get('load_end', 0):.1f} at end.", "",
              "| family | arch | attenuation agrees | measure ok | compress ok | card ok | card wall (s) | card stages (s) |",
              "|---|---|---|---|---|---|---|---|"]
     for arch, r in rows.items():
@@ -143,7 +143,7 @@ def write(rows: dict, meta: dict) -> None:
 def main(argv=None) -> None:
     from helpers.conformance_nets import REPRESENTATIVES
     parser = argparse.ArgumentParser(description="The conformance table of issue 17 (see the module docstring).")
-    parser.add_argument("archs", nargs="*", default=ARCHS, choices=ARCHS, metavar="ARCH")
+    parser.add_argument("archs", nargs="*", metavar="ARCH", help=f"default: every family ({', '.join(ARCHS)})")
     parser.add_argument("--no-tests", action="store_true", help="cards only (the check columns: not run)")
     parser.add_argument("--checks-from", type=Path, action="append", default=[], metavar="LOG",
                         help="read the check columns from `pytest -v tests/conformance` logs instead of running it")
@@ -151,6 +151,10 @@ def main(argv=None) -> None:
                         help="keep the cards of today's results file and run only the missing ones")
     parser.add_argument("--no-cards", action="store_true", help="run no card (card columns: resumed or not run)")
     args = parser.parse_args(argv)
+    args.archs = args.archs or ARCHS
+    unknown = sorted(set(args.archs) - set(ARCHS))
+    if unknown:
+        parser.error(f"unknown ARCH {unknown}: choose from {ARCHS}")
     family = {arch: fam for fam, arch in REPRESENTATIVES.items()}
     meta = {"date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores", "torch": torch.__version__, "load_start": os.getloadavg()[0],
