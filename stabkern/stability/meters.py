@@ -73,8 +73,8 @@ from .context import (MAX_SAMPLES, DataSource, Prepared, check_finite, count_chu
 from .propagate import repeat_trials
 from .report import interval95, summarize
 
-ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.GELU, nn.SiLU, nn.PReLU, nn.Hardtanh, nn.Softplus,
-               nn.Tanh)
+ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.PReLU, nn.Hardtanh,
+               nn.Softplus, nn.Tanh)
 
 
 def check_meterable(prep: Prepared) -> None:
@@ -144,8 +144,10 @@ def clean_meters(prep: Prepared, data, budget, tally: Tally | None = None) -> di
             i = layer.index
             check_finite(clean.outputs[i], f"at the output of layer {layer.name!r} on the clean pass")
             bias = layer.module.bias
+            # a Conv2d's bias is per channel (dim 1); a Linear's is on the last dim, also on 4-D (N, H, W, C)
+            # inputs (ConvNeXt's blocks)
             az = clean.outputs[i] if bias is None else \
-                clean.outputs[i] - (bias.view(1, -1, 1, 1) if clean.outputs[i].dim() == 4 else bias)
+                clean.outputs[i] - (bias.view(1, -1, 1, 1) if isinstance(layer.module, nn.Conv2d) else bias)
             z = clean.inputs[i].flatten(1).double().norm(dim=1)
             cushion[:, i] = (az.flatten(1).double().norm(dim=1) / (frob[i] * z)).cpu().numpy()
             if after[i] is not None:

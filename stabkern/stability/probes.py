@@ -41,27 +41,28 @@ def probe_downstream(model: nn.Module, layers: list[Layer], sample: torch.Tensor
 
 def _tangent_reach(model: nn.Module, layers: list[Layer], sample: torch.Tensor) -> list[list[int]]:
     """For each layer i, the layers j whose output carries a forward-mode tangent when layer i's input is made
-    a dual tensor (zero tangent); every j >= i when the model has an op without forward AD."""
+    a dual tensor (zero tangent); none for a layer i whose path has an op without forward AD (GroupNorm on a
+    channels_last input raises in torch 2.13): its reach is then the perturbation's alone (counting every
+    j >= i instead took parallel branches for downstream ones, with r = 0 reported instead of undefined)."""
     found = []
-    try:
-        with warnings.catch_warnings():  # a probe: the model's own warnings come from the metered passes
-            warnings.simplefilter("ignore")
-            for layer in layers:
+    with warnings.catch_warnings():  # a probe: the model's own warnings come from the metered passes
+        warnings.simplefilter("ignore")
+        for layer in layers:
+            seen = []
+            handles = [layer.module.register_forward_pre_hook(
+                lambda m, a: (fwAD.make_dual(a[0], torch.zeros_like(a[0])), *a[1:]))]
+            handles += [other.module.register_forward_hook(
+                lambda m, a, o, j=other.index: seen.append(j) if fwAD.unpack_dual(o).tangent is not None
+                else None) for other in layers]
+            try:
+                with fwAD.dual_level(), torch.no_grad():
+                    model(sample.clone())
+            except (RuntimeError, NotImplementedError, TypeError):  # an op without forward AD on this path
                 seen = []
-                handles = [layer.module.register_forward_pre_hook(
-                    lambda m, a: (fwAD.make_dual(a[0], torch.zeros_like(a[0])), *a[1:]))]
-                handles += [other.module.register_forward_hook(
-                    lambda m, a, o, j=other.index: seen.append(j) if fwAD.unpack_dual(o).tangent is not None
-                    else None) for other in layers]
-                try:
-                    with fwAD.dual_level(), torch.no_grad():
-                        model(sample.clone())
-                finally:
-                    for h in handles:
-                        h.remove()
-                found.append(sorted(set(seen)))
-    except (RuntimeError, NotImplementedError, TypeError):  # an op without forward AD: all later layers count
-        return [list(range(i, len(layers))) for i in range(len(layers))]
+            finally:
+                for h in handles:
+                    h.remove()
+            found.append(sorted(set(seen)))
     return found
 
 

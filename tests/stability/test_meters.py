@@ -174,6 +174,45 @@ def test_activation_contraction_with_a_shared_relu():
     assert all(d[k]["min"] >= 1 for k in d if k != "c")  # ||relu(u)|| <= ||u||
 
 
+def test_activation_contraction_after_hardswish():
+    """MobileNetV3's Hardswish is an activation (phi(0) = 0, like SiLU): the layer before it gets its
+    contraction ||u|| / ||hardswish(u)|| (issue 17: it was left out, as if no activation followed)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Hardswish(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    x = data(5, (3, 8, 8))
+    d = activation_contraction(net, x)
+    with torch.no_grad():
+        u = net[0](x).flatten(1)
+    ratio = u.norm(dim=1) / nn.functional.hardswish(u).norm(dim=1)
+    assert d["0"]["max"] == pytest.approx(ratio.max().item(), rel=1e-6)
+    assert "3" not in d
+
+
+class _LinearOnChannelsLast(nn.Module):
+    """ConvNeXt's pattern: a Linear on the (N, H, W, C) permutation of a conv's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.head = nn.Conv2d(2, 8, 3), nn.Linear(8, 5), nn.Linear(5 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.head(self.fc(self.conv(x).permute(0, 2, 3, 1)).flatten(1))
+
+
+def test_layer_cushion_of_a_linear_on_4d_inputs():
+    """The cushion of a Linear applied to (N, H, W, C) removes its bias on the last dim (issue 17: ConvNeXt-Tiny's
+    measure raised, the bias taken per channel of dim 1): nu = ||A z|| / (||A||_F ||z||) per sample, A z = z W^T
+    at every position, ||A||_F as opnorms.frobenius gives it."""
+    torch.manual_seed(0)
+    net, x = _LinearOnChannelsLast().eval(), data(5, (2, 6, 6))
+    d = layer_cushion(net, x)
+    with torch.no_grad():
+        z = net.conv(x).permute(0, 2, 3, 1)
+        frob = opnorms.frobenius(net.fc, tuple(z.shape[1:]))
+        want = (z @ net.fc.weight.T).flatten(1).norm(dim=1) / (frob * z.flatten(1).norm(dim=1))
+    assert d["fc"]["min"] == pytest.approx(want.min().item(), rel=1e-5)
+
+
 def test_noise_sensitivity_is_the_attenuation_at_the_output():
     net, x = chain_net(), data()
     psi = noise_sensitivity(net, x, alpha=0.05, trials=4, seed=3)

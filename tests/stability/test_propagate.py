@@ -393,3 +393,28 @@ def test_dual_linear_layer_is_torchs_forward_mode_bit_for_bit(layer, channels_la
         assert _dual_linear_layer(layer, x) is None  # no tangent: the module runs as usual
     assert torch.equal(ours.primal, theirs.primal)
     assert torch.equal(ours.tangent, theirs.tangent)
+
+
+class _GroupNormBranches(nn.Module):
+    """Two convs on the same input, one through GroupNorm, summed: conv_b is not downstream of conv_a's input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a, self.norm, self.conv_b = nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.Conv2d(3, 4, 1)
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc((self.norm(self.conv_a(x)) + self.conv_b(x)).flatten(1))
+
+
+def test_hooks_find_parallel_branches_through_group_norm():
+    """Forward-mode AD through GroupNorm raises on a channels_last input (torch 2.13); the hooks method's
+    dependency probe then counted every later layer as downstream, so the parallel conv_b got r = 0 instead of
+    undefined (issue 17: ResNet-18-GN's downsample branches). The graph method and the perturbation agree."""
+    torch.manual_seed(0)
+    model, x = _GroupNormBranches().eval(), torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    graph = noise_attenuation(model, x, trials=2, method="graph")
+    for channels_last in (True, False):
+        hooks = noise_attenuation(model, x, trials=2, method="hooks", channels_last=channels_last)
+        assert np.isnan(hooks.mean[0, 1])  # conv_b does not see conv_a's input noise
+        np.testing.assert_array_equal(np.isnan(hooks.per_sample), np.isnan(graph.per_sample))

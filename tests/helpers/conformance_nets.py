@@ -1,0 +1,84 @@
+"""The conformance nets (tests/conformance/): one representative of every zoo family, small and seeded (issue 17 section 1).
+
+Family members that share their code (VGG-11/13/16/19 with or without BatchNorm; ResNet-18/34 with basic
+blocks, 50/101/152 with bottlenecks) are represented by one member; the GroupNorm ResNet and every modern
+net by itself. `test_zoo_coverage.py` fails when a zoo architecture has no representative here.
+
+Each net: stabkern's own definition (`prefer_torchvision=False`: the same modules whether torchvision
+imports or not), random weights from a fixed seed, 10 classes, BatchNorm running statistics drawn away
+from (0, 1) so that the norms are not the identity, eval mode; inputs (2, 3, 32, 32), the smallest size
+every family takes (DenseNet and ConvNeXt downsample 32x).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+import numpy as np
+
+from helpers.stability_reference import attenuation_reference, rounding_tolerance
+from stabkern import zoo
+
+# family -> its representative architecture in stabkern.zoo
+REPRESENTATIVES = {
+    "vgg": "vgg11_bn",
+    "resnet-basic": "resnet18",
+    "resnet-bottleneck": "resnet50",
+    "resnet-groupnorm": "resnet18_gn",
+    "densenet": "densenet121",
+    "mobilenet_v2": "mobilenet_v2",
+    "mobilenet_v3": "mobilenet_v3_large",
+    "efficientnet": "efficientnet_b0",
+    "convnext": "convnext_tiny",
+    "regnet": "regnet_y_400mf",
+    "shufflenet": "shufflenet_v2_x1_0",
+    "squeezenet": "squeezenet1_1",
+}
+ARCHS = list(REPRESENTATIVES.values())
+SAMPLES, SIZE, CLASSES = 2, 32, 10
+
+
+@functools.lru_cache(maxsize=None)
+def net_of(arch: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = zoo.build(arch, CLASSES, prefer_torchvision=False)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
+    return model.eval()
+
+
+def inputs_of() -> torch.Tensor:
+    """(SAMPLES, 3, SIZE, SIZE) standard normal, seeded."""
+    return torch.randn(SAMPLES, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+
+
+# the attenuation settings every conformance check shares (the reference is computed once per net)
+ALPHA, TRIALS, SEED = 0.2, 2, 11
+
+
+@functools.lru_cache(maxsize=None)
+def reference_of(arch: str) -> torch.Tensor:
+    """The hook-loop reference r (TRIALS, SAMPLES, L, L) of `arch` on inputs_of(), with the noise the fast
+    path draws (stabkern-noise-v1 of (SEED, layer i, sample b, trial t))."""
+    return attenuation_reference(net_of(arch), inputs_of(), alpha=ALPHA, trials=TRIALS, seed=SEED, spec_noise=True)
+
+
+def assert_matches_reference(model, x, rep, r):
+    """rep (an AttenuationReport) equals the reference ratios r (T, N, L, L) per sample: the NaN
+    pattern exactly (undefined: j before i, j not downstream of i, where the reference sees r = 0),
+    the values within rounding_tolerance, and their squares within d (2 r + d)."""
+    want, want_sq = r.mean(0).numpy(), (r ** 2).mean(0).numpy()
+    defined = ~np.isnan(rep.per_sample)
+    np.testing.assert_array_equal(defined, ~np.isnan(want) & (want != 0))
+    d = np.broadcast_to(rounding_tolerance(model, x, rep), want.shape)
+    err = np.abs(rep.per_sample - want)
+    assert np.all(err[defined] <= d[defined]), f"worst |r - r_ref| / tol = {np.max(err[defined] / d[defined]):.3g}"
+    d_sq = d * (2 * np.nan_to_num(rep.mean) + d)
+    assert np.all(np.abs(rep.per_sample_sq - want_sq)[defined] <= d_sq[defined])
