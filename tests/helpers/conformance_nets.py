@@ -13,6 +13,7 @@ every family takes (DenseNet and ConvNeXt downsample 32x).
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 from torch import nn
@@ -37,7 +38,13 @@ REPRESENTATIVES = {
     "shufflenet": "shufflenet_v2_x1_0",
     "squeezenet": "squeezenet1_1",
 }
-ARCHS = list(REPRESENTATIVES.values())
+ALL_ARCHS = list(REPRESENTATIVES.values())
+# CI's 2-core budget takes four nets that between them carry every module kind the others add to VGG and
+# ResNet (concatenation, GroupNorm, SE gates with Hardswish / Hardsigmoid, depthwise convs, LayerNorm and a
+# Linear on (N, H, W, C) inputs, stochastic depth in eval); STABKERN_CONFORMANCE=all runs every family (about
+# half an hour on 2 cores: DenseNet-121's 120 layers, ResNet-50 and VGG-11-BN's 103M-parameter classifier).
+CI_ARCHS = ["squeezenet1_1", "resnet18_gn", "mobilenet_v3_large", "convnext_tiny"]
+ARCHS = ALL_ARCHS if os.environ.get("STABKERN_CONFORMANCE") == "all" else CI_ARCHS
 SAMPLES, SIZE, CLASSES = 2, 32, 10
 
 
@@ -72,12 +79,17 @@ def reference_of(arch: str) -> torch.Tensor:
 
 def assert_matches_reference(model, x, rep, r):
     """rep (an AttenuationReport) equals the reference ratios r (T, N, L, L) per sample: the NaN
-    pattern exactly (undefined: j before i, j not downstream of i, where the reference sees r = 0),
+    pattern exactly (undefined: j before i, j not downstream of i, where the reference sees r = 0, except an
+    entry the fast path keeps whose value is 0 within rounding: a dependence the reference rounded away),
     the values within rounding_tolerance, and their squares within d (2 r + d)."""
     want, want_sq = r.mean(0).numpy(), (r ** 2).mean(0).numpy()
     defined = ~np.isnan(rep.per_sample)
-    np.testing.assert_array_equal(defined, ~np.isnan(want) & (want != 0))
     d = np.broadcast_to(rounding_tolerance(model, x, rep), want.shape)
+    # r = 0 in the reference also when layer j depends on i but the noise's effect fell below x^j's float32
+    # rounding on the way (EfficientNet-B0, sample 1, layer 10 -> 62: saturated SE gates): there the fast path
+    # may keep the entry, as long as its value is zero within the same rounding tolerance
+    vanished = defined & (want == 0) & (np.abs(np.nan_to_num(rep.per_sample)) <= d)
+    np.testing.assert_array_equal(defined & ~vanished, ~np.isnan(want) & (want != 0))
     err = np.abs(rep.per_sample - want)
     assert np.all(err[defined] <= d[defined]), f"worst |r - r_ref| / tol = {np.max(err[defined] / d[defined]):.3g}"
     d_sq = d * (2 * np.nan_to_num(rep.mean) + d)
