@@ -26,7 +26,7 @@ from ..progress import Progress, silent, steps
 from ..schemas import SCHEMA_VERSION, tagged
 from ..stability.report import json_value
 from . import cost
-from .sweep import fast_path_ok, sweep
+from .sweep import accuracy, fast_path_ok, sweep
 
 FORMAT = "stabkern-card-v1"
 # k / cap per layer for the accuracy-vs-k curve; it stops at the dense size (f = 1): k = 2 cap stores twice the
@@ -137,20 +137,6 @@ def compress_layer_by_layer(model: nn.Module, ks: dict, *, mode: str, seed: int,
         _, report = compress_model(model, {}, mode=mode, seed=seed, layers=[], backend=backend)
         return result, report
     return result, merge_reports(reports)
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
-    """Fraction of samples whose argmax output equals the label (model in eval mode, restored after)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            out = model(x[i:i + batch_size].to(device)).flatten(1)
-            correct += int((out.argmax(1).cpu() == y[i:i + batch_size].cpu()).sum())
-    model.train(was_training)
-    return correct / len(x)
 
 
 def output_count(model: nn.Module, x: torch.Tensor) -> int:

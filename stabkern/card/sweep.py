@@ -25,6 +25,20 @@ from torch import nn
 from ..progress import Progress, silent
 
 
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    """Fraction of samples whose argmax output equals the label (model in eval mode, restored after)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out = model(x[i:i + batch_size].to(device)).flatten(1)
+            correct += int((out.argmax(1).cpu() == y[i:i + batch_size].cpu()).sum())
+    model.train(was_training)
+    return correct / len(x)
+
+
 def fast_path_ok(model: nn.Module, names) -> bool:
     """Can `sweep` substitute weights for these layers: each a plain Conv2d / Linear holding its own
     float weight Parameter, held by no other module, and no layer already sketched."""
@@ -58,8 +72,6 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, caps: dict, fracti
     float32 rounding of the reconstruction's sums. The model is read, never changed (a copy is sketched).
     Progress: in thousandths of the stage's sign-MACs (its ETA follows the cost, not the fraction count).
     """
-    from .build import accuracy
-
     dense = sum(m.weight.numel() for name, m in model.named_modules() if name in caps)
     curve = []
     for f, ks, sketched, errors in sketched_copies(model, caps, fractions, mode=mode, seed=seed, backend=backend,
