@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers.conformance_nets import forward_with_pre_hooks
 from helpers.model_state import assert_unchanged, snapshot
 from stabkern import choose_k, compress_model
 from stabkern.compress.choose_k import C_BERNSTEIN as C
@@ -61,14 +62,7 @@ def test_dense_at_k_equal_n(net, inputs):
 def _layer_inputs(model, x) -> dict:
     """name -> the input of each Conv2d / Linear in model(x)."""
     seen = {}
-    handles = [m.register_forward_pre_hook(lambda m, a, name=name: seen.setdefault(name, a[0].clone()))
-               for name, m in _weight_layers(model).items()]
-    try:
-        with torch.no_grad():
-            model(x.clone())
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_pre_hooks(model, x, _weight_layers(model), lambda name, a: seen.setdefault(name, a.clone()))
     return seen
 
 

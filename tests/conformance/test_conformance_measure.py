@@ -17,7 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.conformance_nets import ALPHA, SAMPLES, SEED, TRIALS, assert_matches_reference, reference_of
+from helpers.conformance_nets import (ALPHA, SAMPLES, SEED, TRIALS, assert_matches_reference,
+                                     forward_with_pre_hooks, reference_of)
 from stabkern import measure
 
 # elementwise activations with phi(0) = 0 (what the contraction ||phi(z)|| / ||z|| is about); gates
@@ -28,18 +29,11 @@ ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish)
 def followed_by_activation(model, x) -> set:
     """Names of the Conv2d / Linear modules whose forward is followed by an activation module's call
     before the next Conv2d / Linear call."""
-    names = {m: n for n, m in model.named_modules()}
+    watched = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear) + ACTIVATIONS)}
     events = []
-    handles = [m.register_forward_pre_hook(lambda m, a: events.append(m)) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear) + ACTIVATIONS)]
-    try:
-        with torch.no_grad():
-            model(x.clone())
-    finally:
-        for h in handles:
-            h.remove()
-    return {names[a] for a, b in zip(events, events[1:])
-            if isinstance(a, (nn.Conv2d, nn.Linear)) and isinstance(b, ACTIVATIONS)}
+    forward_with_pre_hooks(model, x, watched, lambda name, a: events.append(name))
+    return {a for a, b in zip(events, events[1:])
+            if isinstance(watched[a], (nn.Conv2d, nn.Linear)) and isinstance(watched[b], ACTIVATIONS)}
 
 
 def test_finite_where_defined_nan_where_undefined(arch, net, inputs):

@@ -94,3 +94,15 @@ def assert_matches_reference(model, x, rep, r):
     assert np.all(err[defined] <= d[defined]), f"worst |r - r_ref| / tol = {np.max(err[defined] / d[defined]):.3g}"
     d_sq = d * (2 * np.nan_to_num(rep.mean) + d)
     assert np.all(np.abs(rep.per_sample_sq - want_sq)[defined] <= d_sq[defined])
+
+
+def forward_with_pre_hooks(model: nn.Module, x: torch.Tensor, modules: dict, record) -> None:
+    """model(x) without grad, calling record(name, input) as each of `modules` ({name: module}) starts its forward;
+    the hooks are removed even when the forward raises, and x is not written (a clone goes in)."""
+    handles = [m.register_forward_pre_hook(lambda m, a, name=name: record(name, a[0])) for name, m in modules.items()]
+    try:
+        with torch.no_grad():
+            model(x.clone())
+    finally:
+        for h in handles:
+            h.remove()
