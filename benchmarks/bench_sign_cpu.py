@@ -34,6 +34,11 @@ to itself it takes one table height per CPU, so a single `lut` row would measure
 twice on a 32 KiB-L1 core; each row records the height the kernel reported. These rows are timed
 one case after another (one warm-up, median of 5 or 7), not interleaved with the baselines.
 
+The table-height sweep (test_lut_table_heights): the AVX2 LUT kernel with 8-row and with 16-row
+tables interleaved in one run (median of 9), GEMM form n = 4608, k = 4096, at 32, 64 and 512 rows,
+1 and 2 threads, both directions: the measurements behind the table-height rule (`lut16()` in
+csrc/cpu/sign/sign_kernels.cpp).
+
 Ceilings: each kernel's own, from what it issues per core and cycle (threads x clock x sign-MACs
 per cycle; the clock measured by harness.cpu_clock_ghz):
 - table projection: one vpermps applies 64 sign-MACs (16 rows of S x 4 columns, AVX-512) or 24
@@ -263,7 +268,7 @@ def test_baselines_and_peers(bench_report, bench_interleaved, cpu_clock, cpu_ide
         extra = ({"blas": (core if name == "numpy" else worker.core).get("architecture")} if numpy_row else {})
         if name.startswith("stabkern"):
             family = _cpu.kernel(op, rows)
-            extra = dict(kernel=family, **({"lut_rows": _cpu.lut_rows(rows, n_threads)} if family == "lut" else {}))
+            extra = dict(kernel=family, **({"lut_rows": _cpu.lut_rows(rows)} if family == "lut" else {}))
         elif "Sparse" in name:
             extra["ceiling"] = None  # fewer MACs than rows * n * k: the rate is per dense sign-MAC equivalent
         _add(bench_report, cpu, case, name, median, shapes.get(name, (rows, n, k)), n_threads,
@@ -301,7 +306,7 @@ def test_stabkern_cpu(benchmark, bench_report, bench_time, cpu_clock, cpu_identi
     if rows > 1 and kernel == "auto":
         family = _cpu.kernel(op, rows)
         bench_report("sign-cpu").notes[f"default kernel, {case}, {isa}, {n_threads} thread(s)"] = family + (
-            f" ({_cpu.lut_rows(rows, n_threads)}-row tables at {n_threads} thread(s))" if family == "lut" else "")
+            f" ({_cpu.lut_rows(rows)}-row tables)" if family == "lut" else "")
         pytest.skip("the table, fma and lut rows cover the GEMM form; the notes say which one is the default")
     if kernel in ("lut8", "lut16") and isa != "avx2":
         pytest.skip("8- and 16-row LUT tables are an AVX2-path choice (AVX-512 takes 16 rows)")
@@ -320,7 +325,7 @@ def test_stabkern_cpu(benchmark, bench_report, bench_time, cpu_clock, cpu_identi
         fn = lambda: stabkern.sign_reconstruct(y, n, seed=SEED, backend="cpu")  # noqa: E731
     median = bench_time(fn, rounds=7 if rows == 1 else 5, warmup=1, benchmark=benchmark)
     family = _cpu.kernel(op, rows)
-    lut_rows = _cpu.lut_rows(rows, n_threads) if family == "lut" else None  # the height depends on the threads
+    lut_rows = _cpu.lut_rows(rows) if family == "lut" else None
     assert forced_rows in ("", str(lut_rows)), f"{kernel} ran {lut_rows}-row tables"
     row = _add(bench_report, dict(cpu_clock, vendor=cpu_identity["vendor"]), case, "stabkern cpu", median,
                (rows, n, k), n_threads, isa=isa, kernel=family, **({"lut_rows": lut_rows} if lut_rows else {}))
@@ -393,6 +398,50 @@ def _add(bench_report, cpu, case, backend, median, shape, n_threads, isa, key=No
                       work=rows * n * k, unit="sign-MAC/s", key=key, baseline=f"numpy {case}",
                       ceiling=name if ceiling else None, ceiling_rate=ceiling, threads=n_threads, isa=isa,
                       **({} if kernel is None else {"kernel": kernel}), **extra)
+
+
+LUT_HEIGHT_ROWS = (32, 64, 512)
+
+
+@pytest.mark.parametrize("rows", LUT_HEIGHT_ROWS)
+@pytest.mark.parametrize("n_threads", (1, 2))
+@pytest.mark.parametrize("op", ("project", "reconstruct"))
+def test_lut_table_heights(bench_report, bench_interleaved, cpu_clock, cpu_identity, threads, monkeypatch, op,
+                           n_threads, rows):
+    """The AVX2 LUT kernel with 8-row tables against 16-row tables (STABKERN_CPU_LUT_ROWS forces each), interleaved
+    in one run, GEMM form n = 4608, k = 4096: the sweep behind `lut16()`'s rule (csrc/README.md). The baseline of
+    each pair is the 8-row kernel; the note gives 16-row / 8-row."""
+    if "avx2" not in _cpu.available_isas():
+        pytest.skip("the table heights are an AVX2-path choice")
+    if n_threads > (os.cpu_count() or 1):
+        pytest.skip(f"this machine has {os.cpu_count()} CPUs")
+    n, k = GEMM["n"], GEMM["k"]
+    monkeypatch.setenv("STABKERN_CPU_ISA", "avx2")
+    monkeypatch.setenv("STABKERN_CPU_KERNEL", "lut")
+    threads(n_threads)
+    a = torch.randn(rows, n if op == "project" else k, generator=torch.Generator().manual_seed(0))
+
+    def height(h: str):
+        def call():
+            os.environ["STABKERN_CPU_LUT_ROWS"] = h  # read at every call; monkeypatch restores it after the test
+            if op == "project":
+                stabkern.sign_project(a, k, seed=SEED, backend="cpu")
+            else:
+                stabkern.sign_reconstruct(a, n, seed=SEED, backend="cpu")
+        return call
+
+    monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", "")
+    medians = bench_interleaved({"8": height("8"), "16": height("16")}, rounds=9, warmup=1)
+    report = bench_report("sign-cpu")
+    case = f"lut heights {rows} rows {op}"
+    cpu = dict(cpu_clock, vendor=cpu_identity["vendor"])
+    for h in ("8", "16"):
+        key = f"lut{h} {case} {n_threads}t"
+        report.add(case, shape=(rows, n, k), dtype=torch.float32, device="cpu", backend=f"stabkern cpu, lut{h}",
+                   median_s=medians[h], work=rows * n * k, unit="sign-MAC/s", key=key,
+                   baseline=f"lut8 {case} {n_threads}t", threads=n_threads, isa="avx2", kernel="lut",
+                   lut_rows=int(h), clock_ghz=cpu["ghz"], vendor=cpu["vendor"])
+    report.notes[f"{case}, {n_threads} thread(s): 16-row / 8-row"] = f"{medians['8'] / medians['16']:.2f}x"
 
 
 # One round: BasicProjector draws 21 x 11.2M x 100 signs per batch, 23 minutes a call on the loaded 2-core

@@ -78,15 +78,8 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("kernel", &stabkern::cpu::kernel, py::arg("op"), py::arg("rows"),
         "float32 kernel family a call of op (project or reconstruct) with this many rows takes now: lut or fma "
         "(GEMM-form kernels) or table; STABKERN_CPU_KERNEL=lut|fma|table forces one");
-  m.def(
-      "lut_rows",
-      [](int64_t rows, int threads) {
-        if (threads < 0) throw py::value_error("lut_rows: threads must be >= 0 (0: OpenMP's default), got " +
-                                               std::to_string(threads));
-        return stabkern::cpu::lut_rows(rows, threads);
-      },
-      py::arg("rows"), py::arg("threads") = 0,
-      "rows per table of the LUT kernel a float32 call with this many rows and threads (0: OpenMP's default) "
-      "takes on the current path: 16 or 8 (STABKERN_CPU_LUT_ROWS=8|16 forces it on AVX2), 0 on the generic path");
+  m.def("lut_rows", &stabkern::cpu::lut_rows, py::arg("rows"),
+        "rows per table of the LUT kernel a float32 call with this many rows takes on the current path: 16 or 8 "
+        "(STABKERN_CPU_LUT_ROWS=8|16 forces it on AVX2), 0 on the generic path");
   m.def("available_isas", &stabkern::cpu::available_isas, "every path this CPU can run, lowest first");
 }

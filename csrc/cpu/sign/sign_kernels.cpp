@@ -334,16 +334,21 @@ Family family(Isa isa, bool project, int64_t rows) {
 }
 
 // Which AVX2 LUT kernel: Avx2Lut16 (16-row tables, 32 KiB per chunk + 16 KiB of selectors) from
-// kLut16MinRows rows, else Avx2Lut (8 rows, 16 + 8 KiB). Measured (GEMM form, n = 4608, k = 4096;
-// csrc/README.md has the sweep): from 32 rows Avx2Lut16 is 1.1-1.2x on Intel with a 48 KiB L1d at
-// 1 thread, and on AMD Zen 3 with a 32 KiB L1d 1.09-1.43x at 1 thread but 0.84-0.89x at 2 threads
-// running side by side (issue 19, a quiet machine; why is not established: a pointer chase showed
-// no L1 shared between the two cores). So: 16 rows on one thread, or on any number where the OS
-// reports an L1 data cache >= 48 KiB; 8 rows otherwise. Half-empty 16-row blocks lose at 8 and 24
-// rows. STABKERN_CPU_LUT_ROWS=8|16 forces one (read at every call, for tests); both give the same bits.
+// kLut16MinRows rows where the OS reports an L1 data cache of at least 48 KiB, else Avx2Lut (8 rows,
+// 16 + 8 KiB), at any thread count. What decides it is the loads per lookup, not the L1 or the
+// threads: both kernels load a quad's selectors for a whole pass of columns at once and add one table
+// load per 32 sign-MACs, and on AMD Zen 3 (32 KiB L1d) they run within +-8% of each other from 32 to
+// 512 rows at 1 and 2 threads (csrc/README.md has the sweep; benchmarks/bench_sign_cpu.py,
+// test_lut_table_heights). Before the 8-row kernel took its selectors 8 at a time, it paid a byte load
+// beside each table load and lost to the 16-row kernel (which shared one byte load between two table
+// loads) by 1.1-1.4x; that, not the cache, was what the old thread-count rule tracked. So the
+// tables that fit the L1 where it is 32 KiB, and the 16-row tables where it holds them (Intel, 48 KiB:
+// 1.1-1.2x at 1 thread, measured against the older 8-row kernel). Half-empty 16-row blocks lose at 8
+// and 24 rows. STABKERN_CPU_LUT_ROWS=8|16 forces one (read at every call, for tests); both give the
+// same bits.
 constexpr int64_t kLut16MinRows = 32;
 
-bool lut16(int64_t rows, int threads) {
+bool lut16(int64_t rows) {
   const char* env = std::getenv("STABKERN_CPU_LUT_ROWS");
   if (env != nullptr && env[0] != '\0') {
     if (std::strcmp(env, "8") == 0) return false;
@@ -357,7 +362,7 @@ bool lut16(int64_t rows, int threads) {
     return false;
 #endif
   }();
-  return rows >= kLut16MinRows && (big_l1 || threads == 1);
+  return rows >= kLut16MinRows && big_l1;
 }
 
 // A float32 call by the GEMM-form kernel family() picks (LUT or FMA): rows of `in` (P values each: n
@@ -377,7 +382,7 @@ bool run_gemm_form([[maybe_unused]] Isa isa, Family f, [[maybe_unused]] const fl
       return true;
     case Isa::kAvx2:
       if (f == Family::kFma) gemm_run<Avx2Gemm>(in, out, a.rows, P, C, scale, project, key, a, threads);
-      else if (lut16(a.rows, threads)) lut_run<Avx2Lut16>(in, out, a.rows, P, C, scale, project, key, a, threads);
+      else if (lut16(a.rows)) lut_run<Avx2Lut16>(in, out, a.rows, P, C, scale, project, key, a, threads);
       else lut_run<Avx2Lut>(in, out, a.rows, P, C, scale, project, key, a, threads);
       return true;
 #endif
@@ -429,12 +434,10 @@ const char* kernel(const std::string& op, int64_t rows) {
   return kFamilyNames[int(family(chosen_isa(), op == "project", rows))];
 }
 
-int lut_rows(int64_t rows, int threads) {
-  SketchArgs a{};
-  a.num_threads = threads;
+int lut_rows(int64_t rows) {
   switch (chosen_isa()) {
     case Isa::kAvx512: return 16;
-    case Isa::kAvx2: return lut16(rows, thread_count(a)) ? 16 : 8;
+    case Isa::kAvx2: return lut16(rows) ? 16 : 8;
     default: return 0;
   }
 }

@@ -39,11 +39,10 @@ const char* isa();
 // op, STABKERN_CPU_KERNEL or STABKERN_CPU_ISA.
 const char* kernel(const std::string& op, int64_t rows);
 
-// Rows of x / y per table of the LUT kernel a float32 call with this many rows and threads (0:
-// OpenMP's default) would take now on the current path: 16 (AVX-512; AVX2 from 32 rows on one
-// thread, or on any number where the L1 data cache is >= 48 KiB) or 8 (AVX2 otherwise;
-// STABKERN_CPU_LUT_ROWS forces it); 0 on the generic path (no LUT kernel).
-int lut_rows(int64_t rows, int threads);
+// Rows of x / y per table of the LUT kernel a float32 call with this many rows would take now on the
+// current path: 16 (AVX-512; AVX2 from 32 rows where the L1 data cache is >= 48 KiB) or 8 (AVX2
+// otherwise; STABKERN_CPU_LUT_ROWS forces it); 0 on the generic path (no LUT kernel).
+int lut_rows(int64_t rows);
 
 // Every path this CPU can run, lowest first.
 std::vector<std::string> available_isas();

@@ -443,8 +443,9 @@ struct Avx2Lut {
       const char* t = reinterpret_cast<const char*>(tab);
       const uint8_t* ix = idx + c;
       for (int q = 0; q < nq; ++q, t += kEntryBytes, ix += ldi) {
+        const uint64_t sel = selectors<uint64_t>(ix);  // the 8 columns' selectors of quad q
         for (int j = 0; j < kCT; ++j)
-          s[j] = _mm256_add_ps(s[j], _mm256_load_ps(reinterpret_cast<const float*>(t + size_t(ix[j]) * 8)));
+          s[j] = _mm256_add_ps(s[j], _mm256_load_ps(reinterpret_cast<const float*>(t + ((sel >> (8 * j)) & 0xFF) * 8)));
       }
       for (int j = 0; j < kCT; ++j) {
         double* d = acc + (c + j) * kW;
@@ -454,6 +455,16 @@ struct Avx2Lut {
         _mm256_store_pd(d + 4, _mm256_add_pd(_mm256_load_pd(d + 4), hi));
       }
     }
+  }
+
+  // The selectors of consecutive columns in one integer load, taken apart by shifts: a byte load per
+  // lookup was a second load beside each table load, and the loads are what the lookup loop waits on
+  // (the 8-row kernel 1.08-1.54x on Zen 3; csrc/README.md).
+  template <class U>
+  static U selectors(const uint8_t* ix) {
+    U u;
+    std::memcpy(&u, ix, sizeof(U));
+    return u;
   }
 
  private:
@@ -477,9 +488,10 @@ struct Avx2Lut {
 };
 
 // Avx2Lut on 16 rows of a per table (the 64-byte entries of Avx512Lut, two ymm halves): one
-// selector load serves two table loads + adds, 64 sign-MACs, 1.1-1.15x Avx2Lut here (48 KiB L1).
-// Its tables are 32 KiB per chunk, so sign_kernels.cpp takes it only on cores whose L1 data cache
-// holds them with the selectors (>= 48 KiB). Same entries and chains as Avx2Lut: the same bits.
+// selector byte load serves two table loads + adds, 64 sign-MACs: 1.1-1.15x Avx2Lut on a 48 KiB L1
+// when Avx2Lut loaded a byte per lookup, equal to today's Avx2Lut on Zen 3 (csrc/README.md). Its
+// tables are 32 KiB per chunk, so sign_kernels.cpp takes it only on cores whose L1 data cache holds
+// them with the selectors (>= 48 KiB). Same entries and chains as Avx2Lut: the same bits.
 struct Avx2Lut16 {
   using Words = Avx2Kernel;
   static constexpr int kW = 16;
@@ -506,7 +518,7 @@ struct Avx2Lut16 {
       const char* t = reinterpret_cast<const char*>(tab);
       const uint8_t* ix = idx + c;
       for (int q = 0; q < nq; ++q, t += kEntryBytes, ix += ldi) {
-        for (int j = 0; j < kCT; ++j) {
+        for (int j = 0; j < kCT; ++j) {  // a byte load per two table loads (4 at once measured 0.91-1.02x)
           const float* e = reinterpret_cast<const float*>(t + size_t(ix[j]) * 8);
           s[j][0] = _mm256_add_ps(s[j][0], _mm256_load_ps(e));
           s[j][1] = _mm256_add_ps(s[j][1], _mm256_load_ps(e + 8));
