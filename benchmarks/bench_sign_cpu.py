@@ -4,8 +4,9 @@ are medians. Results: benchmarks/results/sign-cpu-<date>.json (see conftest.py),
 vendor, family, model, caches, measured clock and the load average at start and end.
 
 Baselines and peers (test_baselines_and_peers), timed interleaved in one test per case (every
-contender once per round, the order rotating; one warm-up call each, median of 7 rounds), all at
-the same thread count (2, or the machine's CPUs):
+contender once per round, the order rotating; one warm-up call each, median of 7 rounds; each timed
+call after SETTLE_S idle, so that no contender shares the cores with the threads the one before it
+left spinning), all at the same thread count (2, or the machine's CPUs):
 - `numpy` (the speed-up column's baseline): numpy as a user would write it, drawing the signs in
   chunks of rows of S on every call (np.random.Generator(np.random.Philox(seed)).integers(0, 2,
   int8) -> float32, 2 s - 1, about 64 MiB per chunk) and matmul. The GEMV cases run it at k = 16
@@ -94,6 +95,7 @@ LUT_REFERENCE_PER_CYCLE = {"avx512": 64, "avx2": 32}  # one lookup (two loads) p
 HASWELL = "Haswell"
 SEED = 2024
 INTERLEAVED_ROUNDS = 7
+SETTLE_S = 0.25  # idle seconds before each interleaved call (harness.interleaved_medians): spinning pools go quiet
 RATES: dict[tuple, float] = {}
 
 
@@ -254,14 +256,15 @@ def test_baselines_and_peers(bench_report, bench_interleaved, cpu_clock, cpu_ide
     try:
         with threadpool_limits(n_threads, user_api="blas"):
             core = numpy_blas_core()
-            medians = bench_interleaved(contenders, rounds=INTERLEAVED_ROUNDS, warmup=1,
+            medians = bench_interleaved(contenders, rounds=INTERLEAVED_ROUNDS, warmup=1, settle_s=SETTLE_S,
                                         self_timed=("numpy, OPENBLAS_CORETYPE=Haswell",))
     finally:
         worker.close()
     report.notes["baseline BLAS, this process"] = core
     report.notes["interleaved"] = (f"baselines, peers and stabkern's default kernel: one warm-up call each, then "
-                                   f"{INTERLEAVED_ROUNDS} rounds, each contender once a round in rotating order; "
-                                   f"medians; {n_threads} threads (torch and numpy's BLAS)")
+                                   f"{INTERLEAVED_ROUNDS} rounds, each contender once a round in rotating order, each call after "
+                                   f"{SETTLE_S} s idle (the last caller's spinning threads go quiet); medians; "
+                                   f"{n_threads} threads (torch and numpy's BLAS)")
     isa, cpu = _cpu.available_isas()[-1], dict(cpu_clock, vendor=cpu_identity["vendor"])
     for name, median in medians.items():
         numpy_row = name.startswith("numpy") and "pre-made" not in name
@@ -431,7 +434,7 @@ def test_lut_table_heights(bench_report, bench_interleaved, cpu_clock, cpu_ident
         return call
 
     monkeypatch.setenv("STABKERN_CPU_LUT_ROWS", "")
-    medians = bench_interleaved({"8": height("8"), "16": height("16")}, rounds=9, warmup=1)
+    medians = bench_interleaved({"8": height("8"), "16": height("16")}, rounds=9, warmup=1, settle_s=SETTLE_S)
     report = bench_report("sign-cpu")
     case = f"lut heights {rows} rows {op}"
     cpu = dict(cpu_clock, vendor=cpu_identity["vendor"])

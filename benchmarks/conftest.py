@@ -49,7 +49,7 @@ def bench_time():
 
 @pytest.fixture(scope="session")
 def bench_interleaved():
-    """interleaved_medians(contenders, rounds=..., warmup=1, self_timed=())."""
+    """interleaved_medians(contenders, rounds=..., warmup=1, self_timed=(), settle_s=0.0)."""
     return interleaved_medians
 
 

@@ -46,11 +46,18 @@ def median_seconds(fn, *, rounds: int, inner: int = 1, warmup: int = 1, cuda: bo
 
 
 
-def interleaved_medians(contenders: dict, *, rounds: int, warmup: int = 1, self_timed=()) -> dict:
+def interleaved_medians(contenders: dict, *, rounds: int, warmup: int = 1, self_timed=(),
+                        settle_s: float = 0.0) -> dict:
     """{name: median seconds per call} of contenders {name: callable}: `warmup` untimed calls of each, then
     `rounds` rounds in which every contender runs once, in an order that rotates by one each round, so that
     none always runs first (after a pause) or last. A contender named in `self_timed` returns the seconds of
-    its call itself (a worker process timing its own call); the others are timed here."""
+    its call itself (a worker process timing its own call); the others are timed here.
+
+    settle_s: seconds of sleep before each timed call, so that it starts on idle cores. Thread pools keep
+    their threads spinning after a call returns (OpenBLAS about 2^28 cycles, ~0.1 s; OpenMP's spin count),
+    and those threads share the cores with whatever is timed next: on the 2-core AMD EPYC, stabkern's GEMM
+    reconstruction right after bench_sign_cpu's Haswell worker process ran at 0.83x its rate after a 0.25 s
+    sleep, and numpy's matmul right after stabkern at 0.85x (medians of 7 and 9, 2026-12-07)."""
     names = list(contenders)
 
     def seconds(name: str) -> float:
@@ -66,5 +73,7 @@ def interleaved_medians(contenders: dict, *, rounds: int, warmup: int = 1, self_
     times: dict = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
+            if settle_s:
+                time.sleep(settle_s)
             times[name].append(seconds(name))
     return {name: statistics.median(t) for name, t in times.items()}
