@@ -222,16 +222,22 @@ def _peers(n: int, k: int, x_np: np.ndarray, x: torch.Tensor) -> dict:
                 lambda: sparse.transform(x_np)}
 
 
+@pytest.mark.parametrize("n_threads", (2, 1))
 @pytest.mark.parametrize("case", list(CASES))
-def test_baselines_and_peers(bench_report, bench_interleaved, cpu_clock, cpu_identity, threads, case):
+def test_baselines_and_peers(bench_report, bench_interleaved, cpu_clock, cpu_identity, threads, case, n_threads):
     """numpy (signs drawn each call; forced Haswell; GEMM form: the matmul alone), the peers and stabkern's
-    default kernel, interleaved, at the same thread count."""
+    default kernel, interleaved, at the same thread count: 2 threads (the machine's CPUs if fewer), and for the
+    GEMM form 1 thread too, its rows under the case "gemm 1-thread <op>"."""
     from threadpoolctl import threadpool_limits
 
     shape, op = CASES[case]
     rows, n, k = shape["rows"], shape["n"], shape["k"]
+    if n_threads == 1 and rows == 1:
+        pytest.skip("the GEMV baselines run at 2 threads only (numpy's rate per sign-MAC is its generator's)")
     numpy_k = GEMV_BASELINE_K if rows == 1 else k
-    n_threads = min(2, os.cpu_count() or 1)
+    n_threads = min(n_threads, os.cpu_count() or 1)
+    if n_threads == 1:
+        case = case.replace("gemm", "gemm 1-thread")
     threads(n_threads)
     report = bench_report("sign-cpu")
     gen = torch.Generator().manual_seed(0)
@@ -249,7 +255,7 @@ def test_baselines_and_peers(bench_report, bench_interleaved, cpu_clock, cpu_ide
             contenders.update(_peers(n, k, a_np, a))
     contenders["stabkern cpu, default kernel"] = stabkern_call
     worker = HaswellWorker(rows, n, numpy_k, op, n_threads)
-    report.notes["baseline BLAS, OPENBLAS_CORETYPE=Haswell worker"] = worker.core
+    report.notes[f"baseline BLAS, OPENBLAS_CORETYPE=Haswell worker, {n_threads} thread(s)"] = worker.core
     if worker.core.get("architecture") == HASWELL:
         contenders["numpy, OPENBLAS_CORETYPE=Haswell"] = worker
         shapes["numpy, OPENBLAS_CORETYPE=Haswell"] = (rows, n, numpy_k)
@@ -260,11 +266,11 @@ def test_baselines_and_peers(bench_report, bench_interleaved, cpu_clock, cpu_ide
                                         self_timed=("numpy, OPENBLAS_CORETYPE=Haswell",))
     finally:
         worker.close()
-    report.notes["baseline BLAS, this process"] = core
+    report.notes[f"baseline BLAS, this process, {n_threads} thread(s)"] = core
     report.notes["interleaved"] = (f"baselines, peers and stabkern's default kernel: one warm-up call each, then "
                                    f"{INTERLEAVED_ROUNDS} rounds, each contender once a round in rotating order, each call after "
                                    f"{SETTLE_S} s idle (the last caller's spinning threads go quiet); medians; "
-                                   f"{n_threads} threads (torch and numpy's BLAS)")
+                                   f"all at the row's thread count (torch and numpy's BLAS)")
     isa, cpu = _cpu.available_isas()[-1], dict(cpu_clock, vendor=cpu_identity["vendor"])
     for name, median in medians.items():
         numpy_row = name.startswith("numpy") and "pre-made" not in name

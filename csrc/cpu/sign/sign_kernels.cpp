@@ -335,17 +335,15 @@ Family family(Isa isa, bool project, int64_t rows) {
 
 // Which AVX2 LUT kernel: Avx2Lut16 (16-row tables, 32 KiB per chunk + 16 KiB of selectors) from
 // kLut16MinRows rows where the OS reports an L1 data cache of at least 48 KiB, else Avx2Lut (8 rows,
-// 16 + 8 KiB), at any thread count. What decides it is the loads per lookup, not the L1 or the
-// threads: both kernels load a quad's selectors for a whole pass of columns at once and add one table
-// load per 32 sign-MACs, and on AMD Zen 3 (32 KiB L1d) they run within +-8% of each other from 32 to
-// 512 rows at 1 and 2 threads (csrc/README.md has the sweep; benchmarks/bench_sign_cpu.py,
-// test_lut_table_heights). Before the 8-row kernel took its selectors 8 at a time, it paid a byte load
-// beside each table load and lost to the 16-row kernel (which shared one byte load between two table
-// loads) by 1.1-1.4x; that, not the cache, was what the old thread-count rule tracked. So the
-// tables that fit the L1 where it is 32 KiB, and the 16-row tables where it holds them (Intel, 48 KiB:
-// 1.1-1.2x at 1 thread, measured against the older 8-row kernel). Half-empty 16-row blocks lose at 8
-// and 24 rows. STABKERN_CPU_LUT_ROWS=8|16 forces one (read at every call, for tests); both give the
-// same bits.
+// 16 + 8 KiB), at any thread count. What decided the old rule (16 rows on one thread) was the
+// loads per lookup: the 8-row loop loaded each selector byte beside its table load and lost to the
+// 16-row loop (one byte load per two table loads) by 1.1-1.4x. Now that it loads 8 selectors at once,
+// on AMD Zen 3 (32 KiB L1d) the 16-row tables gain little at 1 thread (median 1.03x) and lose at 2
+// (median 0.92x) from 32 to 512 rows (csrc/README.md has the sweep; benchmarks/bench_sign_cpu.py,
+// test_lut_table_heights), so the tables that fit a 32 KiB L1 at any thread count; the 16-row tables
+// where the L1 holds them (Intel, 48 KiB: 1.1-1.2x at 1 thread, measured against the older 8-row
+// loop). Half-empty 16-row blocks lose at 8 and 24 rows. STABKERN_CPU_LUT_ROWS=8|16 forces one (read
+// at every call, for tests); both give the same bits.
 constexpr int64_t kLut16MinRows = 32;
 
 bool lut16(int64_t rows) {
