@@ -40,7 +40,8 @@ _PYTHON_BUILTINS = {
     "__not__": operator.not_, "__and__": operator.and_, "__or__": operator.or_, "__contains__": operator.contains,
     "Int": int, "Float": float, "Bool": bool, "str": str, "abs": abs, "min": min, "max": max,
     "format": lambda fmt, *args: fmt.format(*args), "slice": lambda seq, start, end, step: seq[start:end:step],
-    "append": lambda seq, item: (seq.append(item), seq)[1], "_set_item": lambda seq, i, v: seq.__setitem__(i, v),
+    "append": lambda seq, item: (seq.append(item), seq)[1],
+    "_set_item": lambda seq, i, v: (seq.__setitem__(i, v), seq)[1],  # the list form returns its list
     "warn": lambda message, stacklevel=2: warnings.warn(message, stacklevel=2),
 }
 _STRUCTURE = {

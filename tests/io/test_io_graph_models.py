@@ -179,6 +179,32 @@ def test_torchscript_runs_control_flow_per_call(tmp_path):
             assert torch.equal(model(x), net(x))
 
 
+def test_torchscript_list_item_assignment(tmp_path):
+    """A scripted forward that assigns into a list (aten::_set_item) runs, and the builtin returns the list as
+    the op's schema does (t[](a!) -> t[](a!)), so a graph reading that output sees the list."""
+    from stabkern.io.torchscript import _PYTHON_BUILTINS
+
+    class Reshaper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            shape = [0, 0]
+            shape[0] = x.shape[0]
+            shape[1] = -1
+            return self.conv(x).reshape(shape)
+
+    torch.manual_seed(0)
+    net = Reshaper().eval()
+    torch.jit.save(torch.jit.script(net), str(tmp_path / "reshaper.pt"))
+    model = load_model(str(tmp_path / "reshaper.pt")).model
+    with torch.no_grad():
+        assert torch.equal(model(_x(2)), net(_x(2)))
+    seq = [1, 2]
+    assert _PYTHON_BUILTINS["_set_item"](seq, 0, 5) is seq and seq == [5, 2]
+
+
 @pytest.fixture(scope="module")
 def resnet_files(tmp_path_factory):
     from stabkern import zoo
