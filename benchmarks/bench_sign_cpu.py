@@ -453,8 +453,8 @@ def test_lut_table_heights(bench_report, bench_interleaved, cpu_clock, cpu_ident
     report.notes[f"{case}, {n_threads} thread(s): 16-row / 8-row"] = f"{medians['8'] / medians['16']:.2f}x"
 
 
-# One round: BasicProjector draws 21 x 11.2M x 100 signs per batch, 23 minutes a call on the loaded 2-core
-# AMD EPYC of the 2026-12-07 run (StabkernProjector: 23 s).
+# One round: BasicProjector draws 21 x 11.2M x 100 signs per batch, 7.7 minutes a call on the quiet 2-core
+# AMD EPYC of 2026-12-07 (23 minutes loaded; StabkernProjector: 4.5 s).
 TRAK_BATCH, TRAK_PROJ_DIM, TRAK_ROUNDS = 16, 2048, 1
 
 
