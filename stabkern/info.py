@@ -31,9 +31,21 @@ def _extension(name: str, problems: dict[str, str]) -> str:
         # isa() raises under a bad STABKERN_CPU_ISA (the sign kernels and the noise generator read it)
         details.append("ISA path: none, STABKERN_CPU_ISA is invalid" if "STABKERN_CPU_ISA" in problems
                        else f"ISA path: {module.isa()}")
+    if hasattr(module, "kernel") and "STABKERN_CPU_ISA" not in problems:
+        details.append(_gemm_kernels(module))
     if hasattr(module, "archs"):
         details.append(f"archs: {module.archs()}")
     return "; ".join(details)
+
+
+def _gemm_kernels(module, rows: int = 512) -> str:
+    """Which float32 kernel family a many-row call takes here (csrc/README.md has the rule), or why not known."""
+    try:
+        families = {op: module.kernel(op, rows) for op in ("project", "reconstruct")}
+        tables = f", LUT tables of {module.lut_rows(rows)} rows" if "lut" in families.values() else ""
+    except ValueError as err:  # a bad STABKERN_CPU_KERNEL / STABKERN_CPU_LUT_ROWS: the sign ops raise the same
+        return f"GEMM-form kernels: unknown, {err}"
+    return f"GEMM-form kernels at {rows} rows: project {families['project']}, reconstruct {families['reconstruct']}{tables}"
 
 
 def _backend_line(name: str, device: str, problems: dict[str, str]) -> str:

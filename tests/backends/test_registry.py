@@ -137,3 +137,11 @@ def test_info_under_bad_environment_variables():
     assert "  reference  usable\n" not in out and "usable only when named" in out
     rc, out, err = _info(STABKERN_BACKEND="", STABKERN_CPU_ISA="")
     assert rc == 0 and "INVALID" not in out and "  reference  usable\n" in out and "ISA path:" in out
+    assert "GEMM-form kernels at 512 rows: project " in out
+    rc, out, err = _info(STABKERN_CPU_ISA="avx2", STABKERN_CPU_KERNEL="", STABKERN_CPU_LUT_ROWS="")
+    from stabkern import _cpu
+
+    if "avx2" in _cpu.available_isas():  # the AVX2 path's rule: the LUT kernel both ways (csrc/README.md)
+        assert "project lut, reconstruct lut, LUT tables of " in out, out
+    rc, out, err = _info(STABKERN_CPU_KERNEL="bogus")
+    assert rc == 0 and "Traceback" not in err and "GEMM-form kernels: unknown, STABKERN_CPU_KERNEL must be" in out
