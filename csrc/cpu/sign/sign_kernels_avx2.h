@@ -443,7 +443,7 @@ struct Avx2Lut {
       const char* t = reinterpret_cast<const char*>(tab);
       const uint8_t* ix = idx + c;
       for (int q = 0; q < nq; ++q, t += kEntryBytes, ix += ldi) {
-        const uint64_t sel = selectors<uint64_t>(ix);  // the 8 columns' selectors of quad q
+        const uint64_t sel = selectors(ix);  // the 8 columns' selectors of quad q
         for (int j = 0; j < kCT; ++j)
           s[j] = _mm256_add_ps(s[j], _mm256_load_ps(reinterpret_cast<const float*>(t + ((sel >> (8 * j)) & 0xFF) * 8)));
       }
@@ -457,17 +457,16 @@ struct Avx2Lut {
     }
   }
 
-  // The selectors of consecutive columns in one integer load, taken apart by shifts: a byte load per
+ private:
+  // The selectors of 8 consecutive columns in one integer load, taken apart by shifts: a byte load per
   // lookup was a second load beside each table load, and the loads are what the lookup loop waits on
-  // (the 8-row kernel 1.08-1.54x on Zen 3; csrc/README.md).
-  template <class U>
-  static U selectors(const uint8_t* ix) {
-    U u;
-    std::memcpy(&u, ix, sizeof(U));
+  // (1.08-1.54x on Zen 3; csrc/README.md).
+  static uint64_t selectors(const uint8_t* ix) {
+    uint64_t u;
+    std::memcpy(&u, ix, sizeof(u));
     return u;
   }
 
- private:
   STABKERN_AVX2 static void transpose8(__m256* v) {
     __m256 t[8], u[8];
     for (int i = 0; i < 4; ++i) {
@@ -489,9 +488,10 @@ struct Avx2Lut {
 
 // Avx2Lut on 16 rows of a per table (the 64-byte entries of Avx512Lut, two ymm halves): one
 // selector byte load serves two table loads + adds, 64 sign-MACs: 1.1-1.15x Avx2Lut on a 48 KiB L1
-// when Avx2Lut loaded a byte per lookup, equal to today's Avx2Lut on Zen 3 (csrc/README.md). Its
-// tables are 32 KiB per chunk, so sign_kernels.cpp takes it only on cores whose L1 data cache holds
-// them with the selectors (>= 48 KiB). Same entries and chains as Avx2Lut: the same bits.
+// when Avx2Lut loaded a byte per lookup; against today's Avx2Lut on Zen 3, median 1.03x at 1 thread
+// and 0.92x at 2 (csrc/README.md). Its tables are 32 KiB per chunk, so sign_kernels.cpp takes it
+// only on cores whose L1 data cache holds them with the selectors (>= 48 KiB). Same entries and
+// chains as Avx2Lut: the same bits.
 struct Avx2Lut16 {
   using Words = Avx2Kernel;
   static constexpr int kW = 16;
