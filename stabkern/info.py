@@ -45,7 +45,8 @@ def _gemm_kernels(module, rows: int = 512) -> str:
         tables = f", LUT tables of {module.lut_rows(rows)} rows" if "lut" in families.values() else ""
     except ValueError as err:  # a bad STABKERN_CPU_KERNEL / STABKERN_CPU_LUT_ROWS: the sign ops raise the same
         return f"GEMM-form kernels: unknown, {err}"
-    return f"GEMM-form kernels at {rows} rows: project {families['project']}, reconstruct {families['reconstruct']}{tables}"
+    return (f"GEMM-form kernels at {rows} rows: project {families['project']}, "
+            f"reconstruct {families['reconstruct']}{tables}")
 
 
 def _backend_line(name: str, device: str, problems: dict[str, str]) -> str:

@@ -185,8 +185,8 @@ def build_card(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None 
     estimate is in provenance["estimated_time_s"] beside the measured wall_time_s.
     layers: names of the Conv2d / Linear layers to meter and compress (default all of them).
     """
-    from .. import __version__, choose_k, measure
-    from ..compress import layer_cushions
+    from .. import __version__, measure
+    from ..compress import k_from_cushions, layer_cushions
     from ..spec import SPEC
     from ..stability.weights import weight_report
 
@@ -241,9 +241,8 @@ def build_card(model: nn.Module, x: torch.Tensor | None, y: torch.Tensor | None 
         report = measure(model, x, y, alpha=alpha, trials=trials, probes=probes, seed=seed,
                          margin_quantile=margin_quantile, layers=layers, backend=backend, progress=progress)
     with stage("choose_k"):
-        kc = choose_k(model, x, eps, mode=mode, seed=seed, layers=layers, check=False, backend=backend,
-                      batch_size=batch_size)
-        cushions = layer_cushions(model, x, mode=mode, layers=layers, batch_size=batch_size)
+        cushions = layer_cushions(model, x, mode=mode, layers=layers, batch_size=batch_size)  # one pass for both
+        kc = k_from_cushions(cushions, eps, mode=mode, seed=seed)
     probe = {r.name: r.k if r.k is not None else max(1, round(PROBE_FRACTION * r.cap)) for r in kc.layers}
     start = time.perf_counter()
     with recorded_warnings(caught):

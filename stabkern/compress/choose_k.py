@@ -277,7 +277,7 @@ def choose_k(model: nn.Module, data, eps: float, *, eta: float = 0.05, C: float 
     "compress" per layer.
     """
     eps = check_float("eps", eps, 0.0, 1.0, low_open=True)  # (0, 1]: the tail bound needs it
-    eta = check_float("eta", eta, 0.0, 1.0, low_open=True, high_open=True)
+    eta = check_float("eta", eta, 0.0, 1.0, low_open=True, high_open=True)  # checked before the cushion pass
     C = check_positive("C", C)
     seed = check_seed(seed)
     tally = Tally(progress, "cushions")
@@ -285,7 +285,25 @@ def choose_k(model: nn.Module, data, eps: float, *, eta: float = 0.05, C: float 
     cushions = layer_cushions(model, data, mode=mode, layers=layers, fold_bn=fold_bn, batch_size=batch_size,
                               group=group, tally=tally)
     tally.finish()
-    result = KChoice(eps=float(eps), eta=float(eta), C=float(C), mode=mode, seed=seed)
+    result = k_from_cushions(cushions, eps, eta=eta, C=C, mode=mode, seed=seed)
+    if check and result.k:
+        ks = {r.name: r.k for r in result.layers}
+        _, result.check = compress_model(model, ks, mode=mode, seed=seed, layers=list(ks), fold_bn=fold_bn,
+                                         data=data, eps=eps, backend=backend, batch_size=batch_size, group=group,
+                                         progress=progress)
+    return result
+
+
+def k_from_cushions(cushions: dict, eps: float, *, eta: float = 0.05, C: float = C_BERNSTEIN, mode: str = "filter",
+                    seed: int = 0) -> KChoice:
+    """choose_k's rule on cushions already measured (`layer_cushions(model, data, mode=mode, ...)`, the same
+    mode), without the check: what choose_k(..., check=False) returns for that data, from one cushion pass
+    that a caller also needs for something else (the stability card)."""
+    eps = check_float("eps", eps, 0.0, 1.0, low_open=True)  # (0, 1]: the tail bound needs it
+    eta = check_float("eta", eta, 0.0, 1.0, low_open=True, high_open=True)
+    C = check_positive("C", C)
+    seed = check_seed(seed)
+    result = KChoice(eps=float(eps), eta=float(eta), C=float(C), mode=check_mode(mode), seed=seed)
     for name, c in cushions.items():
         m = c["module"]
         cap = row_length(tuple(m.weight.shape), mode)
@@ -305,9 +323,4 @@ def choose_k(model: nn.Module, data, eps: float, *, eta: float = 0.05, C: float 
         raise ValueError("every sample's input is zero at every layer (or no layer is called on the data): "
                          "there is nothing to measure")
     _tie_ks(result.layers, cushions)
-    if check and result.k:
-        ks = {r.name: r.k for r in result.layers}
-        _, result.check = compress_model(model, ks, mode=mode, seed=seed, layers=list(ks), fold_bn=fold_bn,
-                                         data=data, eps=eps, backend=backend, batch_size=batch_size, group=group,
-                                         progress=progress)
     return result

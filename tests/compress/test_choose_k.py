@@ -10,7 +10,7 @@ from torch import nn
 
 import stabkern
 from stabkern import opnorms
-from stabkern.compress import C_BERNSTEIN, choose_k, compress_model, layer_cushions
+from stabkern.compress import C_BERNSTEIN, choose_k, compress_model, k_from_cushions, layer_cushions
 from stabkern.zoo.digits import load_digits_tensors, trained_digits_net
 
 
@@ -125,6 +125,21 @@ def test_mean_output_error_matches_its_exact_expectation():
     per_seed = torch.tensor(per_seed, dtype=torch.float64)
     se = float(per_seed.std() / math.sqrt(len(per_seed)))
     assert abs(float(per_seed.mean()) - expect) <= 4 * se, (float(per_seed.mean()), expect, se)
+
+
+def test_k_from_cushions_is_choose_k_without_the_check():
+    """The rule on cushions measured once (what the stability card does) gives choose_k(check=False)'s result."""
+    model = trained_digits_net()
+    (x, _), _ = load_digits_tensors()
+    for mode in ("filter", "tensor"):
+        cushions = layer_cushions(model, x[:100], mode=mode)
+        ours = k_from_cushions(cushions, 0.9, eta=0.2, C=1.0, mode=mode, seed=5)
+        assert ours.to_dict() == choose_k(model, x[:100], 0.9, eta=0.2, C=1.0, mode=mode, seed=5, check=False).to_dict()
+        assert ours.k.keys() == {"classifier.1"}  # the heuristic C compresses one layer: the rule's arithmetic runs
+    with pytest.raises(ValueError, match="eta must be in"):
+        k_from_cushions(cushions, 0.5, eta=1)
+    with pytest.raises(ValueError, match="mode must be"):
+        k_from_cushions(cushions, 0.5, mode="rows")
 
 
 def test_choose_k_bad_arguments():
