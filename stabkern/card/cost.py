@@ -9,8 +9,8 @@ The counts (each a forward pass of the data, or the part of one from or up to a 
 - measure: the clean pass; per noise trial, the suffix from each layer (attenuation); per Hutchinson probe a
   forward and a backward up to each layer (the reverse sweeps, ~3 passes of that prefix); one forward-mode
   suffix per layer and draw (~3 passes); and the propagator's check, one suffix per layer.
-- choose_k: two passes with per-layer statistics in float64 (choose_k's cushions and the card's), whose
-  cost grows with the weights (each batch converts every weight to float64).
+- choose_k: one pass with per-layer statistics in float64 (the cushions, which give both choose_k's k and the
+  card's predicted errors), whose cost grows with the weights (each batch converts every weight to float64).
 - compress: per layer, a copy of the model, a pass of the data and three sign products of n x k
   (projection, the report's reconstruction, the output check's reconstruction).
 - accuracy vs k: one projection and one reconstruction at the largest k per layer (sweep.py), and a pass
@@ -114,8 +114,8 @@ def estimate(model: nn.Module, calibration: dict, *, mode: str, trials: int, pro
     result = {"weights": sum(_spectrum_flops(m.weight.shape) for _, _, m in sketchable_layers(model))
               / calibration["float64_flop_per_s"],
               "measure": measure_passes * pass_s,
-              # two passes, each with the layers' statistics: float64 weights, squared, summed (~4 sweeps of them)
-              "choose_k": 2 * (STATS_PASSES * pass_s + 4 * weight_bytes / COPY_BYTES_PER_S),
+              # one pass with the layers' statistics: float64 weights, squared, summed (~4 sweeps of them)
+              "choose_k": STATS_PASSES * pass_s + 4 * weight_bytes / COPY_BYTES_PER_S,
               "compress": num * (copy_s + pass_s) + 3 * sum(macs(w, probe_fraction) for w in weights) / rate}
     if labels and fractions:
         result["accuracy vs k"] = (copy_s + len(fractions) * pass_s
