@@ -2,7 +2,8 @@
 
 Ops (spec stabkern-sign-v1, see `stabkern.spec`): `sign_project`, `sign_reconstruct`,
 `sign_compress`, `sign_matrix`. Compressors: `compress_model`, `choose_k`, `SketchedLinear`,
-`SketchedConv2d`; `save_compressed` / `load_compressed` write and reload a compressed model. Meters: `noise_attenuation`, `measure` and one function per meter.
+`SketchedConv2d`; `save_compressed` / `load_compressed` write and reload a compressed model.
+Meters: `noise_attenuation`, `measure` and one function per meter.
 `python -m stabkern.info` says which backends are usable here.
 """
 

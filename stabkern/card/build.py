@@ -141,15 +141,11 @@ def compress_layer_by_layer(model: nn.Module, ks: dict, *, mode: str, seed: int,
 
 def output_count(model: nn.Module, x: torch.Tensor) -> int:
     """Outputs per sample of the model (its logits, bound.logits_of): the class count whose inverse is chance."""
+    from ..compress.data import eval_mode
     from ..stability.bound import logits_of
 
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return int(logits_of(model(x[:1].to(next(model.parameters()).device))).flatten(1).shape[1])
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        return int(logits_of(model(x[:1].to(next(model.parameters()).device))).flatten(1).shape[1])
 
 
 def _sketched_point(model, x, y, f, caps, *, mode, seed, backend, batch_size) -> dict:

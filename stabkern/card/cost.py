@@ -84,7 +84,8 @@ def calibrate(model: nn.Module, x: torch.Tensor, batch_size: int = 256, backend:
     t0 = time.perf_counter()
     a @ a
     flop_s = 2 * 512**3 / max(time.perf_counter() - t0, 1e-9)
-    return {"pass_s": pass_s, "float64_flop_per_s": flop_s, "starts": {n: fraction.get(("start", n), 0.0) for n, _ in layers},
+    return {"pass_s": pass_s, "float64_flop_per_s": flop_s,
+            "starts": {n: fraction.get(("start", n), 0.0) for n, _ in layers},
             "ends": {n: fraction.get(("end", n), 1.0) for n, _ in layers},
             "sign_mac_per_s": 256 * 4608 * 1024 / max(min(times), 1e-9)}
 
@@ -103,23 +104,22 @@ def estimate(model: nn.Module, calibration: dict, *, mode: str, trials: int, pro
     num = len(calibration["starts"])
     measure_passes = 1 + (trials + 1) * suffix + AUTODIFF_PASSES * (probes * prefix + draws * suffix)
     copy_s = sum(p.numel() * p.element_size() for p in model.parameters()) / COPY_BYTES_PER_S
-    weights = [tuple(m.weight.shape) for _, _, m in sketchable_layers(model)]
+    weights = [m.weight for _, _, m in sketchable_layers(model)]
 
     def macs(shape, f):  # sign-MACs of one projection (or reconstruction) of the weight at k = f cap
         cap = row_length(shape, mode)
         rows = 1 if mode == "tensor" else shape[0]
         return rows * cap * max(1, round(f * cap))
 
-    weight_bytes = sum(8 * m.weight.numel() for _, _, m in sketchable_layers(model))  # float64 copies
-    result = {"weights": sum(_spectrum_flops(m.weight.shape) for _, _, m in sketchable_layers(model))
-              / calibration["float64_flop_per_s"],
+    weight_bytes = sum(8 * w.numel() for w in weights)  # float64 copies
+    result = {"weights": sum(_spectrum_flops(w.shape) for w in weights) / calibration["float64_flop_per_s"],
               "measure": measure_passes * pass_s,
               # one pass with the layers' statistics: float64 weights, squared, summed (~4 sweeps of them)
               "choose_k": STATS_PASSES * pass_s + 4 * weight_bytes / COPY_BYTES_PER_S,
-              "compress": num * (copy_s + pass_s) + 3 * sum(macs(w, probe_fraction) for w in weights) / rate}
+              "compress": num * (copy_s + pass_s) + 3 * sum(macs(w.shape, probe_fraction) for w in weights) / rate}
     if labels and fractions:
         result["accuracy vs k"] = (copy_s + len(fractions) * pass_s
-                                   + 2 * sum(macs(w, max(fractions)) for w in weights) / rate)
+                                   + 2 * sum(macs(w.shape, max(fractions)) for w in weights) / rate)
     return result
 
 

@@ -2,9 +2,9 @@
 
 attenuation (one curve per injection layer, Arora et al. 2018 Figure 3), cushions and contraction
 (per-layer distributions over the data as box plots: whiskers q05-q95, box q25-q75, line median), bounds
-(log10 capacity terms, Figure 4), accuracy vs k and the weight spectra (the data-free section). With many layers (a DenseNet has 120) the legend
-gives way to a colorbar and the layer tick labels are thinned, so the curves stay visible. Not the
-meters' own plots (stabkern/stability/plots.py).
+(log10 capacity terms, Figure 4), accuracy vs k and the weight spectra (the data-free section). With many
+layers (a DenseNet has 120) the legend gives way to a colorbar and the layer tick labels are thinned, so
+the curves stay visible. Not the meters' own plots (stabkern/stability/plots.py).
 """
 
 from __future__ import annotations

@@ -206,9 +206,10 @@ def weights_section(doc: dict) -> list:
 def tail(doc: dict) -> list:
     """The per-layer table's pointer, provenance and notes."""
     prov = doc["provenance"]
+    table = (doc.get("tables") or {}).get("layers", "layers.csv")
     out = ["## Provenance", "",
-            f"Every per-layer number of this card, one row per layer: [{(doc.get('tables') or {}).get('layers', 'layers.csv')}]"
-            f"({(doc.get('tables') or {}).get('layers', 'layers.csv')}) (docs/card.md lists its columns).", "",
+            f"Every per-layer number of this card, one row per layer: [{table}]({table}) (docs/card.md lists its "
+            "columns).", "",
             f"stabkern {prov['stabkern_version']} (specs {prov['specs']['sign']}, {prov['specs']['noise']}), "
             f"torch {prov['torch']}, python {prov['python']}; seed {prov['seed']}, device {prov['device']}, "
             f"dtype {prov['dtype']}, {prov['data_size']} samples.", "",

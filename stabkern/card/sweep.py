@@ -26,16 +26,16 @@ from ..progress import Progress, silent
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
-    """Fraction of samples whose argmax output equals the label (model in eval mode, restored after)."""
-    was_training = model.training
-    model.eval()
+    """Fraction of samples whose argmax output equals the label (model in eval mode, each module's flag
+    restored after, also on an exception)."""
+    from ..compress.data import eval_mode
+
     device = next(model.parameters()).device
     correct = 0
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for i in range(0, len(x), batch_size):
             out = model(x[i:i + batch_size].to(device)).flatten(1)
             correct += int((out.argmax(1).cpu() == y[i:i + batch_size].cpu()).sum())
-    model.train(was_training)
     return correct / len(x)
 
 
@@ -66,7 +66,8 @@ def fast_path_ok(model: nn.Module, names) -> bool:
 def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, caps: dict, fractions, *, mode: str, seed: int,
           backend: str = "auto", batch_size: int = 256, progress: Progress = silent, stage: str = "accuracy vs k"):
     """[{"fraction", "k", "stored", "ratio", "rel_fro_error", "accuracy"}] per fraction (increasing, in (0, 1]):
-    the accuracy on (x, y) with every layer of `caps` (name -> entries one sketch covers) sketched at k = max(1, round(f cap)).
+    the accuracy on (x, y) with every layer of `caps` (name -> entries one sketch covers) sketched at
+    k = max(1, round(f cap)).
 
     Equals one compress_model(model, k, mode=mode, seed=seed, allow_no_compression=True) per fraction up to
     float32 rounding of the reconstruction's sums. The model is read, never changed (a copy is sketched).
@@ -85,8 +86,8 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, caps: dict, fracti
 
 def sketched_copies(model: nn.Module, caps: dict, fractions, *, mode: str, seed: int, backend: str = "auto",
                     progress: Progress = silent, stage: str = "accuracy vs k"):
-    """Yield (f, {name: k}, copy, {name: ||A_hat - A||_F / ||A||_F}) per fraction: `copy` is one deep copy of the model (the same object each
-    time) whose layers in `caps` hold A_hat at k = max(1, round(f cap)), layer i on stream i (compress_model's
+    """Yield (f, {name: k}, copy, {name: ||A_hat - A||_F / ||A||_F}) per fraction: `copy` is one deep copy of
+    the model (the same object each time) whose layers in `caps` hold A_hat at k = max(1, round(f cap)), layer i on stream i (compress_model's
     streams), A_hat = (1/k) sum_{t<k} c_t S_t with c the coefficients projected once at the largest k."""
     from ..compress import sketchable_layers
     from ..ops import sign_project, sign_reconstruct

@@ -44,12 +44,15 @@ def _emit(args, doc: dict, text: str) -> None:
 
 
 def _inputs(args):
-    """(device, out folder or None, Model, Data): everything checked before the work starts."""
+    """(device, out folder or None, Model, Data or None without --data): everything checked before the work
+    starts."""
     dev = device(args.device)
     out = out_folder(args.out) if args.out else None
     normalization = normalization_flags(args.normalize, args.mean, args.std)
     size = size_flag(args.size)
     m = load_model(args.model, num_classes=args.num_classes, trust_pickle=args.trust_pickle, dev=dev)
+    if args.data is None:  # the card's data-free form (the other commands require --data)
+        return dev, out, m, None
     d = load_data(args.data, limit=args.limit, trust_pickle=args.trust_pickle, seed=args.seed,
                   normalization=normalization, size=size, model=m, flag=args.normalize)
     check_fit(m, d, dev)
@@ -218,12 +221,7 @@ def cmd_card(args) -> None:
         if given:
             raise CLIError(f"{', '.join(given)} describe the data, and no --data was given: pass --data DATA, or "
                            "leave them out for the weights-only card")
-        dev = device(args.device)
-        out = out_folder(args.out) if args.out else None
-        m = load_model(args.model, num_classes=args.num_classes, trust_pickle=args.trust_pickle, dev=dev)
-        d = None
-    else:
-        dev, out, m, d = _inputs(args)
+    dev, out, m, d = _inputs(args)
     out = out or out_folder(".")
     name = args.name or "".join(c if c.isalnum() or c in "-_." else "-" for c in m.name.rsplit("/", 1)[-1])
     folder = card_folder(out, name)

@@ -1,7 +1,8 @@
 """What a meter injects into and observes: the metered layers, in the order the forward calls them.
 
 `resolve_layers` turns the user's `layers=` into (name, module) pairs (every Conv2d and Linear by
-default); `match_layers` picks layer names by glob pattern (the command line's --layers); `trace_layers` runs the model once on a sample to order them and record per-sample shapes.
+default); `match_layers` picks layer names by glob pattern (the command line's --layers); `trace_layers`
+runs the model once on a sample to order them and record per-sample shapes.
 It is not the propagation of noise (that is `propagate.py`).
 """
 

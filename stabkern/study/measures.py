@@ -93,15 +93,12 @@ def net_measures(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], tes
     `samples` training samples (`stabkern.measure(..., seed=seed, **measure_kwargs)`). The model is put in
     eval mode for the call and given back as it came (measure never changes it)."""
     from .. import measure
+    from ..compress.data import eval_mode
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         train_acc, train_loss = accuracy_and_loss(model, *train)
         test_acc, test_loss = accuracy_and_loss(model, *test)
         report = measure(model, train[0][:samples], train[1][:samples], seed=seed, **measure_kwargs).to_dict()
-    finally:
-        model.train(was_training)
     return {"train_accuracy": train_acc, "test_accuracy": test_acc, "train_loss": train_loss,
             "test_loss": test_loss, "gap": train_acc - test_acc, "loss_gap": test_loss - train_loss,
             "measures": summarize(report)}

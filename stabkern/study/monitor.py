@@ -66,11 +66,10 @@ class StabilityMonitor:
         if not (force or self.due()):
             return None
         from .. import noise_attenuation
+        from ..compress.data import eval_mode
 
         start = time.perf_counter()
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             att = noise_attenuation(self.model, self.probe[0], alpha=self.alpha, trials=self.trials, seed=self.seed)
             to_output = np.asarray(att.mean, dtype=np.float64)[:, -1]
             record = {"epoch": epoch, "step": step,
@@ -79,8 +78,6 @@ class StabilityMonitor:
                       "probe_accuracy": accuracy_and_loss(self.model, *self.probe)[0]}
             if self.held_out is not None:
                 record["held_out_accuracy"] = accuracy_and_loss(self.model, *self.held_out)[0]
-        finally:
-            self.model.train(was_training)
         record.update({k: float(v) for k, v in extra.items()})
         end = time.perf_counter()
         self._last_cost, self._last_end = end - start, end

@@ -140,3 +140,17 @@ def test_cli_card_prints_the_estimate_and_takes_sweep(capsys, tmp_path):
     assert set(doc["provenance"]["estimated_time_s"]) == set(doc["provenance"]["wall_time_s"])
     assert doc["data"]["normalization"]["source"] == "data as given"
     assert "Inputs: 8x8 pixels, not normalized" in (tmp_path / "out" / "c" / "card.md").read_text()
+
+
+def test_accuracy_gives_each_module_its_own_training_flag_back():
+    """A training model with a frozen BatchNorm keeps both flags after accuracy(), also when its forward raises."""
+    from stabkern.card.sweep import accuracy
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)).train()
+    model[1].eval()  # frozen statistics inside a training model
+    x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
+    assert 0.0 <= accuracy(model, x, y) <= 1.0
+    assert model.training and model[0].training and not model[1].training
+    with pytest.raises(RuntimeError):
+        accuracy(model, torch.randn(10, 5), y)  # wrong width: the first Linear raises
+    assert model.training and model[0].training and not model[1].training
