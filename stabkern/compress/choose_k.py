@@ -299,6 +299,9 @@ def k_from_cushions(cushions: dict, eps: float, *, eta: float = 0.05, C: float =
     """choose_k's rule on cushions already measured (`layer_cushions(model, data, mode=mode, ...)`, the same
     mode), without the check: what choose_k(..., check=False) returns for that data, from one cushion pass
     that a caller also needs for something else (the stability card)."""
+    if not isinstance(cushions, dict):
+        raise TypeError(f"cushions must be the dict layer_cushions(model, data, mode=mode) returns, got "
+                        f"{type(cushions).__name__}")
     eps = check_float("eps", eps, 0.0, 1.0, low_open=True)  # (0, 1]: the tail bound needs it
     eta = check_float("eta", eta, 0.0, 1.0, low_open=True, high_open=True)
     C = check_positive("C", C)

@@ -140,6 +140,8 @@ def test_k_from_cushions_is_choose_k_without_the_check():
         k_from_cushions(cushions, 0.5, eta=1)
     with pytest.raises(ValueError, match="mode must be"):
         k_from_cushions(cushions, 0.5, mode="rows")
+    with pytest.raises(TypeError, match="cushions must be the dict layer_cushions"):
+        k_from_cushions(list(cushions.values()), 0.5)
 
 
 def test_choose_k_bad_arguments():
